@@ -1,0 +1,141 @@
+"""The Llama decoder (also Mistral / Qwen2 / SmolLM): RMSNorm, RoPE, GQA attention, SwiGLU.
+
+Module names follow the HF checkpoints (`layers.{i}.self_attn.q_proj`, ...) so that the loader's
+name map, LoRA target names and PEFT adapter keys all read the same.
+
+    tokens -> embed -> [x + attn(norm(x)); x + mlp(norm(x))] x L -> norm -> lm_head -> logits
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernels.attention import attention, causal_mask
+from kernels.norm import rms_norm
+from kernels.rope import apply_rope, inv_frequencies, rope_cos_sin
+
+from .config import LlamaConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=cfg.attention_out_bias)
+
+    def forward(self, x, cos, sin, mask, cache=None, slots=None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, Hq, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v, slots)  # (B, Hkv, S, D)
+        out = attention(q, k, v, mask)  # (B, Hq, T, D)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LlamaConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer_idx)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, cache=None, slots=None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, slots)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
+        self.register_buffer("inv_freq", torch.empty(cfg.head_dim // 2), persistent=False)
+        self.init_buffers()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    @torch.no_grad()
+    def init_buffers(self, device: torch.device | str | None = None) -> None:
+        """(Re)compute the RoPE table; needed after building the model on the meta device."""
+        cfg = self.config
+        device = device or self.embed_tokens.weight.device
+        if torch.device(device).type == "meta":
+            return
+        self.inv_freq = inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling).to(device)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) -> logits (B, T, V) in fp32. See `trunk` for the other arguments."""
+        return self.lm_head(self.trunk(input_ids, positions, cache, attention_mask)).float()
+
+    def trunk(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
+              attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Everything but the LM head: input_ids (B, T) -> final-normed hidden states (B, T, C).
+
+        attention_mask: (B, T) with 1 for real tokens and 0 for (left) padding, or an explicit
+        boolean (B, T, T) mask (True = attend) for layouts such as a shared prompt followed by
+        two responses that must not see each other. positions (B, T): RoPE positions; by default
+        they count real tokens only, continuing from what the cache already holds.
+        """
+        B, T = input_ids.shape
+        dev = input_ids.device
+        explicit = attention_mask is not None and attention_mask.dim() == 3
+        valid = (attention_mask.bool() if attention_mask is not None and not explicit
+                 else torch.ones(B, T, dtype=torch.bool, device=dev))
+        if positions is None:
+            start = cache.num_tokens(B) if cache is not None else 0
+            positions = (start + valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        slots = None
+        if cache is not None:
+            assert not explicit, "an explicit (B, T, T) mask cannot be combined with a KV cache"
+            slots, key_valid = cache.append(valid)  # (T,), (B, S)
+            mask = causal_mask(key_valid, slots)
+        elif explicit:
+            mask = attention_mask.bool()
+        else:
+            mask = causal_mask(valid, torch.arange(T, device=dev))
+        cos, sin = rope_cos_sin(positions, self.inv_freq)
+        x = self.embed_tokens(input_ids)  # (B, T, C)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, cache, slots)
+        return self.norm(x)

@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="scoreflow",
+    version="0.1.0",
+    description="ScoreFlow (Score-DPO workflow optimisation) and MAgICoRE in plain PyTorch",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["scoreflow", "scoreflow.*", "kernels", "kernels.*"]),
+    install_requires=[
+        "torch>=2.3",
+        "safetensors",
+        "tokenizers",
+        "sentencepiece",
+        "httpx",
+        "numpy",
+        "gguf",
+    ],
+    extras_require={
+        # Oracles and baselines: imported by tests/ and bench/ only, never by the library.
+        "test": ["pytest", "transformers", "peft", "trl", "openai", "jinja2", "psutil"],
+    },
+)

@@ -1,0 +1,45 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def default_model_dir():
+    from scoreflow.llama.registry import resolve_model_dir
+
+    return resolve_model_dir(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def default_model(default_model_dir):
+    from scoreflow.llama import load_model
+
+    return load_model(default_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer(default_model_dir):
+    from scoreflow.llama import load_tokenizer
+
+    return load_tokenizer(default_model_dir)
+
+
+@pytest.fixture(scope="session")
+def hf_gguf_oracle():
+    """transformers' own reading of the same GGUF file: (model, tokenizer). Oracle only."""
+    transformers = pytest.importorskip("transformers")
+    from scoreflow.llama.registry import embedded_gguf
+
+    gguf = embedded_gguf(DEFAULT_MODEL)
+    transformers.logging.set_verbosity_error()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                              dtype=torch.float32).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return model, tok

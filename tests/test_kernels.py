@@ -1,0 +1,69 @@
+"""Kernels against their float64 references on random shapes, prefill and T=1 decode."""
+
+import pytest
+import torch
+
+from kernels.attention import attention, attention_reference, causal_mask
+from kernels.norm import rms_norm, rms_norm_reference
+from kernels.rope import apply_rope, apply_rope_reference, inv_frequencies, rope_cos_sin
+from scoreflow.llama.config import RopeScaling
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 8), (3, 7, 64), (2, 5, 576)])
+def test_rms_norm(shape):
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(shape, generator=g) * 3, torch.randn(shape[-1], generator=g)
+    torch.testing.assert_close(rms_norm(x, w, 1e-5).double(), rms_norm_reference(x, w, 1e-5),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scaling", [None, RopeScaling(8.0, 1.0, 4.0, 64)])
+@pytest.mark.parametrize("B,H,T,D", [(1, 1, 1, 8), (2, 3, 9, 64), (3, 2, 1, 32)])
+def test_rope(scaling, B, H, T, D):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, H, T, D, generator=g)
+    positions = torch.randint(0, 5000, (B, T), generator=g)
+    inv_freq = inv_frequencies(D, 10000.0, scaling)
+    out = apply_rope(x, *rope_cos_sin(positions, inv_freq))
+    # fp32 angles at positions ~5000 lose ~5e-4 rad; the reference uses the same fp32 frequencies
+    torch.testing.assert_close(out.double(), apply_rope_reference(x, positions, inv_freq),
+                               rtol=2e-3, atol=2e-3)
+
+
+def test_llama3_scaling_bands():
+    """Short wavelengths untouched, long ones divided by the factor, the band between smooth."""
+    D, theta = 128, 500000.0
+    plain = inv_frequencies(D, theta)
+    scaled = inv_frequencies(D, theta, RopeScaling(8.0, 1.0, 4.0, 8192))
+    wavelen = 2 * torch.pi / plain
+    short, long = wavelen < 8192 / 4, wavelen > 8192 / 1
+    torch.testing.assert_close(scaled[short], plain[short])
+    torch.testing.assert_close(scaled[long], plain[long] / 8)
+    mid = ~short & ~long
+    assert mid.any() and ((scaled[mid] < plain[mid]) & (scaled[mid] > plain[mid] / 8)).all()
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,T,S,D", [
+    (2, 4, 4, 6, 6, 16),   # MHA prefill
+    (3, 9, 3, 5, 5, 64),   # GQA 3 prefill
+    (2, 8, 2, 1, 11, 32),  # GQA 4 decode over a cache
+    (1, 6, 1, 4, 9, 8),    # MQA, chunk over a cache
+])
+def test_attention_matches_reference(B, Hq, Hkv, T, S, D):
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(B, Hq, T, D, generator=g)
+    k, v = torch.randn(B, Hkv, S, D, generator=g), torch.randn(B, Hkv, S, D, generator=g)
+    key_valid = torch.ones(B, S, dtype=torch.bool)
+    key_valid[0, :2] = False  # left padding in row 0
+    mask = causal_mask(key_valid, torch.arange(S - T, S))
+    out = attention(q, k, v, mask)
+    ref = attention_reference(q, k, v, mask)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_causal_mask_never_leaves_a_row_empty():
+    key_valid = torch.tensor([[False, False, True, True]])
+    mask = causal_mask(key_valid, torch.arange(4))
+    assert mask.any(-1).all()
+    assert mask[0, 3].tolist() == [False, False, True, True]
+    assert mask[0, 0].tolist() == [True, False, False, False]  # pad query sees only itself
