@@ -1,0 +1,248 @@
+"""Score-DPO (ScoreFlow, SPEC A5) and plain DPO, with a hand-derived backward.
+
+Notation, one row per preference pair m = (w, l) — w the higher-scored response:
+
+    r         = β (log πθ(y|x) − log πref(y|x))    implicit reward (sum of token log-probs)
+    s ∈ [0,1]                                      evaluator score of a response
+    f         : [0,1] → [0,1], strictly increasing  score map (paper: f(x) = x)
+    Δ_{w,l}   = f(s_w) r_w − (1 − f(s_l)) r_l       score-weighted margin
+    ℓ_{w,l}   = −log σ(Δ_{w,l}) = softplus(−Δ_{w,l})
+    L         = Σ_m w_m ℓ_m / Σ_m w_m               weighted mean over the pairs
+
+The pair weights w_m carry P*(w,l) ∝ d(s_w, s_l) P(w,l) (see pairs.py): either the pairs
+were drawn from P* (uniform w_m) or every pair appears once with w_m = P*(w,l).
+Plain DPO is the special case f(s_w) = 1 and 1 − f(s_l) = 1, so Δ = r_w − r_l.
+
+Per-sample influence (Definition 1), I(z) = −∂L/∂r_z:
+
+    I(z) =   Σ_l P*(z,l) · f(s_z)       · σ(−Δ_{z,l})      (z as the winner)
+           − Σ_w P*(w,z) · (1 − f(s_z)) · σ(−Δ_{w,z})      (z as the loser)
+
+Theorem 2: I(z) is strictly increasing in s_z when −1/(1 − f(s_z)) ≤ r_z ≤ 1/f(s_z).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+ScoreMap = Callable[[Tensor], Tensor]
+
+# Named choices for f: strictly increasing maps of [0, 1] onto [0, 1].
+SCORE_MAPS: dict[str, ScoreMap] = {
+    "identity": lambda s: s,  # the paper's and the reference code's f
+    "sqrt": torch.sqrt,
+    "square": torch.square,
+}
+
+
+class ScoreDPOFunction(torch.autograd.Function):
+    """L = Σ_m p_m softplus(−Δ_m), Δ_m = c_w,m r_w,m − c_l,m r_l,m, p = w / Σw.
+
+    Inputs, all (M,): policy and reference log-probs of the chosen (w) and rejected (l)
+    responses, the coefficients c_w = f(s_w) and c_l = 1 − f(s_l), the pair weights w;
+    then the float β. Coefficients and weights are constants (no gradient).
+
+    Backward, by hand. With ∂ softplus(−Δ)/∂Δ = −σ(−Δ):
+
+        ∂L/∂Δ_m         = −p_m σ(−Δ_m)
+        ∂L/∂logπθ(y_w)  =  β c_w ∂L/∂Δ_m      ∂L/∂logπref(y_w) = −β c_w ∂L/∂Δ_m
+        ∂L/∂logπθ(y_l)  = −β c_l ∂L/∂Δ_m      ∂L/∂logπref(y_l) =  β c_l ∂L/∂Δ_m
+    """
+
+    @staticmethod
+    def forward(ctx, policy_w: Tensor, policy_l: Tensor, ref_w: Tensor, ref_l: Tensor,
+                c_w: Tensor, c_l: Tensor, weights: Tensor, beta: float) -> Tensor:
+        r_w = implicit_reward(policy_w, ref_w, beta)  # (M,)
+        r_l = implicit_reward(policy_l, ref_l, beta)  # (M,)
+        delta = c_w * r_w - c_l * r_l  # (M,) Δ
+        p = weights / weights.sum()  # (M,) normalised pair weights
+        ctx.save_for_backward(p * torch.sigmoid(-delta), c_w, c_l)  # p σ(−Δ), stable for any Δ
+        ctx.beta = beta
+        return (p * F.softplus(-delta)).sum()  # softplus(−Δ) = −log σ(Δ), stable for any Δ
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss: Tensor):
+        p_sigmoid, c_w, c_l = ctx.saved_tensors
+        grad_delta = -grad_loss * p_sigmoid  # (M,) ∂L/∂Δ
+        grad_policy_w = ctx.beta * c_w * grad_delta  # (M,)
+        grad_policy_l = -ctx.beta * c_l * grad_delta  # (M,)
+        return grad_policy_w, grad_policy_l, -grad_policy_w, -grad_policy_l, None, None, None, None
+
+
+def implicit_reward(policy_logps: Tensor, ref_logps: Tensor, beta: float) -> Tensor:
+    """r = β (log πθ(y|x) − log πref(y|x)), elementwise."""
+    return beta * (policy_logps - ref_logps)
+
+
+def score_dpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    chosen_scores: Tensor,
+    rejected_scores: Tensor,
+    beta: float = 0.1,
+    f: str | ScoreMap | None = None,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """Score-DPO: L = Σ_m w_m ℓ_m / Σ_m w_m,  ℓ = −log σ(f(s_w) r_w − (1 − f(s_l)) r_l).
+
+    All inputs are (M,), one entry per pair; log-probs are sums over the response tokens.
+    `f` is None (identity), a name in SCORE_MAPS, or a callable on tensors. `weights`
+    None means uniform. Gradients flow to the log-probs only, never to scores or weights.
+    Returns a scalar.
+    """
+    _check_pair_shapes(policy_chosen_logps=policy_chosen_logps,
+                       policy_rejected_logps=policy_rejected_logps,
+                       ref_chosen_logps=ref_chosen_logps,
+                       ref_rejected_logps=ref_rejected_logps,
+                       chosen_scores=chosen_scores,
+                       rejected_scores=rejected_scores)
+    c_w = apply_score_map(chosen_scores, f, "chosen_scores")  # (M,) f(s_w)
+    c_l = 1 - apply_score_map(rejected_scores, f, "rejected_scores")  # (M,) 1 − f(s_l)
+    return _apply(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                  ref_rejected_logps, c_w, c_l, beta, weights)
+
+
+def dpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float = 0.1,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """Plain DPO: L = Σ_m w_m (−log σ(r_w − r_l)) / Σ_m w_m — Score-DPO with both coefficients 1."""
+    _check_pair_shapes(policy_chosen_logps=policy_chosen_logps,
+                       policy_rejected_logps=policy_rejected_logps,
+                       ref_chosen_logps=ref_chosen_logps,
+                       ref_rejected_logps=ref_rejected_logps)
+    ones = torch.ones_like(policy_chosen_logps)  # (M,)
+    return _apply(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                  ref_rejected_logps, ones, ones, beta, weights)
+
+
+def influence(
+    rewards: Tensor,
+    scores: Tensor,
+    pairs: Tensor,
+    weights: Tensor,
+    f: str | ScoreMap | None = None,
+) -> Tensor:
+    """Per-sample influence I(z) = −∂L/∂r_z (Definition 1) of L = Σ_m w_m ℓ_m / Σ_m w_m.
+
+    rewards (n,): β-scaled implicit rewards r. scores (n,): s ∈ [0,1].
+    pairs (m, 2) long: (winner, loser) indices into the n responses. weights (m,).
+    Returns I (n,), detached; a response in no pair has I = 0. Positive I: training raises
+    z's likelihood, since ∂L/∂θ = −Σ_z I(z) β ∇θ log πθ(y_z|x).
+
+    Theorem 2 is stated for the unnormalised weights d(s_w, s_l) P(w, l); the division by
+    Σw is one positive factor shared by every z, so multiply by Σw to compare across scores.
+    """
+    n = rewards.shape[0]
+    if rewards.dim() != 1 or scores.shape != rewards.shape:
+        raise ValueError(f"rewards and scores must both be (n,); got rewards {tuple(rewards.shape)}, "
+                         f"scores {tuple(scores.shape)}")
+    if pairs.dim() != 2 or pairs.shape[1] != 2 or pairs.dtype != torch.long:
+        raise ValueError(f"pairs must be a long tensor of shape (m, 2) holding (winner, loser) indices; "
+                         f"got {pairs.dtype} {tuple(pairs.shape)}")
+    if pairs.numel() and (pairs.min() < 0 or pairs.max() >= n):
+        raise ValueError(f"pairs holds indices outside [0, {n}) for {n} responses")
+    weights = _pair_weights(weights, pairs.shape[0], rewards)  # (m,)
+    p = weights / weights.sum()  # (m,) P*(w,l) as realised by the weights
+    r = rewards.detach()  # (n,)
+    fs = apply_score_map(scores, f, "scores").to(r.dtype)  # (n,) f(s)
+    win, lose = pairs[:, 0], pairs[:, 1]  # (m,), (m,)
+    c_w, c_l = fs[win], 1 - fs[lose]  # (m,) f(s_w), 1 − f(s_l)
+    delta = c_w * r[win] - c_l * r[lose]  # (m,) Δ_{w,l}
+    push = p * torch.sigmoid(-delta)  # (m,) P*(w,l) σ(−Δ_{w,l})
+    return (torch.zeros_like(r)
+            .index_add_(0, win, push * c_w)  # z as the winner
+            .index_add_(0, lose, -push * c_l))  # z as the loser
+
+
+def theorem2_condition(rewards: Tensor, scores: Tensor, f: str | ScoreMap | None = None) -> Tensor:
+    """Per response (n,), whether −1/(1 − f(s)) ≤ r ≤ 1/f(s) holds (Theorem 2).
+
+    Checked as f(s) r ≤ 1 and (1 − f(s)) r ≥ −1, which also covers f(s) ∈ {0, 1}
+    (an infinite bound). Where it holds, I(z) strictly increases with s_z.
+    """
+    if rewards.shape != scores.shape:
+        raise ValueError(f"rewards {tuple(rewards.shape)} and scores {tuple(scores.shape)} must match")
+    fs = apply_score_map(scores, f, "scores")
+    return (fs * rewards <= 1) & ((1 - fs) * rewards >= -1)
+
+
+def reward_metrics(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float = 0.1,
+) -> dict[str, Tensor]:
+    """Per-pair (M,) diagnostics, detached: reward margin r_w − r_l and accuracy [r_w > r_l]."""
+    r_w = implicit_reward(policy_chosen_logps, ref_chosen_logps, beta).detach()  # (M,)
+    r_l = implicit_reward(policy_rejected_logps, ref_rejected_logps, beta).detach()  # (M,)
+    return {"reward_margin": r_w - r_l, "reward_accuracy": (r_w > r_l).to(r_w.dtype)}
+
+
+def apply_score_map(scores: Tensor, f: str | ScoreMap | None, name: str = "scores") -> Tensor:
+    """f(s) for scores s ∈ [0,1], detached; ValueError if s or f(s) leaves [0, 1]."""
+    _check_unit_interval(scores, name)
+    if f is None:
+        f = "identity"
+    if isinstance(f, str):
+        if f not in SCORE_MAPS:
+            raise ValueError(f"unknown score map f={f!r}; choose one of {sorted(SCORE_MAPS)} or pass a callable")
+        f = SCORE_MAPS[f]
+    fs = f(scores.detach())
+    if not isinstance(fs, Tensor) or fs.shape != scores.shape:
+        raise ValueError(f"f must map a tensor of shape {tuple(scores.shape)} to one of the same shape")
+    _check_unit_interval(fs, f"f({name})", slack=1e-6)
+    return fs.clamp(0, 1)  # removes rounding error only, e.g. f(1) = 1 + 2e-16
+
+
+def _apply(policy_w: Tensor, policy_l: Tensor, ref_w: Tensor, ref_l: Tensor,
+           c_w: Tensor, c_l: Tensor, beta: float, weights: Tensor | None) -> Tensor:
+    if not policy_w.is_floating_point():
+        raise ValueError(f"log-probs must be floating point; got {policy_w.dtype}")
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0; got {beta}")
+    w = _pair_weights(weights, policy_w.shape[0], policy_w)  # (M,)
+    cast = dict(dtype=policy_w.dtype, device=policy_w.device)
+    return ScoreDPOFunction.apply(policy_w, policy_l, ref_w, ref_l, c_w.to(**cast), c_l.to(**cast),
+                                  w, float(beta))
+
+
+def _pair_weights(weights: Tensor | None, m: int, like: Tensor) -> Tensor:
+    """Validated, detached (m,) pair weights in `like`'s dtype; None gives ones (uniform)."""
+    if m == 0:
+        raise ValueError("need at least one pair; got M = 0")
+    if weights is None:
+        return torch.ones(m, dtype=like.dtype, device=like.device)
+    if weights.shape != (m,):
+        raise ValueError(f"weights must have shape ({m},), one per pair; got {tuple(weights.shape)}")
+    if not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError("weights must be finite, >= 0 and not all zero")
+    return weights.detach().to(dtype=like.dtype, device=like.device)
+
+
+def _check_pair_shapes(**tensors: Tensor) -> None:
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    first = next(iter(shapes.values()))
+    if len(first) != 1 or any(s != first for s in shapes.values()):
+        listed = ", ".join(f"{name} {s}" for name, s in shapes.items())
+        raise ValueError(f"all inputs must be 1-D of the same shape (M,), one entry per pair; got {listed}")
+
+
+def _check_unit_interval(x: Tensor, name: str, slack: float = 0.0) -> None:
+    inside = (x >= -slack) & (x <= 1 + slack)  # False for NaN too
+    if not inside.all():
+        bad = x[~inside]
+        raise ValueError(f"{name} must lie in [0, 1]; got {bad.numel()} value(s) outside, e.g. {bad[0].item()}")
