@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from kernels.attention import attention, causal_mask
 from kernels.norm import rms_norm
@@ -87,6 +88,7 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
+        self.gradient_checkpointing = False  # recompute each block in backward (training memory)
         self.register_buffer("inv_freq", torch.empty(cfg.head_dim // 2), persistent=False)
         self.init_buffers()
 
@@ -137,5 +139,8 @@ class Transformer(nn.Module):
         cos, sin = rope_cos_sin(positions, self.inv_freq)
         x = self.embed_tokens(input_ids)  # (B, T, C)
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, cache, slots)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache, slots)
         return self.norm(x)

@@ -1,0 +1,18 @@
+"""torchrun worker for test_dpo_trainer: 2-process gloo training of a tiny LoRA model."""
+
+import sys
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+from test_dpo_trainer import tiny_lora_model, tiny_pairs  # noqa: E402
+
+from scoreflow.dpo.trainer import TrainConfig, train_dpo  # noqa: E402
+
+dist.init_process_group("gloo")
+model = tiny_lora_model(dropout=0.0)
+train_dpo(model, tiny_pairs(), sys.argv[1], TrainConfig(lr=1e-2, batch_size=1, grad_accum=1), progress=False)
+if dist.get_rank() == 0:
+    torch.save({n: p for n, p in model.named_parameters() if p.requires_grad}, sys.argv[2])
+dist.destroy_process_group()
