@@ -1,0 +1,1 @@
+"""Workflow runtime: operators, parsing and validation of generated workflows, sandboxed execution."""

@@ -1,0 +1,431 @@
+"""Run untrusted generated Python in a separate, locked-down process.
+
+The reference code `exec`s generated programs in-process behind a bypassable import
+blocklist (SPEC Part C). Here every run is a fresh `python -I` process:
+
+    parent (this module)                     child (this file run as a script)
+    ------------------------------------     ---------------------------------------------
+    temp dir, program.py, report file   -->  stage A, as the caller's user:
+    new session (own process group)            unshare net + mount + PID namespaces
+    stdout/stderr drained, capped              mounts: / private; untraversable dirs holding
+    wall-clock timeout -> SIGKILL group          the interpreter (pyenv/conda under /root) are
+    temp dir removed                             replaced by a tmpfs with only the interpreter
+                                                 bound back; the work dir is a fresh tmpfs;
+                                                 every other mount is remounted read-only
+                                               fork -> program process = PID 1 of the new
+                                                 namespace (stage A waits and mirrors its end)
+                                             program process:
+                                               rlimits (AS, CPU, NPROC, FSIZE, NOFILE, CORE=0)
+                                               drop to nobody, no_new_privs, parent-death kill
+                                               audit hook (defence in depth), exec the program
+
+Real isolation is the process, the uid, the rlimits and the namespaces: no network (the new
+network namespace has only a downed loopback), no writes outside the work dir (read-only
+mounts), nothing outlives the run (when PID 1 of a namespace dies the kernel kills the rest,
+setsid or not), no signals to other sandboxes (they live in other PID namespaces).
+
+Fallbacks, reported in `SandboxResult.isolated` and warned about once:
+- not root: unshare(user + net) only; the program keeps the caller's uid and files and no
+  RLIMIT_NPROC is set (it would count every process of that user).
+- unshare refused (a container's seccomp, or unprivileged user namespaces disabled): no
+  namespaces at all; sockets and writes outside the work dir are then blocked by the audit
+  hook alone, and leftovers are killed through the process group only.
+
+Known limits: the program is PID 1 of its namespace, so signals it sends *itself* with the
+default action (os.kill(os.getpid(), SIGTERM), raise(SIGSEGV)) are ignored by the kernel;
+exceptions, real faults, rlimits and the timeout still end it. RLIMIT_AS is per process: a
+program that forks (possible only past the audit hook) can use up to MAX_PROCESSES times
+memory_mb; a cgroup would bound the total but is not available everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import types
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+NOBODY = 65534                    # uid/gid the program runs as when we start as root
+MAX_PROCESSES = 64                # RLIMIT_NPROC for uid nobody (shared by concurrent runs)
+MAX_OPEN_FILES = 64
+MAX_FILE_BYTES = 32 << 20         # RLIMIT_FSIZE: one file written by the program
+WORKDIR_TMPFS = "size=64m,nr_inodes=4096"   # bounds the work dir in total, not per file
+DRAIN_GRACE_S = 1.0               # after the process ends, wait this long for pipes to close
+
+# linux/sched.h, linux/mount.h, linux/prctl.h
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself could not be set up (not a failure of the program)."""
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """Outcome of one run.
+
+    status: "ok" (exit 0), "error" (exception or non-zero exit; traceback in stderr),
+    "timeout" (we killed it at timeout_s), "killed" (died from any other signal, e.g. a
+    segfault or the CPU limit). `value` is str() of the `call` expression, None without one.
+    `isolated` is True when the run had its own network, mount and PID namespaces and an
+    unprivileged uid; False means part of that was unavailable (see the module docstring).
+    """
+
+    status: str
+    stdout: str
+    stderr: str
+    value: str | None
+    returncode: int
+    duration_s: float
+    isolated: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def run_python(code: str, **options: Any) -> SandboxResult:
+    """Blocking form of `run_python_async` (same keyword options); not for use inside a
+    running event loop."""
+    return asyncio.run(run_python_async(code, **options))
+
+
+async def run_python_async(code: str, *, call: str | None = None, timeout_s: float = 10.0,
+                           memory_mb: int = 1024, max_output_bytes: int = 64 * 1024,
+                           audit_hook: bool = True) -> SandboxResult:
+    """Run `code` as a module in a fresh sandboxed process; if `call` is given (e.g.
+    "solve()"), evaluate it in the module's namespace afterwards and return str() of it.
+
+    stdout, stderr and the value are each cut to `max_output_bytes` with a marker.
+    `audit_hook=False` leaves out the in-process defence layer; it exists so tests can show
+    the OS-level isolation holds on its own — keep it on in real use.
+    """
+    workdir = tempfile.mkdtemp(prefix="scoreflow_sandbox_")
+    try:
+        with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as f:
+            f.write(code)
+        with tempfile.TemporaryFile() as report:
+            config = dict(workdir=workdir, report_fd=report.fileno(), call=call, timeout_s=timeout_s,
+                          memory_mb=memory_mb, max_output_bytes=max_output_bytes, audit_hook=audit_hook)
+            return await _supervise(config, report)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- parent side
+
+async def _supervise(config: dict, report) -> SandboxResult:
+    limit = config["max_output_bytes"]
+    start = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-I", "-u", "-B", "-X", "utf8", os.path.abspath(__file__), json.dumps(config),
+        cwd=config["workdir"], env=_child_env(config["workdir"]), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True, pass_fds=(config["report_fd"],))
+    out, err = _Capture(limit), _Capture(limit)
+    readers = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr))
+    timed_out = False
+    try:
+        await asyncio.wait_for(proc.wait(), config["timeout_s"])
+    except asyncio.TimeoutError:  # builtin TimeoutError only from 3.11 on
+        timed_out = True
+    finally:  # also on cancellation: never leave the group running or unreaped
+        _kill_group(proc.pid)
+        await proc.wait()
+        try:
+            await asyncio.wait_for(readers, DRAIN_GRACE_S)
+        except asyncio.TimeoutError:
+            pass  # a fallback-mode escapee keeps a pipe open; keep what was read
+    duration = time.monotonic() - start
+
+    facts = _read_report(report, limit)
+    if "setup_error" in facts:
+        raise SandboxError(f"could not set up the sandbox: {facts['setup_error']}")
+    if facts.get("isolated") is False:
+        warnings.warn(f"sandbox runs with reduced isolation: {facts.get('note', 'unknown reason')}",
+                      RuntimeWarning, stacklevel=2)
+    code, stderr, value = proc.returncode, err.text(), facts.get("value")
+    if timed_out:
+        status = "timeout"
+    elif code < 0:
+        status = "killed"
+    elif code != 0:
+        status = "error"
+    elif config["call"] is not None and value is None:
+        status = "error"
+        stderr += f"\n[sandbox: the program exited before `{config['call']}` returned]"
+    else:
+        status = "ok"
+    return SandboxResult(status, out.text(), stderr, value, code, duration, facts.get("isolated", False))
+
+
+def _child_env(workdir: str) -> dict[str, str]:
+    """A minimal environment: nothing of ours (API keys!) leaks into generated code."""
+    single_thread = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    # (BLAS thread pools would count against RLIMIT_NPROC and RLIMIT_AS)
+    return {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LC_ALL": "C.UTF-8", **single_thread}
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class _Capture:
+    """Keeps the first `limit` bytes of a stream and keeps draining (and counting) the rest,
+    so the child never blocks on a full pipe and the parent never holds more than `limit`."""
+
+    def __init__(self, limit: int):
+        self.limit, self.kept, self.total = limit, bytearray(), 0
+
+    async def drain(self, stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(1 << 16):
+            self.kept += chunk[: self.limit - len(self.kept)]
+            self.total += len(chunk)
+
+    def text(self) -> str:
+        return _clipped(bytes(self.kept), self.total)
+
+
+def _clipped(kept: bytes, total: int) -> str:
+    text = kept.decode("utf-8", "replace")
+    return text if total <= len(kept) else f"{text}\n[sandbox: {total - len(kept)} more bytes truncated]"
+
+
+def _read_report(report, limit: int) -> dict:
+    """Facts the child wrote as JSON lines: setup facts first, then (from the program's own
+    process, which can write anything there) only the value is believed."""
+    report.seek(0)
+    facts: dict = {}
+    believed = {"setup_error", "isolated", "note"}
+    for line in report.read(2 * limit + 4096).splitlines():  # value (<= limit + marker) + small facts
+        try:
+            fact = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(fact, dict):
+            facts.update((k, v) for k, v in fact.items() if k in believed)
+            believed = {"value"} if "isolated" in fact else believed
+    return facts
+
+
+# ----------------------------------------------------------------------------- child side
+
+def _child_main(config: dict) -> None:
+    fd, workdir = config["report_fd"], config["workdir"]
+    root = os.geteuid() == 0
+    with open(os.path.join(workdir, "program.py"), encoding="utf-8") as f:
+        source = f.read()
+    try:
+        refused = _unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID if root else CLONE_NEWUSER | CLONE_NEWNET)
+        isolated = root and refused is None
+        if isolated:
+            _isolate_filesystem(workdir, source)
+            _become_pid_namespace_parent()
+        elif root:
+            _require_reachable_interpreter()
+            os.chown(workdir, NOBODY, NOBODY)
+        _apply_limits(config, root)
+        if root:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+        _libc("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        if isolated:  # a setsid() escapee still dies with stage A (set after setuid, which clears it)
+            _libc("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except OSError as e:
+        _report(fd, setup_error=f"{e} (running as uid {os.geteuid()})")
+        os._exit(1)
+    _report(fd, isolated=isolated, note=refused or "not root: own network namespace only, caller's uid")
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over-long writes raise OSError instead
+    if config["audit_hook"]:
+        _install_audit_hook(workdir)
+    _run_program(config, source)
+
+
+def _libc(name: str, *args: Any) -> None:
+    if getattr(ctypes.CDLL(None, use_errno=True), name)(*args) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{name}() failed: {os.strerror(errno)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    paths = (None if s is None else os.fsencode(s) for s in (source, target, fstype))
+    _libc("mount", *paths, ctypes.c_ulong(flags), data and data.encode())
+
+
+def _unshare(flags: int) -> str | None:
+    """Enter new namespaces; returns None on success, else why not (we then fall back)."""
+    try:
+        _libc("unshare", flags)
+        return None
+    except OSError as e:
+        return f"unshare refused ({e}): no network/mount/PID namespaces, audit hook only"
+
+
+def _isolate_filesystem(workdir: str, source: str) -> None:
+    """Inside our private mount namespace: make the interpreter reachable for uid nobody,
+    give the program a fresh size-capped tmpfs as work dir, make everything else read-only."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing propagates to the host
+    _expose_interpreter()
+    _mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV, f"{WORKDIR_TMPFS},mode=0700,uid={NOBODY},gid={NOBODY}")
+    os.chdir(workdir)  # the old cwd is the host dir underneath the new mount
+    with open("program.py", "w", encoding="utf-8") as f:  # for tracebacks with source lines
+        f.write(source)
+    for target in _mount_points():
+        if target != workdir and os.path.exists(target):  # a mount under a path we hid is unreachable
+            flags = os.statvfs(target).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)  # keep them
+            _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
+
+
+def _expose_interpreter() -> None:
+    """pyenv/conda often live under /root (mode 0700), which uid nobody cannot traverse, so
+    every later import would fail. Overmount each such closed directory with an empty tmpfs
+    (hiding the rest of it, e.g. credentials) and bind the interpreter's directories back."""
+    by_closed_dir: dict[str, list[tuple[str, int]]] = {}
+    for path in _interpreter_dirs():
+        closed = _first_closed_ancestor(path)
+        if closed is not None:
+            by_closed_dir.setdefault(closed, []).append((path, os.open(path, os.O_PATH)))
+    for closed, paths in by_closed_dir.items():
+        _mount("tmpfs", closed, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+        for path, fd in paths:
+            os.makedirs(path, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+            os.close(fd)
+
+
+def _require_reachable_interpreter() -> None:
+    for path in _interpreter_dirs():
+        if (closed := _first_closed_ancestor(path)) is not None:
+            raise PermissionError(
+                f"uid {NOBODY} cannot reach the Python installation at {path} ({closed} is closed to others) "
+                f"and without namespaces it cannot be bound elsewhere; install Python where others can read "
+                f"it (e.g. /usr/local) or allow unshare(2) here")
+
+
+def _interpreter_dirs() -> list[str]:
+    """The outermost directories the interpreter imports from."""
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, *(p for p in sys.path if os.path.isdir(p))}
+    return sorted(d for d in dirs if not any(d.startswith(other + os.sep) for other in dirs))
+
+
+def _first_closed_ancestor(path: str) -> str | None:
+    """The outermost directory on `path` that others may not traverse (no o+x bit)."""
+    current = "/"
+    for part in path.strip("/").split("/"):
+        current = os.path.join(current, part)
+        if not os.stat(current).st_mode & 0o001:
+            return current
+    return None
+
+
+def _mount_points() -> list[str]:
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        points = {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4]) for line in f}
+    return sorted(points)
+
+
+def _become_pid_namespace_parent() -> None:
+    """Fork the program process: it is PID 1 of the new PID namespace, so when it ends the
+    kernel kills whatever it left behind. This process (outside the namespace) waits and
+    then ends the same way, so the parent sees one exit status."""
+    pid = os.fork()
+    if pid == 0:
+        return
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if -code != signal.SIGKILL:  # the only one that cannot (and need not) be reset
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code if code >= 0 else 128 - code)
+
+
+def _apply_limits(config: dict, root: bool) -> None:
+    cpu_s = math.ceil(config["timeout_s"]) + 1  # backstop only: the wall clock ends runs first
+    memory = config["memory_mb"] << 20
+    limits = {resource.RLIMIT_AS: (memory, memory), resource.RLIMIT_CPU: (cpu_s, cpu_s + 1),
+              resource.RLIMIT_FSIZE: (MAX_FILE_BYTES,) * 2, resource.RLIMIT_NOFILE: (MAX_OPEN_FILES,) * 2,
+              resource.RLIMIT_CORE: (0, 0)}
+    if root:  # counts processes per uid: only meaningful for our own unprivileged uid
+        limits[resource.RLIMIT_NPROC] = (MAX_PROCESSES, MAX_PROCESSES)
+    for kind, value in limits.items():
+        resource.setrlimit(kind, value)
+
+
+_FORBIDDEN_EVENTS = frozenset({
+    "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "subprocess.Popen",
+    "socket.__new__", "socket.connect", "socket.bind",
+    "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "ctypes.string_at", "ctypes.addressof",
+})
+_PATH_EVENTS = {"open": (0,), "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1),
+                "os.symlink": (1,), "os.link": (1,), "os.chmod": (0,), "os.chown": (0,), "os.truncate": (0,)}
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+
+def _install_audit_hook(workdir: str) -> None:
+    """Defence in depth (PEP 578): refuse process creation, sockets, ctypes and file
+    changes outside the work dir, whichever way the program reached them (__import__,
+    importlib, ...). Audit hooks can be subverted from inside, so nothing relies on this."""
+    root = os.path.realpath(workdir) + os.sep
+
+    def outside(path: Any) -> bool:
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            return False  # a file descriptor: already open
+        real = os.path.realpath(os.fsdecode(path))
+        return not (real + os.sep).startswith(root) and real != os.devnull
+
+    def hook(event: str, args: tuple) -> None:
+        if event in _FORBIDDEN_EVENTS:
+            raise PermissionError(f"sandbox: {event} is not allowed in generated code")
+        if event in _PATH_EVENTS and not (event == "open" and not (args[2] or 0) & _WRITE_FLAGS):
+            for i in _PATH_EVENTS[event]:
+                if outside(args[i]):
+                    raise PermissionError(f"sandbox: {event} outside the work dir is not allowed: {args[i]!r}")
+
+    sys.addaudithook(hook)
+
+
+def _run_program(config: dict, source: str) -> None:
+    """Exec the program as a fresh __main__ module; report str(call) on the report fd."""
+    module = types.ModuleType("__main__")
+    sys.modules["__main__"] = module
+    path = os.path.join(config["workdir"], "program.py")
+    try:
+        exec(compile(source, path, "exec"), module.__dict__)
+        if config["call"] is None:
+            return
+        value = str(eval(compile(config["call"], "<call>", "eval"), module.__dict__)).encode()
+    except Exception as e:  # noqa: BLE001 - any program error is reported, not ours
+        traceback.print_exception(type(e), e, e.__traceback__.tb_next)  # drop this frame
+        sys.exit(1)
+    limit = config["max_output_bytes"]
+    _report(config["report_fd"], value=_clipped(value[:limit], len(value)))
+
+
+def _report(fd: int, **facts: Any) -> None:
+    os.write(fd, json.dumps(facts, ensure_ascii=False).encode() + b"\n")
+
+
+if __name__ == "__main__":
+    _child_main(json.loads(sys.argv[1]))
