@@ -84,7 +84,10 @@ def load_model(path_or_name, dtype: torch.dtype | None = None,
                     if got != want:
                         raise ValueError(f"{file}: tensor {hf_name} has shape {got}, the config in "
                                          f"{model_dir} implies {want}")
-                    _assign(model, name, f.get_tensor(hf_name).to(device=device, dtype=dtype))
+                    tensor = f.get_tensor(hf_name).to(device=device, dtype=dtype)
+                    if device.type == "cpu" and tensor.dim() == 2:
+                        tensor = _column_major(tensor)
+                    _assign(model, name, tensor)
                     expected.pop(name)
         except SafetensorError as e:
             raise ValueError(f"{file} is not a readable safetensors file (truncated or corrupt?): "
@@ -98,6 +101,13 @@ def load_model(path_or_name, dtype: torch.dtype | None = None,
     model.tie_weights()
     model.init_buffers(device)
     return model.eval()
+
+
+def _column_major(w: torch.Tensor) -> torch.Tensor:
+    """Same (out, in) tensor, stored transposed: F.linear then runs x @ W^T as a plain
+    (non-transposed) GEMM, which MKL streams ~20% faster at decode batch sizes on CPU
+    (bench/bench_generate.py); the values, shape and semantics are unchanged."""
+    return w.t().contiguous().t()
 
 
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:

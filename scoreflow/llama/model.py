@@ -41,15 +41,16 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=cfg.attention_out_bias)
 
-    def forward(self, x, cos, sin, mask, cache=None, slots=None) -> torch.Tensor:
+    def forward(self, x, cos, sin, mask, cache=None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, Hq, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v, slots)  # (B, Hkv, S, D)
-        out = attention(q, k, v, mask)  # (B, Hq, T, D)
+        if cache is not None:  # the cache stores k/v and attends over everything it holds
+            out = cache.attend(self.layer_idx, q, k, v)  # (B, Hq, T, D)
+        else:
+            out = attention(q, k, v, mask)  # (B, Hq, T, D)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -74,8 +75,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache=None, slots=None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, slots)
+    def forward(self, x, cos, sin, mask, cache=None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -127,11 +128,10 @@ class Transformer(nn.Module):
         if positions is None:
             start = cache.num_tokens(B) if cache is not None else 0
             positions = (start + valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-        slots = None
+        mask = None
         if cache is not None:
             assert not explicit, "an explicit (B, T, T) mask cannot be combined with a KV cache"
-            slots, key_valid = cache.append(valid)  # (T,), (B, S)
-            mask = causal_mask(key_valid, slots)
+            cache.begin(valid)
         elif explicit:
             mask = attention_mask.bool()
         else:
@@ -142,5 +142,5 @@ class Transformer(nn.Module):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, cache, slots)
+                x = layer(x, cos, sin, mask, cache)
         return self.norm(x)

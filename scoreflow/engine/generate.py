@@ -1,0 +1,282 @@
+"""Engine: batched generation with a KV cache, prefix sharing and continuous batching.
+
+    waiting requests --admit--> packed prefill (one forward for several prompts, no padding)
+                                 -> first token of each of the n samples, cache forked n ways
+    running rows 0..B-1 --step--> one batched decode forward -> sample B tokens -> retire
+                                 finished rows (compacting the cache) -> admit more -> ...
+
+Requests can arrive from other threads at any time (`submit`); they join the batch between
+decode steps. `generate` is the simple synchronous front: submit, run steps, collect.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+
+from .kv_cache import KVCache
+from .sampling import SamplingParams, sample, splitmix64, token_logprobs
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # most likely alternatives (token id, logprob)
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (EOS or stop string) | "length" | "cancelled"
+    logprobs: list[TokenLogprob] | None
+    prompt_tokens: int
+
+
+@dataclass
+class _Sequence:
+    """One sample being generated; `on_update(seq, new_text)` streams text as it firms up."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    seed: int
+    request: _Request
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    params: SamplingParams
+    on_update: Callable | None
+    seqs: list[_Sequence] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    cancelled: bool = False
+
+    def completions(self) -> list[Completion]:
+        return [Completion(s.text, s.ids, s.finish_reason, s.logprobs if self.params.logprobs is not None
+                           else None, len(self.prompt_ids)) for s in self.seqs]
+
+
+class Engine:
+    def __init__(self, model, tokenizer, max_batch: int = 16, max_seq_len: int = 2048,
+                 prefill_tokens: int = 4096):
+        """max_batch x max_seq_len sizes the KV cache (allocated once); prefill_tokens bounds the
+        tokens one packed prefill forward may take."""
+        self.model, self.tokenizer = model, tokenizer
+        self.device = model.embed_tokens.weight.device
+        self.max_seq_len = min(max_seq_len, model.config.max_position_embeddings)
+        self.cache = KVCache.for_model(model, max_batch, self.max_seq_len)
+        self.prefill_tokens = prefill_tokens
+        self.eos = set(tokenizer.eos_token_ids)
+        self._inbox: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self._waiting: deque[_Request] = deque()
+        self._running: list[_Sequence] = []  # row i of the cache holds _running[i]
+        self._lock = threading.Lock()  # one driver of the model at a time
+        self._seed_source = random.Random()
+        self._worker: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    # -- public API --------------------------------------------------------------------------
+    def generate(self, prompts: list[str] | list[list[int]], params: SamplingParams = SamplingParams()
+                 ) -> list[Completion]:
+        """n completions per prompt, prompt-major."""
+        requests = [self.submit(p, params) for p in prompts]
+        self._run_until_done(requests)
+        return [c for r in requests for c in r.completions()]
+
+    def generate_streaming(self, prompt: str | list[int], params: SamplingParams,
+                           on_update: Callable) -> Completion:
+        """One completion, calling on_update(seq, new_text) as text firms up."""
+        req = self.submit(prompt, replace(params, n=1), on_update)
+        self._run_until_done([req])
+        return req.completions()[0]
+
+    def _run_until_done(self, requests: list[_Request]) -> None:
+        """Drive the scheduler here, or just wait when a background thread drives it."""
+        while not all(r.done.is_set() for r in requests):
+            if self._worker is not None:
+                next(r for r in requests if not r.done.is_set()).done.wait(0.05)
+            else:
+                self.step()
+
+    def submit(self, prompt: str | list[int], params: SamplingParams, on_update: Callable | None = None) -> _Request:
+        """Queue a request (thread-safe); it joins the running batch at the next step."""
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise ValueError("empty prompt")
+        if len(ids) + params.max_tokens > self.max_seq_len:
+            raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                             f"engine's max_seq_len {self.max_seq_len}")
+        if params.n > self.cache.n_slots:
+            raise ValueError(f"n={params.n} exceeds the engine's max_batch {self.cache.n_slots}")
+        base = params.seed if params.seed is not None else self._seed_source.getrandbits(63)
+        req = _Request(ids, params, on_update)
+        req.seqs = [_Sequence(ids, params, splitmix64(base + i) if i else base, req) for i in range(params.n)]
+        self._inbox.put(req)
+        self._wake.set()
+        return req
+
+    def cancel(self, req: _Request) -> None:
+        req.cancelled = True
+        self._wake.set()
+
+    def start(self) -> None:
+        """Drive the engine from a background thread (for servers)."""
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._serve_forever, daemon=True, name="scoreflow-engine")
+            self._worker.start()
+
+    def _serve_forever(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self.step():
+                pass
+
+    # -- one scheduler step ------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> bool:
+        """Admit waiting requests, decode one token for every running row. False when idle."""
+        with self._lock:
+            while not self._inbox.empty():
+                self._waiting.append(self._inbox.get())
+            self._drop_cancelled()
+            self._admit()
+            if self._running:
+                self._decode()
+            return bool(self._running or self._waiting)
+
+    def _drop_cancelled(self) -> None:
+        for req in [r for r in self._waiting if r.cancelled]:
+            self._waiting.remove(req)
+            self._finish_request(req, "cancelled")
+        for seq in [s for s in self._running if s.request.cancelled]:
+            seq.finish_reason = "cancelled"
+        self._retire()
+
+    def _admit(self) -> None:
+        """Packed prefill of as many waiting requests as fit in free slots and the token budget."""
+        batch, tokens = [], 0
+        free = self.cache.n_slots - len(self._running)
+        while self._waiting:
+            req = self._waiting[0]
+            if req.params.n > free or (batch and tokens + len(req.prompt_ids) > self.prefill_tokens):
+                break
+            self._waiting.popleft()
+            batch.append(req)
+            free -= req.params.n
+            tokens += len(req.prompt_ids)
+        if not batch:
+            return
+        first_rows = []
+        for req in batch:  # the prompt goes to the first of the request's n rows
+            first_rows.append(len(self._running))
+            self._running.extend(req.seqs)
+        lens = [len(r.prompt_ids) for r in batch]
+        ids = torch.tensor([t for r in batch for t in r.prompt_ids], device=self.device)[None]  # (1, ΣT)
+        pos = torch.cat([torch.arange(n) for n in lens]).to(self.device)[None]  # (1, ΣT)
+        self.cache.plan_packed(first_rows, lens, self.device)
+        h = self.model.trunk(ids, pos, cache=self.cache)[0]  # (ΣT, C)
+        last = torch.tensor(lens, device=self.device).cumsum(0) - 1
+        logits = self.model.lm_head(h[last]).float()  # (R, V) one row per request
+        rows, row_logits = [], []
+        for i, (req, row) in enumerate(zip(batch, first_rows)):
+            if req.params.n > 1:  # prefix sharing: prefill once, copy the cache to the other rows
+                self.cache.fork(row, list(range(row + 1, row + req.params.n)))
+            rows += range(row, row + req.params.n)
+            row_logits.append(logits[i: i + 1].expand(req.params.n, -1))
+        self._sample_and_append(rows, torch.cat(row_logits))
+        self._retire()
+
+    def _decode(self) -> None:
+        B = len(self._running)
+        x = torch.tensor([[s.ids[-1]] for s in self._running], device=self.device)  # (B, 1)
+        pos = torch.tensor([[self.cache.lengths[b]] for b in range(B)], device=self.device)  # (B, 1)
+        h = self.model.trunk(x, pos, cache=self.cache)  # (B, 1, C)
+        logits = self.model.lm_head(h[:, 0]).float()  # (B, V)
+        self._sample_and_append(list(range(B)), logits)
+        self._retire()
+
+    def _sample_and_append(self, rows: list[int], logits: torch.Tensor) -> None:
+        seqs = [self._running[r] for r in rows]
+        tokens = sample(logits, [s.params for s in seqs], [s.seed for s in seqs], [len(s.ids) for s in seqs])
+        top_n = max((s.params.logprobs or 0) for s in seqs)
+        want_lp = any(s.params.logprobs is not None for s in seqs)
+        chosen, top = token_logprobs(logits, tokens, top_n) if want_lp else (None, None)
+        for i, (seq, tok) in enumerate(zip(seqs, tokens.tolist())):
+            if tok in self.eos and not seq.params.ignore_eos:
+                seq.finish_reason = "stop"
+                continue
+            seq.ids.append(tok)
+            if seq.params.logprobs is not None:
+                k = seq.params.logprobs
+                alts = list(zip(top.indices[i, :k].tolist(), top.values[i, :k].tolist())) if k else []
+                seq.logprobs.append(TokenLogprob(tok, chosen[i].item(), alts))
+            self._update_text(seq)
+            if seq.finish_reason is None and len(seq.ids) >= seq.params.max_tokens:
+                seq.finish_reason = "length"
+
+    def _update_text(self, seq: _Sequence) -> None:
+        """Decode, cut at the first stop string, stream what is firm (no half characters)."""
+        if not (seq.params.stop or seq.request.on_update):
+            return
+        text = self.tokenizer.decode(seq.ids, skip_special_tokens=True)
+        if seq.params.stop:
+            hits = [i for i in (text.find(s, max(0, len(seq.text) - len(s))) for s in seq.params.stop) if i >= 0]
+            if hits:
+                text, seq.finish_reason = text[: min(hits)], "stop"
+        firm = text.rstrip("\ufffd")
+        if seq.params.stop and seq.finish_reason is None:  # hold back a possible stop-string prefix
+            hold = max(len(s) - 1 for s in seq.params.stop)
+            firm = firm[: max(len(seq.text), len(firm) - hold)]
+        if len(firm) > len(seq.text):
+            new, seq.text = firm[len(seq.text):], firm
+            if seq.request.on_update:
+                seq.request.on_update(seq, new)
+
+    def _retire(self) -> None:
+        """Remove finished rows, moving the last running row into each hole (rows stay 0..B-1)."""
+        row = 0
+        while row < len(self._running):
+            seq = self._running[row]
+            if seq.finish_reason is None:
+                row += 1
+                continue
+            last = len(self._running) - 1
+            if row != last:
+                self.cache.move(last, row)
+            else:
+                self.cache.release(row)
+            self._running[row] = self._running[last]
+            self._running.pop()
+            req = seq.request
+            if all(s.finish_reason is not None for s in req.seqs) and not req.done.is_set():
+                self._finish_request(req, None)
+
+    def _finish_request(self, req: _Request, reason: str | None) -> None:
+        for s in req.seqs:
+            if reason is not None:
+                s.finish_reason = s.finish_reason or reason
+            full = self.tokenizer.decode(s.ids, skip_special_tokens=True)
+            if s.params.stop:
+                cut = [i for i in (full.find(x) for x in s.params.stop) if i >= 0]
+                full = full[: min(cut)] if cut else full
+            if req.on_update and len(full) > len(s.text):
+                req.on_update(s, full[len(s.text):])
+            s.text = full
+        req.done.set()
+        if req.on_update:
+            req.on_update(None, None)  # end of stream
+
+

@@ -1,0 +1,103 @@
+"""Token sampling: greedy, temperature, top-k, top-p, with per-request seeds, as pure functions.
+
+Reproducibility without per-request generators: the uniform number that picks token t of a
+request is a hash of (seed, t) (SplitMix64), so the same seed and parameters give the same
+tokens whatever else shares the batch, and a whole batch samples in a few tensor ops.
+A token is drawn by inverse CDF over the filtered distribution:
+
+    p = softmax(logits / T) -> keep top-k ranks and the smallest top-p prefix -> renormalise
+    token = first rank whose cumulative probability exceeds u * Σ kept,   u = hash(seed, t)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_tokens: int = 256
+    stop: tuple[str, ...] | None = None
+    seed: int | None = None
+    logprobs: int | None = None  # None: off; 0: the sampled token's; k: plus the top-k alternatives
+    ignore_eos: bool = False  # keep going past EOS (benchmarks, parity tests)
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        elif self.stop is not None:
+            object.__setattr__(self, "stop", tuple(self.stop))
+        checks = [(self.n >= 1, "n must be >= 1"), (self.temperature >= 0, "temperature must be >= 0"),
+                  (0 < self.top_p <= 1, "top_p must be in (0, 1]"), (self.top_k >= 0, "top_k must be >= 0"),
+                  (self.max_tokens >= 1, "max_tokens must be >= 1"),
+                  (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]"),
+                  (not self.stop or all(isinstance(s, str) and s for s in self.stop),
+                   "stop must be non-empty strings")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"{msg} (got {self})")
+
+
+def splitmix64(x: int) -> int:
+    """One SplitMix64 output for state x (Python ints, exact 64-bit arithmetic)."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def uniforms(seeds: list[int], steps: list[int]) -> torch.Tensor:
+    """(B,) float64 in [0, 1): u_b = hash(seed_b, step_b), independent of the batch."""
+    return torch.tensor([splitmix64(splitmix64(s) ^ t) >> 11 for s, t in zip(seeds, steps)],
+                        dtype=torch.float64) / float(1 << 53)
+
+
+def filtered_probs(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+                   top_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted, filtered, unnormalised probabilities and their token ids.
+
+    logits (B, V) fp32; temperature/top_p (B,) float (> 0), top_k (B,) long (0 = off).
+    Returns probs (B, V) in descending order with filtered ranks set to 0, and ids (B, V).
+    """
+    probs, ids = (logits / temperature[:, None]).softmax(-1).sort(-1, descending=True)
+    rank = torch.arange(probs.shape[-1], device=probs.device)
+    keep = (top_k[:, None] == 0) | (rank < top_k[:, None])  # top-k ranks
+    before = probs.cumsum(-1) - probs  # mass strictly before each rank
+    keep &= before < top_p[:, None]  # smallest prefix reaching top_p (rank 0 always kept)
+    return probs * keep, ids
+
+
+def sample(logits: torch.Tensor, params: list[SamplingParams], seeds: list[int],
+           steps: list[int]) -> torch.Tensor:
+    """One token per row: logits (B, V) fp32 -> (B,) long."""
+    tokens = logits.argmax(-1)
+    hot = [i for i, p in enumerate(params) if p.temperature > 0]
+    if not hot:
+        return tokens
+    rows = torch.tensor(hot, device=logits.device)
+    dev = dict(device=logits.device)
+    probs, ids = filtered_probs(
+        logits[rows], torch.tensor([params[i].temperature for i in hot], **dev),
+        torch.tensor([params[i].top_p for i in hot], **dev), torch.tensor([params[i].top_k for i in hot], **dev))
+    cdf = probs.double().cumsum(-1)  # (b, V)
+    u = uniforms([seeds[i] for i in hot], [steps[i] for i in hot]).to(logits.device) * cdf[:, -1]
+    rank = torch.searchsorted(cdf, u[:, None], right=True).clamp(max=cdf.shape[-1] - 1)  # (b, 1)
+    tokens[rows] = ids.gather(-1, rank).squeeze(-1)
+    return tokens
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top_n: int):
+    """Log-probabilities of the model's raw distribution (before temperature / filtering):
+    (B,) of the chosen tokens, and (B, top_n) values + ids of the most likely alternatives."""
+    logp = logits.log_softmax(-1)
+    chosen = logp.gather(-1, tokens[:, None]).squeeze(-1)
+    top = logp.topk(top_n, -1) if top_n else None
+    return chosen, top
