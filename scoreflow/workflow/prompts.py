@@ -1,0 +1,297 @@
+"""Prompt text: what operators ask the executor, and the guide the generator reads.
+
+Written for this project (not the reference's wording). Two audiences:
+
+- the executor LLM: one template per operator step and per extraction kind, filled with
+  `str.format` (fields in braces; literal braces doubled);
+- the generator LLM (SPEC A1/A2): per family, the template workflow (a single Custom call),
+  the operators it may use with their parameters, return values and an example, and the
+  rules (3-8 LLM calls; loops, ensembles and conditions welcome; no imports, no
+  placeholders; the answer between <graph> and </graph>). `generator_prompt(family,
+  question)` puts the guide in a system message that is the same for every question of a
+  family, so all k samples and all questions share that prefix (SPEC A4), and the question
+  last.
+
+Also the validity knobs of SPEC A3 read by the validator and the pairs module:
+SIMILARITY_THRESHOLDS, FORBIDDEN_SNIPPETS, TIME_LIMITS_S.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+
+# --------------------------------------------------------------------------- SPEC A3 knobs
+
+# difflib ratio against the template at or above which a workflow counts as "near the
+# template" and is dropped from pairs (ref); None: the check is off for that task.
+SIMILARITY_THRESHOLDS: dict[str, float | None] = {
+    "math": 0.75, "gsm8k": 0.8, "drop": 0.75, "hotpotqa": 0.75, "humaneval": None, "mbpp": None,
+}
+# Text a workflow may not contain (ref): both turn free LLM text into brittle structure.
+# The validator matches `int(` as a whole word (so `print(` is fine) and either quote style.
+FORBIDDEN_SNIPPETS: tuple[str, ...] = (".split(' ')", "int(")
+TIME_LIMITS_S: dict[str, float] = {"math": 120.0, "qa": 120.0, "code": 240.0}  # per run (ref)
+
+# --------------------------------------------------------------------------- operators
+
+# Which operators each task family's workflows may build (SPEC A2), and the attribute the
+# template binds each one to.
+FAMILY_OPERATORS: dict[str, tuple[str, ...]] = {
+    "math": ("Custom", "Programmer", "ScEnsemble", "Review"),
+    "qa": ("Custom", "AnswerGenerate", "ScEnsemble", "Review"),
+    "code": ("CustomCodeGenerate", "ScEnsemble", "Test"),
+}
+ATTRIBUTES: dict[str, str] = {
+    "Custom": "custom", "AnswerGenerate": "answer_generate", "Programmer": "programmer",
+    "ScEnsemble": "sc_ensemble", "Review": "review", "CustomCodeGenerate": "custom_code_generate",
+    "Test": "test",
+}
+
+CUSTOM = "{instruction}\n\n{input}"
+
+ANSWER_GENERATE = """\
+{input}
+
+Work out the answer to the question above. Reason first, then answer as briefly as possible.
+Reply in exactly this format:
+<thought>your reasoning</thought>
+<answer>only the answer: a name, number, date or short phrase, no explanation</answer>"""
+
+PROGRAMMER = """\
+Write a Python program that computes the answer to this problem.
+
+Problem:
+{problem}
+
+Notes from an earlier analysis (may be empty or wrong):
+{analysis}
+
+Requirements:
+- define a function `solve()` without parameters that computes and returns the final answer;
+- use only the Python standard library; read no input and no files;
+- prefer exact arithmetic (fractions.Fraction, integers) over floats where it matters.
+Reply with the complete program in a single ```python block."""
+
+PROGRAMMER_RETRY = """\
+Running `solve()` failed:
+{error}
+
+Fix the program. Reply with the complete corrected program in a single ```python block."""
+
+SC_ENSEMBLE = """\
+Problem:
+{problem}
+
+Candidate solutions, each labelled with a letter:
+
+{solutions}
+
+Compare the final answers of the candidates. Find the answer that most candidates agree on,
+and among the candidates giving it pick the one whose reasoning is clearest. Explain briefly,
+then end with a line of exactly this form:
+Choice: <letter>"""
+
+REVIEW = """\
+Problem:
+{problem}
+
+Proposed solution:
+{solution}
+
+Check the proposed solution critically: the reading of the problem, each step, each
+calculation and the final answer. Then write the complete corrected solution, ending with
+its final answer (repeat the solution unchanged if it is right).
+Reply in exactly this format:
+<review>what is right and what is wrong</review>
+<solution>the complete corrected solution</solution>"""
+
+CUSTOM_CODE_GENERATE = """\
+{instruction}
+
+{problem}
+
+Write a complete, self-contained Python implementation of the function `{entry_point}`,
+with the imports and helper functions it needs. Reply with the code in a single ```python block."""
+
+TEST_REFLECT = """\
+This implementation of `{entry_point}` fails the example tests.
+
+Problem:
+{problem}
+
+Implementation:
+```python
+{solution}
+```
+
+Test run:
+{failure}
+
+Find the cause of the failure and fix it. Reply with the complete corrected implementation
+in a single ```python block."""
+
+EXTRACT_BOXED = """\
+Problem:
+{problem}
+
+Solution:
+{solution}
+
+Copy the final answer of this solution, exactly as it is stated, into \\boxed{{}}.
+Reply with \\boxed{{...}} and nothing else."""
+
+EXTRACT_NUMBER = """\
+Problem:
+{problem}
+
+Solution:
+{solution}
+
+What number is the final answer of this solution? Reply with that number only: digits,
+an optional sign and decimal point, no units and no words."""
+
+EXTRACT_CONCISE = """\
+Question:
+{problem}
+
+Response:
+{solution}
+
+State the final answer of this response as briefly as possible: only the answer itself
+(a name, number, date or short phrase), no explanation and no full sentence."""
+
+# --------------------------------------------------------------------------- generator guide
+
+
+@dataclass(frozen=True)
+class OperatorGuide:
+    """How the guide presents one operator: its parameters (as `operators.parameter_list`
+    renders them; a test keeps the two in step), what it returns, what it does, an example."""
+
+    parameters: str
+    returns: str
+    purpose: str
+    example: str
+
+
+OPERATOR_GUIDES: dict[str, OperatorGuide] = {
+    "Custom": OperatorGuide(
+        "instruction, input=None", '{"response": str}',
+        "Asks the LLM to carry out `instruction` on `input` (the problem when left out). Use it to "
+        "solve step by step, plan, check, critique, rewrite or combine earlier results.",
+        'draft = await self.custom(instruction="Solve the problem step by step and state the final answer.")\n'
+        'check = await self.custom(instruction="Check this solution for mistakes and give the corrected '
+        'final answer:\\n" + draft["response"])'),
+    "AnswerGenerate": OperatorGuide(
+        "input=None", '{"thought": str, "answer": str}',
+        "Reasons about `input` (the problem when left out) and returns the reasoning and a short "
+        "final answer.",
+        'result = await self.answer_generate()\nshort_answer = result["answer"]'),
+    "Programmer": OperatorGuide(
+        "analysis='None', problem=None", '{"code": str, "output": str}',
+        "Writes a Python function solve() for the problem, runs it in a sandbox (up to 3 tries, "
+        "feeding errors back) and returns the code and what solve() returned. Pass an earlier "
+        "analysis for it to follow.",
+        'plan = await self.custom(instruction="Explain how to compute the answer, step by step.")\n'
+        'computed = await self.programmer(analysis=plan["response"])\n'
+        'result_text = computed["output"]'),
+    "ScEnsemble": OperatorGuide(
+        "solutions, problem=None", '{"response": str}',
+        "Given a list of candidate solutions (strings), returns the one whose final answer most "
+        "candidates agree on.",
+        'candidates = []\nfor i in range(3):\n'
+        '    candidate = await self.custom(instruction="Solve the problem step by step.")\n'
+        '    candidates.append(candidate["response"])\n'
+        'best = await self.sc_ensemble(solutions=candidates)'),
+    "Review": OperatorGuide(
+        "pre_solution, problem=None", '{"review": str, "solution": str}',
+        "Critiques a solution and returns the critique and a corrected complete solution.",
+        'reviewed = await self.review(pre_solution=best["response"])\nfinal = reviewed["solution"]'),
+    "CustomCodeGenerate": OperatorGuide(
+        "instruction, problem=None, entry_point=None", '{"response": str}',
+        "Writes a complete implementation of the task's function following `instruction`; "
+        "`response` is the code.",
+        'code = await self.custom_code_generate(instruction="List the edge cases first, then '
+        'implement the function.")'),
+    "Test": OperatorGuide(
+        "solution, problem=None, entry_point=None", '{"result": bool, "solution": str}',
+        "Runs the task's example tests on the code; on failure it reflects and repairs, up to 3 "
+        "times. `result` says whether the returned solution passes.",
+        'tested = await self.test(solution=code["response"])\nif not tested["result"]:\n'
+        '    code = await self.custom_code_generate(instruction="Write a new, careful implementation.")'),
+}
+
+TEMPLATE_BODIES: dict[str, str] = {
+    "math": 'solution = await self.custom(instruction="Solve the problem step by step, explaining the '
+            'reasoning behind each step, and state the final answer.")\nreturn solution["response"]',
+    "qa": 'solution = await self.custom(instruction="Answer the question step by step, explaining the '
+          'reasoning behind each step, and state the final answer.")\nreturn solution["response"]',
+    "code": 'solution = await self.custom_code_generate(instruction="Think through the requirements and '
+            'edge cases step by step, then implement the function.")\nreturn solution["response"]',
+}
+
+RULES = """\
+Rules:
+1. Keep the template's shape: `class Workflow`, `__init__(self, config, problem)` creating the
+   operators exactly as shown (`operator.Name(config)`), and `async def run_workflow(self)`
+   returning the final answer as a string.
+2. Use between 3 and 8 operator calls. Loops that build several solutions for an ensemble,
+   conditions on intermediate results and review steps usually help. Make it better than,
+   and different from, the template.
+3. Operators are the only way to reach the LLM, and only the operators above exist.
+   `asyncio.gather(...)` is available to run calls concurrently.
+4. Import nothing. Pass text from one operator to the next as it is: do not convert LLM text
+   to numbers and do not split it on spaces.
+5. Each operator call is independent: never ask one call for several answers, and never
+   refer to "another", "a different" or "the second" answer.
+6. Write complete, concrete instructions: no placeholders. Put nothing specific to the
+   example problem into the workflow; the problem reaches the operators by itself and is
+   in `self.problem`.
+7. Plain Python only: apart from __init__, no names or attributes starting with an
+   underscore; no str.format (use f-strings or +); no eval, exec or open.
+8. Reply with the workflow only, between <graph> and </graph>."""
+
+
+def workflow_source(family: str, body: str, methods: str = "") -> str:
+    """A complete workflow for `family`: the template's class and `__init__` (binding every
+    operator of the family) around `body`, the statements of `run_workflow`; `methods`
+    (dedented method definitions) are added to the class."""
+    creates = "".join(f"        self.{ATTRIBUTES[name]} = operator.{name}(config)\n"
+                      for name in FAMILY_OPERATORS[family])
+    extra = "\n" + textwrap.indent(textwrap.dedent(methods).strip(), " " * 4) + "\n" if methods.strip() else ""
+    return (f"class Workflow:\n    def __init__(self, config, problem):\n        self.problem = problem\n{creates}\n"
+            f"    async def run_workflow(self):\n{textwrap.indent(textwrap.dedent(body).strip(), ' ' * 8)}\n{extra}")
+
+
+def template_workflow(family: str) -> str:
+    """The template workflow shown to the generator (a single call, SPEC A2); the pairs
+    module compares generated workflows with it."""
+    return workflow_source(family, TEMPLATE_BODIES[family])
+
+
+def generator_guide(family: str) -> str:
+    """The family's guide: template, operators, rules."""
+    if family not in FAMILY_OPERATORS:
+        raise ValueError(f"unknown task family {family!r}; choose one of {', '.join(FAMILY_OPERATORS)}")
+    operators = []
+    for i, name in enumerate(FAMILY_OPERATORS[family], start=1):
+        guide = OPERATOR_GUIDES[name]
+        operators.append(f"{i}. {name}: await self.{ATTRIBUTES[name]}({guide.parameters}) -> {guide.returns}\n"
+                         f"   {guide.purpose}\n   Example:\n{textwrap.indent(guide.example, ' ' * 6)}")
+    return (f"You design workflows: small Python programs that call LLM-backed operators to solve a "
+            f"problem. A weaker LLM executes every operator call.\n\n"
+            f"The template workflow:\n<graph>\n{template_workflow(family)}</graph>\n\n"
+            f"Operators (parameters left out default to the current problem):\n" + "\n\n".join(operators)
+            + f"\n\n{RULES}")
+
+
+def generator_prompt(family: str, question_text: str) -> list[dict[str, str]]:
+    """Chat messages for the generator LLM: the family's guide (identical for every
+    question: a shared prefix), then the example question."""
+    return [
+        {"role": "system", "content": generator_guide(family)},
+        {"role": "user", "content": f"An example problem of this kind (for context only):\n\n{question_text}\n\n"
+                                    f"Write a workflow that solves problems like this one well. "
+                                    f"Reply with it between <graph> and </graph>."},
+    ]
