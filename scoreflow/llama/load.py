@@ -1,18 +1,22 @@
 """Safetensors (single file or sharded) -> Transformer, with an explicit HF name map.
 
-The model is built on the meta device and each checkpoint tensor is assigned in place, so the
-weights exist once in memory (no random init, no state-dict copy).
+The model is built on the meta device and each checkpoint tensor is read straight into its
+final buffer and assigned in place: no random init, no state-dict copy, and no memory map
+whose touched pages would sit in RSS next to the copies. Peak memory is the weights plus the
+largest single tensor (bench/bench_load.py).
+
+    safetensors file = u64 header length | JSON header {name: {dtype, shape, data_offsets}} | data
 """
 
 from __future__ import annotations
 
 import json
 import re
+import struct
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError, safe_open
 
 from .config import LlamaConfig
 from .model import Transformer
@@ -50,6 +54,48 @@ def _shard_files(model_dir: Path) -> list[Path]:
     raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {model_dir}")
 
 
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+def read_header(file: Path) -> tuple[dict, int]:
+    """(tensor entries, byte offset of the data section) of a safetensors file."""
+    size = file.stat().st_size
+    with open(file, "rb") as fh:
+        raw = fh.read(8)
+        n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+        if not 2 <= n <= size - 8:
+            raise ValueError(f"{file} is not a readable safetensors file (truncated or corrupt?): "
+                             f"bad header length")
+        try:
+            header = json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{file} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+    header.pop("__metadata__", None)
+    end = max((e["data_offsets"][1] for e in header.values()), default=0)
+    if 8 + n + end > size:
+        raise ValueError(f"{file} is not a readable safetensors file (truncated or corrupt?): header "
+                         f"describes {8 + n + end} bytes, the file has {size}")
+    return header, 8 + n
+
+
+def read_tensor_into(fh, entry: dict, data_start: int, out: torch.Tensor, chunk_bytes: int = 1 << 24) -> None:
+    """Fill `out` (any dtype, device and memory layout) from a tensor in the file, with plain
+    reads of at most `chunk_bytes` rows at a time: no memory map, no full-size temporary."""
+    begin, end = entry["data_offsets"]
+    dtype = _DTYPES[entry["dtype"]]
+    flat = out.view(1, -1) if out.dim() < 2 else out
+    rows, row_bytes = flat.shape[0], (end - begin) // max(flat.shape[0], 1)
+    step = max(1, chunk_bytes // max(row_bytes, 1))
+    fh.seek(data_start + begin)
+    for r in range(0, rows, step):
+        buf = torch.empty((min(step, rows - r), *flat.shape[1:]), dtype=dtype)
+        if fh.readinto(buf.reshape(-1).view(torch.uint8).numpy()) != buf.numel() * buf.element_size():
+            raise ValueError(f"{fh.name}: short read of a tensor (truncated file?)")
+        flat[r: r + len(buf)].copy_(buf)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -70,28 +116,24 @@ def load_model(path_or_name, dtype: torch.dtype | None = None,
     for file in _shard_files(model_dir):
         if not file.exists():
             raise FileNotFoundError(f"shard {file.name} listed in the index is missing from {model_dir}")
-        try:
-            with safe_open(str(file), framework="pt", device="cpu") as f:
-                for hf_name in f.keys():
-                    name = our_name(hf_name)
-                    if name is None or name not in expected:
-                        if not (_HARMLESS.match(hf_name) or (hf_name == "lm_head.weight"
-                                                             and cfg.tie_word_embeddings)):
-                            unexpected.append(hf_name)
-                        continue
-                    want = tuple(expected[name].shape)
-                    got = tuple(f.get_slice(hf_name).get_shape())
-                    if got != want:
-                        raise ValueError(f"{file}: tensor {hf_name} has shape {got}, the config in "
-                                         f"{model_dir} implies {want}")
-                    tensor = f.get_tensor(hf_name).to(device=device, dtype=dtype)
-                    if device.type == "cpu" and tensor.dim() == 2:
-                        tensor = _column_major(tensor)
-                    _assign(model, name, tensor)
-                    expected.pop(name)
-        except SafetensorError as e:
-            raise ValueError(f"{file} is not a readable safetensors file (truncated or corrupt?): "
-                             f"{e}") from None
+        header, data_start = read_header(file)
+        with open(file, "rb") as fh:
+            for hf_name, entry in header.items():
+                name = our_name(hf_name)
+                if name is None or name not in expected:
+                    if not (_HARMLESS.match(hf_name) or (hf_name == "lm_head.weight" and cfg.tie_word_embeddings)):
+                        unexpected.append(hf_name)
+                    continue
+                want, got = tuple(expected[name].shape), tuple(entry["shape"])
+                if got != want:
+                    raise ValueError(f"{file}: tensor {hf_name} has shape {got}, the config in "
+                                     f"{model_dir} implies {want}")
+                if entry["dtype"] not in _DTYPES:
+                    raise ValueError(f"{file}: tensor {hf_name} has unsupported dtype {entry['dtype']}")
+                tensor = _empty(got, dtype, device)
+                read_tensor_into(fh, entry, data_start, tensor)
+                _assign(model, name, tensor)
+                expected.pop(name)
     if expected:
         raise ValueError(f"{model_dir}: checkpoint lacks {len(expected)} tensors, e.g. "
                          f"{sorted(expected)[:5]}")
@@ -103,11 +145,14 @@ def load_model(path_or_name, dtype: torch.dtype | None = None,
     return model.eval()
 
 
-def _column_major(w: torch.Tensor) -> torch.Tensor:
-    """Same (out, in) tensor, stored transposed: F.linear then runs x @ W^T as a plain
-    (non-transposed) GEMM, which MKL streams ~20% faster at decode batch sizes on CPU
-    (bench/bench_generate.py); the values, shape and semantics are unchanged."""
-    return w.t().contiguous().t()
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The destination buffer. On CPU a 2-D weight is stored column-major (a transposed view of
+    an (in, out) buffer): F.linear then runs x @ W^T as a plain, non-transposed GEMM, which MKL
+    streams ~20% faster at decode batch sizes (bench/bench_generate.py). Shape and values are
+    the same either way."""
+    if device.type == "cpu" and len(shape) == 2:
+        return torch.empty(shape[::-1], dtype=dtype).t()
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
