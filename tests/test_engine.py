@@ -161,3 +161,24 @@ def test_bad_params_rejected(engine):
         engine.generate([[1] * 500], SamplingParams(max_tokens=100))
     with pytest.raises(ValueError, match="exceeds the engine's max_batch"):
         engine.generate([[1, 2]], SamplingParams(n=100))
+
+
+@pytest.mark.slow
+def test_worker_survives_a_failing_step(default_model, default_tokenizer, prompt_ids, monkeypatch, capsys):
+    """A step that raises ends the in-flight requests with finish_reason "error" and the
+    background worker keeps serving the next ones."""
+    eng = Engine(default_model, default_tokenizer, max_batch=2, max_seq_len=256)
+    real, calls = eng._decode, []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected failure")
+        real()
+
+    monkeypatch.setattr(eng, "_decode", flaky)
+    eng.start()
+    failed = eng.generate([prompt_ids[0]], SamplingParams(max_tokens=5))[0]
+    assert failed.finish_reason == "error" and "injected failure" in eng.error
+    ok = eng.generate([prompt_ids[0]], SamplingParams(max_tokens=5))[0]
+    assert ok.finish_reason == "length" and len(ok.token_ids) == 5

@@ -14,6 +14,7 @@ from __future__ import annotations
 import queue
 import random
 import threading
+import traceback
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -35,12 +36,12 @@ class TokenLogprob:
 class Completion:
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (EOS or stop string) | "length" | "cancelled"
+    finish_reason: str  # "stop" (EOS or stop string) | "length" | "cancelled" | "error"
     logprobs: list[TokenLogprob] | None
     prompt_tokens: int
 
 
-@dataclass
+@dataclass(eq=False)  # identity, not field-by-field equality
 class _Sequence:
     """One sample being generated; `on_update(seq, new_text)` streams text as it firms up."""
 
@@ -54,7 +55,7 @@ class _Sequence:
     finish_reason: str | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class _Request:
     prompt_ids: list[int]
     params: SamplingParams
@@ -86,12 +87,16 @@ class Engine:
         self._seed_source = random.Random()
         self._worker: threading.Thread | None = None
         self._wake = threading.Event()
+        self.error: str | None = None  # the last failure of the background worker, for health checks
 
     # -- public API --------------------------------------------------------------------------
-    def generate(self, prompts: list[str] | list[list[int]], params: SamplingParams = SamplingParams()
-                 ) -> list[Completion]:
-        """n completions per prompt, prompt-major."""
-        requests = [self.submit(p, params) for p in prompts]
+    def generate(self, prompts: list[str] | list[list[int]],
+                 params: SamplingParams | list[SamplingParams] = SamplingParams()) -> list[Completion]:
+        """n completions per prompt, prompt-major; `params` is shared or one per prompt."""
+        per_prompt = params if isinstance(params, list) else [params] * len(prompts)
+        if len(per_prompt) != len(prompts):
+            raise ValueError(f"{len(per_prompt)} SamplingParams for {len(prompts)} prompts")
+        requests = [self.submit(p, sp) for p, sp in zip(prompts, per_prompt)]
         self._run_until_done(requests)
         return [c for r in requests for c in r.completions()]
 
@@ -141,8 +146,24 @@ class Engine:
         while True:
             self._wake.wait()
             self._wake.clear()
-            while self.step():
-                pass
+            try:
+                while self.step():
+                    pass
+            except Exception:  # never let one bad step kill the server: fail what was in flight
+                traceback.print_exc()
+                self.error = traceback.format_exc(limit=3)
+                self._fail_in_flight()
+
+    def _fail_in_flight(self) -> None:
+        """End every waiting and running request with finish_reason "error" and free the cache."""
+        with self._lock:
+            for req in list(self._waiting) + list({id(s.request): s.request for s in self._running}.values()):
+                if not req.done.is_set():
+                    self._finish_request(req, "error")
+            for row in range(len(self._running)):
+                self.cache.release(row)
+            self._waiting.clear()
+            self._running.clear()
 
     # -- one scheduler step ------------------------------------------------------------------
     @torch.inference_mode()

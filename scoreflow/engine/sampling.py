@@ -36,7 +36,7 @@ class SamplingParams:
         elif self.stop is not None:
             object.__setattr__(self, "stop", tuple(self.stop))
         checks = [(self.n >= 1, "n must be >= 1"), (self.temperature >= 0, "temperature must be >= 0"),
-                  (0 < self.top_p <= 1, "top_p must be in (0, 1]"), (self.top_k >= 0, "top_k must be >= 0"),
+                  (0 < self.top_p <= 1, "top_p must be in (0, 1]"), (0 <= self.top_k <= 1 << 31, "top_k must be in [0, 2^31]"),
                   (self.max_tokens >= 1, "max_tokens must be >= 1"),
                   (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]"),
                   (not self.stop or all(isinstance(s, str) and s for s in self.stop),
@@ -69,6 +69,7 @@ def filtered_probs(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch
     """
     probs, ids = (logits / temperature[:, None]).softmax(-1).sort(-1, descending=True)
     rank = torch.arange(probs.shape[-1], device=probs.device)
+    top_k = top_k.clamp(max=probs.shape[-1])
     keep = (top_k[:, None] == 0) | (rank < top_k[:, None])  # top-k ranks
     before = probs.cumsum(-1) - probs  # mass strictly before each rank
     keep &= before < top_p[:, None]  # smallest prefix reaching top_p (rank 0 always kept)

@@ -22,6 +22,7 @@ raw distribution, one entry per generated token (EOS excluded), each token shown
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -42,8 +43,7 @@ log = logging.getLogger(__name__)
 _POLL_S = 0.1  # how often a waiting handler checks whether its client hung up
 _MAX_BODY = 16 << 20
 _NUMBER = (int, float)
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-               list: "an array", dict: "an object"}
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
 _SAMPLING_FIELDS = {"model": str, "n": int, "temperature": _NUMBER, "top_p": _NUMBER, "top_k": int,
                     "max_tokens": int, "stop": (str, list), "seed": int, "stream": bool,
                     "stream_options": dict, "user": str, "presence_penalty": _NUMBER,
@@ -56,7 +56,7 @@ _INERT = {"presence_penalty": lambda v: v == 0, "frequency_penalty": lambda v: v
 
 
 class APIError(Exception):
-    """A request the server refuses; rendered as OpenAI's error body."""
+    """A refused request, rendered as OpenAI's error body."""
 
     def __init__(self, message: str, param: str | None = None, code: str | None = None, status: int = 400):
         super().__init__(message)
@@ -68,38 +68,32 @@ class APIError(Exception):
 
 
 class _ClientGone(Exception):
-    pass
+    """The client closed its connection."""
 
 
 def _check_fields(obj: dict, fields: dict, prefix: str = "") -> dict:
-    """Reject unknown fields, wrong JSON types and non-default inert fields; drop nulls (null
+    """Reject unknown fields, wrong JSON types and inert fields with an effect; drop nulls (null
     means "default" in the OpenAI API)."""
     for name, value in obj.items():
-        param = prefix + name
-        if name not in fields:
+        param, types = prefix + name, fields.get(name)
+        types = types if isinstance(types, tuple) else (types,)
+        if types == (None,):
             raise APIError(f"unknown field {param!r}", param, "unknown_field")
-        types = fields[name] if isinstance(fields[name], tuple) else (fields[name],)
         if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
-            want = " or ".join(_TYPE_NAMES[t] for t in types)
+            want = " or ".join(_JSON_TYPES[t] for t in types)
             raise APIError(f"{param} must be {want}, got {json.dumps(value)[:80]}", param, "invalid_type")
         if value is not None and name in _INERT and not _INERT[name](value):
-            raise APIError(f"{param}={json.dumps(value)[:80]} is not supported by this server", param, "unsupported")
+            raise APIError(f"{param}={json.dumps(value)[:80]} is not supported here", param, "unsupported")
     return {k: v for k, v in obj.items() if v is not None}
 
 
-def _require(fields: dict, name: str):
-    if name not in fields:
-        raise APIError(f"missing required field {name!r}", name, "missing_field")
-    return fields[name]
-
-
 class _Exchange:
-    """One API call: checked fields -> engine prompts and SamplingParams, and the rendering of
-    its choices. Subclasses supply the prompt field, the logprobs fields and the choice shape."""
+    """One API call: checked fields -> engine prompts + SamplingParams, and how its choices render.
+    Subclasses give FIELDS, `_prompts(fields) -> (token-id lists, max_tokens, logprobs)` and
+    `choice(index, text, logprobs, finish_reason)` (and `chunk_choice` where a stream differs)."""
 
     FIELDS: dict = {}
     OBJECT = CHUNK_OBJECT = ID_PREFIX = PROMPT_FIELD = ""
-    DEFAULT_MAX_TOKENS: int | None = None  # None: the rest of the context
 
     def __init__(self, body: dict, server: OpenAIServer):
         self.engine, self.tokenizer = server.engine, server.engine.tokenizer
@@ -110,12 +104,12 @@ class _Exchange:
                            f"{server.model_name!r} (GET /v1/models)", "model", "model_not_found")
         self.id, self.created = f"{self.ID_PREFIX}-{uuid.uuid4().hex}", int(time.time())
         self.stream = f.get("stream", False)
-        options = _check_fields(f.get("stream_options", {}), {"include_usage": bool}, "stream_options.")
         if "stream_options" in f and not self.stream:
             raise APIError("stream_options is only allowed with stream=true", "stream_options")
+        options = _check_fields(f.get("stream_options", {}), {"include_usage": bool}, "stream_options.")
         self.include_usage = options.get("include_usage", False)
-        self.prompts = self._prompts(f)
-        max_tokens, ctx = self._max_tokens(f), self.engine.max_seq_len
+        self.prompts, max_tokens, logprobs = self._prompts(f)
+        ctx = self.engine.max_seq_len
         for ids in self.prompts:
             if len(ids) + (max_tokens or 1) > ctx:
                 raise APIError(f"this server's context is {ctx} tokens; the prompt has {len(ids)} tokens and "
@@ -124,37 +118,19 @@ class _Exchange:
         try:
             self.params = [SamplingParams(
                 n=f.get("n", 1), temperature=f.get("temperature", 1.0), top_p=f.get("top_p", 1.0),
-                top_k=f.get("top_k", 0), stop=f.get("stop"), seed=f.get("seed"), logprobs=self._logprobs(f),
+                top_k=min(f.get("top_k", 0), self.engine.model.config.vocab_size),  # no int64 overflow
+                stop=f.get("stop"), seed=f.get("seed"), logprobs=logprobs,
                 max_tokens=ctx - len(ids) if max_tokens is None else max_tokens) for ids in self.prompts]
         except ValueError as e:
             raise APIError(str(e)) from None
-        self.logprobs_on = self.params[0].logprobs is not None
-
-    # -- per-endpoint parts --------------------------------------------------------------------
-    def _prompts(self, f: dict) -> list[list[int]]:
-        raise NotImplementedError
-
-    def _logprobs(self, f: dict) -> int | None:
-        raise NotImplementedError
-
-    def _max_tokens(self, f: dict) -> int | None:
-        return f.get("max_tokens", self.DEFAULT_MAX_TOKENS)
-
-    def choice(self, index: int, text: str, logprobs: list[TokenLogprob], finish_reason: str | None) -> dict:
-        raise NotImplementedError
+        self.logprobs_on = logprobs is not None
 
     def chunk_choice(self, index: int, text: str, logprobs: list[TokenLogprob], finish_reason: str | None) -> dict:
         return self.choice(index, text, logprobs, finish_reason)
 
-    # -- shared rendering ---------------------------------------------------------------------
-    def response(self, choices: list[dict], usage: dict) -> dict:
-        return {"id": self.id, "object": self.OBJECT, "created": self.created, "model": self.model,
-                "choices": choices, "usage": usage}
-
-    def chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
-        out = {"id": self.id, "object": self.CHUNK_OBJECT, "created": self.created, "model": self.model,
-               "choices": choices}
-        return {**out, "usage": usage} if usage is not None else out
+    def response(self, choices: list[dict], usage: dict, chunk: bool = False) -> dict:
+        return {"id": self.id, "object": self.CHUNK_OBJECT if chunk else self.OBJECT, "created": self.created,
+                "model": self.model, "choices": choices, **({"usage": usage} if usage else {})}
 
     def token(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
@@ -164,46 +140,44 @@ class _ChatExchange(_Exchange):
     FIELDS = {"messages": list, "max_completion_tokens": int, "logprobs": bool, "top_logprobs": int,
               "response_format": dict, "parallel_tool_calls": bool, "store": bool, "metadata": dict,
               "tools": list, "tool_choice": (str, dict)}
-    OBJECT, CHUNK_OBJECT, ID_PREFIX, PROMPT_FIELD = "chat.completion", "chat.completion.chunk", "chatcmpl", "messages"
+    OBJECT, CHUNK_OBJECT = "chat.completion", "chat.completion.chunk"
+    ID_PREFIX, PROMPT_FIELD = "chatcmpl", "messages"
     _ROLES = ("system", "user", "assistant")
 
     def __init__(self, body: dict, server: OpenAIServer):
         self._started: set[int] = set()  # stream: choices whose first delta (with the role) went out
         super().__init__(body, server)
 
-    def _prompts(self, f: dict) -> list[list[int]]:
-        messages = _require(f, "messages")
-        if not messages:
-            raise APIError("messages must not be empty", "messages")
+    def _prompts(self, f: dict) -> tuple[list[list[int]], int | None, int | None]:
+        if not f.get("messages"):
+            raise APIError("messages must be a non-empty array of messages", "messages")
         turns = []
-        for i, m in enumerate(messages):
+        for i, m in enumerate(f["messages"]):
             where = f"messages[{i}]"
             if not isinstance(m, dict):
-                raise APIError(f"{where} must be an object", where, "invalid_type")
+                raise APIError(f"{where} must be a message object", where, "invalid_type")
             m = _check_fields(m, {"role": str, "content": (str, list), "name": str}, where + ".")
             if m.get("role") not in self._ROLES:
                 raise APIError(f"{where}.role must be one of {', '.join(self._ROLES)}", where + ".role")
-            content = _require(m, "content")
+            content = m.get("content")
+            if content is None:
+                raise APIError(f"{where}.content is missing", where + ".content")
             if isinstance(content, list):  # content parts: text only
                 if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
                            for p in content):
                     raise APIError(f"{where}.content: only text parts are supported", where + ".content")
                 content = "\n".join(p["text"] for p in content)
             turns.append({"role": m["role"], "content": content})
-        try:
-            return [self.tokenizer.encode(self.tokenizer.apply_chat_template(turns))]
-        except ValueError as e:
-            raise APIError(str(e), "messages") from None
-
-    def _logprobs(self, f: dict) -> int | None:
         if "top_logprobs" in f and not f.get("logprobs"):
             raise APIError("top_logprobs requires logprobs=true", "top_logprobs")
-        return f.get("top_logprobs", 0) if f.get("logprobs") else None
+        try:
+            ids = self.tokenizer.encode(self.tokenizer.apply_chat_template(turns))
+        except ValueError as e:
+            raise APIError(str(e), "messages") from None
+        return ([ids], f.get("max_completion_tokens", f.get("max_tokens")),
+                f.get("top_logprobs", 0) if f.get("logprobs") else None)
 
-    def _max_tokens(self, f: dict) -> int | None:
-        return f.get("max_completion_tokens", f.get("max_tokens"))
-
-    def _logprobs_body(self, entries: list[TokenLogprob]) -> dict | None:
+    def _logprobs(self, entries: list[TokenLogprob]) -> dict | None:
         def item(token_id: int, logprob: float) -> dict:
             s = self.token(token_id)
             return {"token": s, "logprob": logprob, "bytes": list(s.encode())}
@@ -212,72 +186,57 @@ class _ChatExchange(_Exchange):
 
     def choice(self, index, text, logprobs, finish_reason):
         return {"index": index, "message": {"role": "assistant", "content": text},
-                "logprobs": self._logprobs_body(logprobs), "finish_reason": finish_reason}
+                "logprobs": self._logprobs(logprobs), "finish_reason": finish_reason}
 
     def chunk_choice(self, index, text, logprobs, finish_reason):
-        delta = {"content": text} if text else {}
-        if index not in self._started:
-            self._started.add(index)
-            delta = {"role": "assistant", "content": text}
-        return {"index": index, "delta": delta, "logprobs": self._logprobs_body(logprobs),
-                "finish_reason": finish_reason}
+        first, delta = index not in self._started, {"content": text} if text else {}
+        self._started.add(index)
+        delta = {"role": "assistant", "content": text} if first else delta
+        return {"index": index, "delta": delta, "logprobs": self._logprobs(logprobs), "finish_reason": finish_reason}
 
 
 class _CompletionExchange(_Exchange):
     FIELDS = {"prompt": (str, list), "logprobs": int, "echo": bool, "suffix": str}
     OBJECT = CHUNK_OBJECT = "text_completion"
-    ID_PREFIX, PROMPT_FIELD, DEFAULT_MAX_TOKENS = "cmpl", "prompt", 16
+    ID_PREFIX, PROMPT_FIELD = "cmpl", "prompt"
 
     def __init__(self, body: dict, server: OpenAIServer):
         self._offsets: defaultdict[int, int] = defaultdict(int)  # text_offset reached per choice
         super().__init__(body, server)
 
-    def _prompts(self, f: dict) -> list[list[int]]:
-        prompt = _require(f, "prompt")
+    def _prompts(self, f: dict) -> tuple[list[list[int]], int | None, int | None]:
+        prompt = f.get("prompt")
         is_ids = lambda p: isinstance(p, list) and all(type(t) is int for t in p)  # noqa: E731
-        if isinstance(prompt, str) or is_ids(prompt):
-            prompt = [prompt]
+        prompt = [prompt] if isinstance(prompt, str) or is_ids(prompt) else prompt
         if not prompt or not all(isinstance(p, str) or is_ids(p) for p in prompt):
-            raise APIError("prompt must be a string, an array of strings, an array of token ids or an array "
-                           "of token-id arrays, and not empty", "prompt", "invalid_type")
+            raise APIError("prompt is required: a string, an array of strings, an array of token ids or an "
+                           "array of token-id arrays", "prompt", "invalid_type")
         prompts = [self.tokenizer.encode(p, add_special_tokens=True) if isinstance(p, str) else p for p in prompt]
         vocab = self.engine.model.config.vocab_size
-        for ids in prompts:
-            if not ids:
-                raise APIError("prompt must not be empty", "prompt")
-            if not all(0 <= t < vocab for t in ids):
-                raise APIError(f"prompt token ids must be in [0, {vocab})", "prompt")
-        return prompts
-
-    def _logprobs(self, f: dict) -> int | None:
-        return f.get("logprobs")
-
-    def _logprobs_body(self, index: int, entries: list[TokenLogprob]) -> dict | None:
-        """Legacy layout; text_offset counts characters from the start of the completion."""
-        if not self.logprobs_on:
-            return None
-        tokens = [self.token(e.token_id) for e in entries]
-        offsets = []
-        for s in tokens:
-            offsets.append(self._offsets[index])
-            self._offsets[index] += len(s)
-        return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
-                "top_logprobs": [{self.token(t): lp for t, lp in e.top} for e in entries], "text_offset": offsets}
+        if not all(ids and all(0 <= t < vocab for t in ids) for ids in prompts):
+            raise APIError(f"every prompt needs at least one token, and token ids in [0, {vocab})", "prompt")
+        return prompts, f.get("max_tokens", 16), f.get("logprobs")
 
     def choice(self, index, text, logprobs, finish_reason):
-        return {"index": index, "text": text, "logprobs": self._logprobs_body(index, logprobs),
-                "finish_reason": finish_reason}
+        """Legacy logprobs layout; text_offset counts characters from the start of the completion."""
+        body = None
+        if self.logprobs_on:
+            tokens, offsets = [self.token(e.token_id) for e in logprobs], []
+            for s in tokens:
+                offsets.append(self._offsets[index])
+                self._offsets[index] += len(s)
+            body = {"tokens": tokens, "token_logprobs": [e.logprob for e in logprobs], "text_offset": offsets,
+                    "top_logprobs": [{self.token(t): lp for t, lp in e.top} for e in logprobs]}
+        return {"index": index, "text": text, "logprobs": body, "finish_reason": finish_reason}
 
 
 class _Job:
-    """The engine requests behind one API call (one per prompt). The engine thread reports to one
-    queue: (prompt, sample, new_text, logprob entries so far) per update, (prompt, None, ...) at
-    the end of a prompt's request."""
+    """The engine requests behind one API call (one per prompt), their updates merged into one
+    stream of (choice index, new text, new logprob entries, finish_reason or None)."""
 
     def __init__(self, engine: Engine, prompts: list[list[int]], params: list[SamplingParams]):
-        self.engine, self.n = engine, params[0].n
+        self.engine, self.n, self.requests = engine, params[0].n, []
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.requests = []
         try:
             for p, (ids, sp) in enumerate(zip(prompts, params)):
                 self.requests.append(engine.submit(ids, sp, on_update=self._reporter(p)))
@@ -286,32 +245,34 @@ class _Job:
             raise APIError(str(e)) from None
 
     def _reporter(self, p: int) -> Callable:
-        def on_update(seq, text):  # runs on the engine thread: keep it trivial
+        def on_update(seq, text):  # on the engine thread: (p, sample, text, #logprobs); (p, None, ...) at the end
             j = None if seq is None else next(j for j, s in enumerate(seq.request.seqs) if s is seq)
             self._queue.put((p, j, text, 0 if seq is None else len(seq.logprobs)))
         return on_update
 
-    def events(self, client_gone: Callable[[], bool]) -> Iterator[tuple[int, int | None, str, int]]:
-        """Yield updates until every request has ended; raise _ClientGone if the client hangs up."""
-        pending, next_check = len(self.requests), time.monotonic() + _POLL_S
+    def events(self, client_gone: Callable[[], bool]) -> Iterator[tuple[int, str, list[TokenLogprob], str | None]]:
+        """Yield updates until every request has ended; raise _ClientGone once the client hangs up."""
+        pending, next_check, sent = len(self.requests), time.monotonic() + _POLL_S, defaultdict(int)
         while pending:
             try:
-                event = self._queue.get(timeout=max(0.0, next_check - time.monotonic()))
+                p, j, text, n_logprobs = self._queue.get(timeout=max(0.0, next_check - time.monotonic()))
             except queue.Empty:
-                event = None
+                p = None
             if time.monotonic() >= next_check:
                 if client_gone():
                     raise _ClientGone
                 next_check = time.monotonic() + _POLL_S
-            if event is not None:
-                pending -= event[1] is None
-                yield event
-
-    def index(self, p: int, j: int) -> int:
-        return p * self.n + j
+            if p is None:
+                continue
+            seqs = self.requests[p].seqs
+            for j, seq in enumerate(seqs) if j is None else [(j, seqs[j])]:
+                i, end = p * self.n + j, len(seq.logprobs) if text is None else n_logprobs
+                entries, sent[i] = seq.logprobs[sent[i]:end], end
+                yield i, text or "", entries, seq.finish_reason if text is None else None
+            pending -= text is None
 
     def completions(self) -> list[tuple[int, Completion]]:
-        return [(self.index(p, j), c) for p, r in enumerate(self.requests) for j, c in enumerate(r.completions())]
+        return [(p * self.n + j, c) for p, r in enumerate(self.requests) for j, c in enumerate(r.completions())]
 
     def usage(self) -> dict:
         prompt = sum(len(r.prompt_ids) for r in self.requests)
@@ -342,51 +303,40 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.app.log_requests:
             super().log_message(fmt, *args)
 
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
     def _dispatch(self) -> None:
-        app, path, self._streaming = self.server.app, self.path.split("?", 1)[0], False
-        routes = {"/health": ("GET", lambda _: self._send_json(200, {"status": "ok"})),
-                  "/v1/models": ("GET", lambda _: self._send_json(200, app.models())),
-                  "/v1/chat/completions": ("POST", lambda b: self._complete(_ChatExchange(b, app))),
-                  "/v1/completions": ("POST", lambda b: self._complete(_CompletionExchange(b, app)))}
+        app, route, self._streaming = self.server.app, (self.command, self.path.split("?", 1)[0]), False
+        routes = {("GET", "/health"): lambda _: self._send_json(200, {"status": "ok"}),
+                  ("GET", "/v1/models"): lambda _: self._send_json(200, app.models()),
+                  ("POST", "/v1/chat/completions"): lambda b: self._complete(_ChatExchange(b, app)),
+                  ("POST", "/v1/completions"): lambda b: self._complete(_CompletionExchange(b, app))}
         try:
             body = self._read_json() if self.command == "POST" else None
-            if path not in routes:
-                raise APIError(f"no such endpoint: {self.command} {path}", code="not_found", status=404)
-            if path != "/health" and not app.authorized(self.headers.get("Authorization", "")):
+            if route not in routes:
+                raise APIError(f"no such endpoint: {' '.join(route)}", code="not_found", status=404)
+            if route[1] != "/health" and not app.authorized(self.headers.get("Authorization", "")):
                 raise APIError("missing or wrong API key: send the header 'Authorization: Bearer <key>' with "
                                "the key the server was started with (--api-key)", code="invalid_api_key", status=401)
-            method, handle = routes[path]
-            if self.command != method:
-                raise APIError(f"{path} takes {method}, not {self.command}", code="method_not_allowed", status=405)
-            handle(body)
+            routes[route](body)
         except APIError as e:
             self._send_json(e.status, e.body())
         except (_ClientGone, OSError):
             self.close_connection = True
         except Exception:
-            log.exception("error while serving %s %s", self.command, path)
+            log.exception("error while serving %s %s", *route)
             self.close_connection = True
             if not self._streaming:
                 self._send_json(500, APIError("internal server error (see the server log)", status=500).body())
 
+    do_GET = do_POST = _dispatch
+
     def _read_json(self) -> dict:
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit() or int(length) > _MAX_BODY:
+            self.close_connection = True  # the body is not read: the connection cannot be reused
+            raise APIError(f"a POST needs a Content-Length of at most {_MAX_BODY} bytes (chunked request "
+                           "bodies are not supported)", code="invalid_length")
         try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self.close_connection = True  # the body's end is unknown: the connection cannot be reused
-            raise APIError("a POST needs a Content-Length header (chunked request bodies are not supported)",
-                           code="length_required", status=411) from None
-        if not 0 <= length <= _MAX_BODY:
-            self.close_connection = True
-            raise APIError(f"request body must be at most {_MAX_BODY} bytes", code="too_large", status=413)
-        try:
-            body = json.loads(self.rfile.read(length))
+            body = json.loads(self.rfile.read(int(length)))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise APIError(f"request body is not valid JSON: {e}", code="invalid_json") from None
         if not isinstance(body, dict):
@@ -402,7 +352,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _client_gone(self) -> bool:
-        """EOF on the socket (peeked, so a pipelined next request is left in place)."""
+        """EOF on the socket (peeked, so a pipelined next request stays in place)."""
         try:
             readable, _, _ = select.select([self.connection], [], [], 0)
             return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
@@ -412,38 +362,28 @@ class _Handler(BaseHTTPRequestHandler):
     def _complete(self, ex: _Exchange) -> None:
         job = _Job(ex.engine, ex.prompts, ex.params)
         try:
-            if ex.stream:
-                self._stream(ex, job)
-            else:
+            if not ex.stream:
                 for _ in job.events(self._client_gone):
                     pass
+                if any(c.finish_reason == "error" for _, c in job.completions()):
+                    raise APIError(f"the engine failed on this request: {ex.engine.error}", code="engine_error",
+                                   status=500)
                 choices = [ex.choice(i, c.text, c.logprobs or [], c.finish_reason) for i, c in job.completions()]
-                self._send_json(200, ex.response(choices, job.usage()))
+                return self._send_json(200, ex.response(choices, job.usage()))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self._streaming = True
+            for i, text, logprobs, finish_reason in job.events(self._client_gone):
+                self._write_event(ex.response([ex.chunk_choice(i, text, logprobs, finish_reason)], None, chunk=True))
+            if ex.include_usage:
+                self._write_event(ex.response([], job.usage(), chunk=True))
+            self._write_chunk(b"data: [DONE]\n\n")
+            self._write_chunk(b"")  # the last chunk of the HTTP body
         finally:
             job.cancel()
-
-    def _stream(self, ex: _Exchange, job: _Job) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        self._streaming = True
-        sent: defaultdict[int, int] = defaultdict(int)  # logprob entries sent per choice
-        for p, j, text, n_logprobs in job.events(self._client_gone):
-            if j is not None:
-                i = job.index(p, j)
-                entries = job.requests[p].seqs[j].logprobs[sent[i]:n_logprobs]
-                sent[i] = n_logprobs
-                self._write_event(ex.chunk([ex.chunk_choice(i, text, entries, None)]))
-                continue
-            for j, c in enumerate(job.requests[p].completions()):
-                i = job.index(p, j)
-                self._write_event(ex.chunk([ex.chunk_choice(i, "", (c.logprobs or [])[sent[i]:], c.finish_reason)]))
-        if ex.include_usage:
-            self._write_event(ex.chunk([], job.usage()))
-        self._write_chunk(b"data: [DONE]\n\n")
-        self._write_chunk(b"")  # last chunk of the HTTP body
 
     def _write_event(self, obj: dict) -> None:
         self._write_chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
@@ -456,7 +396,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _HTTPServer(ThreadingHTTPServer):
-    request_queue_size = 256  # listen backlog: bursts of concurrent connects are not dropped
+    request_queue_size = 256  # listen backlog: a burst of concurrent connects is not dropped
 
     def __init__(self, address: tuple[str, int], app: OpenAIServer):
         super().__init__(address, _Handler)
@@ -464,7 +404,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class OpenAIServer:
-    """Serve `engine` under the OpenAI API as `model_name`; starts the engine's worker too.
+    """Serve `engine` under the OpenAI API as `model_name` (and start the engine's worker).
 
         server = OpenAIServer(engine, "smollm2-135m-instruct")
         port = server.start()          # background thread; port 0 picks a free port
@@ -475,8 +415,7 @@ class OpenAIServer:
     def __init__(self, engine: Engine, model_name: str, host: str = "127.0.0.1", port: int = 0,
                  api_key: str | None = None, log_requests: bool = False):
         self.engine, self.model_name, self.host, self.port = engine, model_name, host, port
-        self.api_key, self.log_requests = api_key, log_requests
-        self.created = int(time.time())
+        self.api_key, self.log_requests, self.created = api_key, log_requests, int(time.time())
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -496,16 +435,14 @@ class OpenAIServer:
         return self.port
 
     def stop(self) -> None:
-        """Stop accepting, close open connections (their unfinished requests get cancelled)."""
+        """Stop accepting and close open connections (their unfinished requests get cancelled)."""
         if self._httpd is None:
             return
         self._httpd.shutdown()
         self._httpd.server_close()
         for conn in list(self._httpd.connections):
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self._thread.join()
         self._httpd = self._thread = None
 

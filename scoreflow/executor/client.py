@@ -131,19 +131,21 @@ class ExecutorClient:
 
     api_key defaults to $OPENAI_API_KEY (none is sent when neither is set, for local servers).
     timeout is per attempt, in seconds. backoff_s * 2**attempt (capped at max_backoff_s,
-    times a random factor in [0.5, 1]) is the wait before a retry.
+    times a random factor in [0.5, 1]) is the wait before a retry. default_max_tokens caps
+    calls that set no max_tokens (None: the server decides).
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, max_concurrency: int = 16,
                  timeout: float = 120.0, cache_dir: str | os.PathLike | None = None, max_retries: int = 5,
                  prices: dict[str, tuple[float, float]] | None = None, backoff_s: float = 0.5,
-                 max_backoff_s: float = 20.0):
+                 max_backoff_s: float = 20.0, default_max_tokens: int | None = None):
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, e.g. http://127.0.0.1:8000/v1; "
                              f"got {base_url!r}")
         self.base_url, self.model = base_url.rstrip("/"), model
         self.timeout, self.max_retries = timeout, max_retries
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.default_max_tokens = default_max_tokens
         self._url = f"{self.base_url}/chat/completions"
         self._price = _price_for(model, {**DEFAULT_PRICES, **(prices or {})})
         self._cache = ResponseCache(cache_dir) if cache_dir is not None else None
@@ -164,7 +166,7 @@ class ExecutorClient:
                    top_p: float | None = None) -> ChatResult:
         """One chat completion. Parameters left as None are not sent (the server's default
         applies; max_tokens=None lets the model finish)."""
-        optional = dict(max_tokens=max_tokens, stop=stop, seed=seed, top_p=top_p)
+        optional = dict(max_tokens=max_tokens or self.default_max_tokens, stop=stop, seed=seed, top_p=top_p)
         payload = {"model": self.model, "messages": messages, "temperature": temperature, "n": n,
                    **{k: v for k, v in optional.items() if v is not None}}
         key = None
