@@ -1,0 +1,1 @@
+"""The ScoreFlow optimisation loop (SPEC A4): generate -> execute -> score -> pairs -> Score-DPO."""

@@ -1,0 +1,108 @@
+"""The generator G: samples k workflows per question from the generator prompt.
+
+Two backends with one method, `sample(prompts, n, seeds) -> [[text, ...] per prompt]`:
+- LocalGenerator: our engine in-process on base model + LoRA (the same module object that
+  Score-DPO then trains, so iteration i+1 samples from the updated policy);
+- RemoteGenerator: any OpenAI-compatible /v1/completions endpoint (e.g. vLLM serving the base
+  model with our PEFT-layout adapter); training still happens locally.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import torch
+
+from ..engine import Engine, SamplingParams
+from ..llama import load_model, load_tokenizer
+from ..lora import apply_lora, load_adapter
+from ..workflow.prompts import generator_prompt
+from .config import RunConfig
+
+STOP = "</graph>"
+# The assistant turn starts with the opening tag (part of the prompt): the policy writes the
+# workflow from the first token instead of prose around it.
+RESPONSE_PREFIX = "<graph>\n"
+
+
+def prompt_ids(tokenizer, family: str, question: str) -> list[int]:
+    return tokenizer.encode(tokenizer.apply_chat_template(generator_prompt(family, question)) + RESPONSE_PREFIX)
+
+
+class LocalGenerator:
+    def __init__(self, cfg: RunConfig, adapter_dir: Path | None):
+        self.cfg = cfg
+        self.tokenizer = load_tokenizer(cfg.generator)
+        self.model = load_model(cfg.generator)
+        if adapter_dir is not None:  # later iterations continue the same adapter (SPEC A4.5)
+            load_adapter(self.model, adapter_dir)
+        else:
+            torch.manual_seed(cfg.seed)  # the LoRA A init: a rerun or resumed run starts from the same adapter
+            apply_lora(self.model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+        self.model.eval()
+        self._engine = None
+
+    def prompt_ids(self, family: str, question: str) -> list[int]:
+        return prompt_ids(self.tokenizer, family, question)
+
+    def sample(self, prompts: list[list[int]], n: int, seeds: list[int]) -> list[list[str]]:
+        if self._engine is None:
+            longest = max(map(len, prompts)) + self.cfg.max_new_tokens
+            self._engine = Engine(self.model, self.tokenizer, max_batch=max(n, 2 * n if n <= 8 else n),
+                                  max_seq_len=max(longest, 2048))
+        params = [SamplingParams(n=n, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                                 max_tokens=self.cfg.max_new_tokens, stop=[STOP], seed=s) for s in seeds]
+        out = self._engine.generate(prompts, params)
+        return [[_close(c.text, c.finish_reason) for c in out[i * n: (i + 1) * n]] for i in range(len(prompts))]
+
+
+class RemoteGenerator:
+    """POST /v1/completions with the chat-templated prompt text (tokenizer of cfg.generator)."""
+
+    def __init__(self, cfg: RunConfig, adapter_dir: Path | None):
+        self.cfg, self.adapter_dir = cfg, adapter_dir
+        self.tokenizer = load_tokenizer(cfg.generator)
+        self.served = cfg.generator_model or cfg.generator
+        self._policy: LocalGenerator | None = None
+        self.http = httpx.Client(base_url=cfg.generator_url.rstrip("/"), timeout=600,
+                                 headers={"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {})
+        if adapter_dir is not None:  # vLLM's runtime LoRA loading; other servers: serve it yourself
+            name = f"scoreflow-{adapter_dir.parent.name}"
+            r = self.http.post("/load_lora_adapter", json={"lora_name": name, "lora_path": str(adapter_dir)})
+            if r.status_code >= 400:
+                raise RuntimeError(f"{cfg.generator_url} did not load the adapter {adapter_dir} ({r.status_code}: "
+                                   f"{r.text[:200]}); serve base + adapter yourself and pass --generator-model")
+            self.served = name
+
+    @property
+    def model(self):
+        """The local base + LoRA that Score-DPO trains (loaded on first use)."""
+        if self._policy is None:
+            self._policy = LocalGenerator(self.cfg, self.adapter_dir)
+        return self._policy.model
+
+    def prompt_ids(self, family: str, question: str) -> list[int]:
+        return prompt_ids(self.tokenizer, family, question)
+
+    def sample(self, prompts: list[list[int]], n: int, seeds: list[int]) -> list[list[str]]:
+        out = []
+        for ids, seed in zip(prompts, seeds):
+            r = self.http.post("/completions", json={
+                "model": self.served, "prompt": self.tokenizer.decode(ids), "n": n, "seed": seed,
+                "temperature": self.cfg.temperature, "top_p": self.cfg.top_p,
+                "max_tokens": self.cfg.max_new_tokens, "stop": [STOP]})
+            r.raise_for_status()
+            choices = sorted(r.json()["choices"], key=lambda c: c["index"])
+            out.append([_close(c["text"], c.get("finish_reason")) for c in choices])
+        return out
+
+
+def _close(text: str, finish_reason: str | None) -> str:
+    """The response as the policy wrote it (after RESPONSE_PREFIX): sampling stops at </graph>
+    and drops it, so it is put back."""
+    return text + STOP if finish_reason == "stop" and STOP not in text else text
+
+
+def make_generator(cfg: RunConfig, adapter_dir: Path | None):
+    return (RemoteGenerator if cfg.generator_url else LocalGenerator)(cfg, adapter_dir)

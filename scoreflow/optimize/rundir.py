@@ -1,0 +1,54 @@
+"""Crash-safe run-directory records: JSON-lines files appended one complete record at a time,
+and stage markers. A process killed mid-write leaves at most one partial last line, which the
+reader drops (and truncates), so a resumed run redoes exactly the unfinished work."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class JsonlLog:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) != len(data):  # a partial last line from a killed writer
+            with open(self.path, "r+b") as fh:
+                fh.truncate(len(complete))
+        return [json.loads(line) for line in complete.decode().splitlines() if line.strip()]
+
+    def append(self, records: list[dict]) -> None:
+        if not records:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as fh:
+            fh.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def write(self, records: list[dict]) -> None:
+        """Replace the whole file atomically."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        os.replace(tmp, self.path)
+
+
+def stage_done(stage_dir: Path, stage: str) -> bool:
+    return (stage_dir / f".{stage}.done").exists()
+
+
+def mark_done(stage_dir: Path, stage: str, info: dict | None = None) -> None:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / f".{stage}.done").write_text(json.dumps(info or {}))
+
+
+def stage_info(stage_dir: Path, stage: str) -> dict:
+    path = stage_dir / f".{stage}.done"
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,190 @@
+"""The five stages of one ScoreFlow iteration (SPEC A4), each resumable from the run directory:
+
+    workflows.jsonl   k workflows per question, with validity and resample count   (1)
+    executions.jsonl  every run of every valid workflow: answer, score, status       (2)
+    scores.jsonl      per workflow: mean score over its runs                          (2)
+    pairs.jsonl       the N pairs drawn from P* ∝ d(s_w, s_l)                         (3-4)
+    train/, adapter/  Score-DPO on the LoRA, adapter in the PEFT layout               (5)
+
+A stage appends one complete record per unit of work and skips units already on disk, so a
+killed run redoes only unfinished work. Seeds depend only on (run seed, iteration, question,
+resample round), and sampling is batch-independent, so a resumed stage reproduces exactly
+what an uninterrupted one would have written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..dpo import ScoredWorkflow, build_pairs, pairs_from_records, pairs_to_records, sample_pairs, template_similarity
+from ..dpo.batch import PairExample
+from ..dpo.trainer import train_dpo
+from ..engine.sampling import splitmix64
+from ..lora import save_adapter
+from ..tasks.base import Question, Task
+from ..workflow.prompts import SIMILARITY_THRESHOLDS, TIME_LIMITS_S, template_workflow
+from ..workflow.runtime import extract_graph, run_workflow, validate_workflow
+from .config import RunConfig
+from .generator import RESPONSE_PREFIX
+from .progress import Progress
+from .rundir import JsonlLog, mark_done, stage_done
+
+GENERATE_CHUNK = 4  # questions sampled (and written) together
+
+
+@dataclass
+class Iteration:
+    """What the stages of iteration `index` share."""
+
+    index: int
+    dir: Path
+    cfg: RunConfig
+    task: Task
+
+    @property
+    def family(self) -> str:
+        return self.task.family
+
+    @property
+    def template(self) -> str:
+        return template_workflow(self.family)
+
+    @property
+    def threshold(self) -> float | None:
+        return SIMILARITY_THRESHOLDS.get(self.task.name)
+
+    def seed(self, question: int, round_: int) -> int:
+        return splitmix64(splitmix64(splitmix64(self.cfg.seed) ^ self.index) ^ (question << 8 | round_)) >> 1
+
+
+def check_workflow(response: str, it: Iteration) -> dict:
+    """SPEC A3 validity: a <graph> with a valid Workflow, forbidden snippets, not near the template."""
+    code = extract_graph(RESPONSE_PREFIX + response)
+    problems = ["no <graph> block with code"] if code is None else validate_workflow(code, it.family)
+    similarity = template_similarity(code or "", it.template)
+    if it.threshold is not None and similarity >= it.threshold:
+        problems.append(f"too similar to the template (difflib ratio {similarity:.2f} >= {it.threshold})")
+    return {"code": code, "valid": not problems, "problems": problems, "similarity": round(similarity, 4)}
+
+
+# -- (1) generate --------------------------------------------------------------------------------
+def generate(it: Iteration, generator) -> list[dict]:
+    log = JsonlLog(it.dir / "workflows.jsonl")
+    have = {r["question_id"] for r in log.read()}
+    todo = [(i, q) for i, q in enumerate(it.task.questions) if q.id not in have]
+    progress = Progress(f"[iter {it.index}] generate (questions)", len(it.task.questions))
+    progress.done = len(have)
+    for c in range(0, len(todo), GENERATE_CHUNK):
+        chunk = todo[c: c + GENERATE_CHUNK]
+        prompts = [generator.prompt_ids(it.family, q.prompt) for _, q in chunk]
+        samples = generator.sample(prompts, it.cfg.k, [it.seed(i, 0) for i, _ in chunk])
+        records = []
+        for (i, q), prompt, responses in zip(chunk, prompts, samples):
+            checked = [check_workflow(r, it) for r in responses]
+            rounds = [0] * len(responses)
+            for round_ in range(1, it.cfg.max_resample + 1 if it.cfg.invalid == "drop" else 1):
+                bad = [j for j, w in enumerate(checked) if not w["valid"]]
+                if not bad:
+                    break
+                for j, r in zip(bad, generator.sample([prompt], len(bad), [it.seed(i, round_)])[0]):
+                    responses[j], checked[j], rounds[j] = r, check_workflow(r, it), round_
+            records += [{"id": f"it{it.index}-{q.id}-w{j}", "question_id": q.id, "index": j, "response": r,
+                         "resamples": rounds[j], **w} for j, (r, w) in enumerate(zip(responses, checked))]
+        log.append(records)
+        progress.update(len(chunk))
+    return log.read()
+
+
+# -- (2) execute and score ------------------------------------------------------------------------
+async def execute(it: Iteration, workflows: list[dict], executor) -> list[dict]:
+    log = JsonlLog(it.dir / "executions.jsonl")
+    done = {(r["workflow_id"], r["run"]) for r in log.read()}
+    questions = {q.id: q for q in it.task.questions}
+    timeout = it.cfg.workflow_timeout_s or TIME_LIMITS_S[it.family]
+    todo = [w for w in workflows if w["valid"] and any((w["id"], r) not in done for r in range(it.cfg.runs))]
+    progress = Progress(f"[iter {it.index}] execute (workflows x runs)", len(todo) * it.cfg.runs)
+    sem = asyncio.Semaphore(it.cfg.executor_concurrency)
+
+    async def runs_of(w: dict) -> None:  # runs in order: a deterministic executor's reruns hit the cache
+        q = questions[w["question_id"]]
+        async with sem:
+            for r in range(it.cfg.runs):
+                if (w["id"], r) in done:
+                    progress.update()
+                    continue
+                log.append([await run_once(it, w, q, r, executor, timeout)])
+                progress.update()
+
+    await asyncio.gather(*(runs_of(w) for w in todo))
+    return log.read()
+
+
+async def run_once(it: Iteration, w: dict, q: Question, run: int, executor, timeout: float) -> dict:
+    for attempt in range(2):  # an executor failure says nothing about the workflow: retry once
+        res = await run_workflow(w["code"], q.prompt, executor, it.family, timeout, task=it.task, question=q)
+        if res.status != "executor_error":
+            break
+    score = None if res.status == "executor_error" else (await it.task.ascore(q, res.answer) if res.ok else 0.0)
+    return {"workflow_id": w["id"], "question_id": q.id, "run": run, "status": res.status, "answer": res.answer,
+            "score": score, "error": (res.error or "")[:500], "llm_calls": res.llm_calls,
+            "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
+            "seconds": round(res.duration_s, 3)}
+
+
+def score(it: Iteration, workflows: list[dict], executions: list[dict]) -> list[dict]:
+    """Mean score over the scored runs (failed/timed-out runs score 0; executor errors are not
+    scores). Invalid workflows: score 0 in "zero" mode, no score (dropped) in "drop" mode;
+    in "zero" mode valid ones score valid_floor + (1 - valid_floor) * mean."""
+    runs: dict[str, list[float]] = {}
+    for e in executions:
+        if e["score"] is not None:
+            runs.setdefault(e["workflow_id"], []).append(e["score"])
+    records = []
+    for w in workflows:
+        s = runs.get(w["id"])
+        value = sum(s) / len(s) if s else (0.0 if not w["valid"] and it.cfg.invalid == "zero" else None)
+        if s and it.cfg.invalid == "zero":
+            value = it.cfg.valid_floor + (1 - it.cfg.valid_floor) * value
+        records.append({"workflow_id": w["id"], "question_id": w["question_id"], "valid": w["valid"],
+                        "score": value, "runs": len(s or [])})
+    JsonlLog(it.dir / "scores.jsonl").write(records)
+    return records
+
+
+# -- (3, 4) pairs -------------------------------------------------------------------------------------
+def pairs(it: Iteration, workflows: list[dict], scores: list[dict]) -> list[dict]:
+    log = JsonlLog(it.dir / "pairs.jsonl")
+    if stage_done(it.dir, "pairs"):
+        return log.read()
+    text = {w["id"]: w["code"] or RESPONSE_PREFIX + w["response"] for w in workflows}
+    scored = [ScoredWorkflow(s["workflow_id"], s["question_id"], text[s["workflow_id"]], s["score"])
+              for s in scores if s["score"] is not None]
+    candidates = build_pairs(scored, it.template, it.threshold)
+    drawn = sample_pairs(candidates, it.cfg.pairs, seed=it.seed(0, 255)) if candidates else []
+    log.write(pairs_to_records(drawn))
+    mark_done(it.dir, "pairs", {"candidates": len(candidates), "drawn": len(drawn)})
+    return log.read()
+
+
+# -- (5) train ------------------------------------------------------------------------------------------
+def train(it: Iteration, generator, workflows: list[dict], pair_records: list[dict]) -> list[dict]:
+    """Score-DPO on the generator's LoRA; writes adapter/ (PEFT layout)."""
+    if stage_done(it.dir, "train"):
+        return JsonlLog(it.dir / "train" / "metrics.jsonl").read()
+    history = []
+    if pair_records:
+        by_id = {w["id"]: w for w in workflows}
+        questions = {q.id: q for q in it.task.questions}
+        tok = generator.tokenizer
+        end = [tok.eos_token_ids[0]]
+        examples = []
+        for p in pairs_from_records(pair_records):
+            prompt = generator.prompt_ids(it.family, questions[p.question_id].prompt)
+            chosen, rejected = (tok.encode(by_id[i]["response"]) + end for i in (p.winner_id, p.loser_id))
+            examples.append(PairExample(tuple(prompt), tuple(chosen), tuple(rejected), p.s_w, p.s_l, p.weight))
+        history = train_dpo(generator.model, examples, it.dir / "train", it.cfg.dpo)
+    save_adapter(generator.model, it.dir / "adapter", base_model_name_or_path=it.cfg.generator)
+    mark_done(it.dir, "train", {"steps": len(history)})
+    return history

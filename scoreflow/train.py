@@ -1,0 +1,164 @@
+"""`python -m scoreflow.train`: the ScoreFlow optimisation loop (SPEC A4), resumable.
+
+    python -m scoreflow.train                       # embedded default: small CPU run, ~10 min
+    python -m scoreflow.train --task math --generator /models/Llama-3.1-8B-Instruct \\
+        --executor-url https://api.openai.com/v1 --executor-model gpt-4o-mini --out runs/math
+
+Each iteration: k workflows per question from the generator -> each valid workflow run R
+times by the executor and scored -> pairs with s_w > s_l, N drawn from P* ∝ (s_w - s_l)^3 ->
+Score-DPO on the generator's LoRA -> the next iteration samples from the updated generator.
+Rerun the same command after a crash or kill: finished work is read back, not redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from .dpo.trainer import TrainConfig
+from .executor import ExecutorClient
+from .llama.registry import DEFAULT_MODEL
+from .optimize import stages
+from .optimize.config import RunConfig, resolve, save_or_check
+from .optimize.generator import make_generator
+from .optimize.rundir import JsonlLog, stage_info
+from .tasks import load_task
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # the dev checkout's data
+
+
+class EmbeddedExecutor:
+    """Our OpenAI-compatible server on loopback, serving the base default model."""
+
+    def __enter__(self) -> str:
+        from .engine import Engine
+        from .engine.server import OpenAIServer
+        from .llama import load_model, load_tokenizer
+
+        self.server = OpenAIServer(Engine(load_model(DEFAULT_MODEL), load_tokenizer(DEFAULT_MODEL), max_batch=8,
+                                          max_seq_len=2048), DEFAULT_MODEL)
+        self.server.start()
+        return self.server.base_url
+
+    def __exit__(self, *exc) -> None:
+        self.server.stop()
+
+
+def run(cfg: RunConfig, out: Path) -> list[dict]:
+    """Run (or resume) every iteration; returns the per-iteration summary rows."""
+    save_or_check(cfg, out)
+    task = load_task(cfg.task, cfg.split, cfg.data_dir)
+    if cfg.limit:
+        task = type(task)(**{**{f.name: getattr(task, f.name) for f in fields(task)},
+                             "questions": task.questions[: cfg.limit]})
+    print(f"scoreflow.train: {cfg.task}/{cfg.split}, {len(task.questions)} questions, {cfg.iterations} iterations, "
+          f"k={cfg.k}, runs={cfg.runs}, pairs={cfg.pairs}, invalid={cfg.invalid} -> {out}", file=sys.stderr)
+    embedded = cfg.executor_url is None
+    with (EmbeddedExecutor() if embedded else _Given(cfg.executor_url)) as url:
+        generator = None
+        rows = []
+        for i in range(cfg.iterations):
+            it = stages.Iteration(i, out / f"iter_{i}", cfg, task)
+            adapter = out / f"iter_{i - 1}" / "adapter" if i else None
+            t0 = time.monotonic()
+            if generator is None or not hasattr(generator, "_engine"):
+                generator = make_generator(cfg, adapter)
+            workflows = stages.generate(it, generator)
+            t_gen = time.monotonic()
+            executions, usage = asyncio.run(_execute(it, workflows, cfg, url, out))
+            scores = stages.score(it, workflows, executions)
+            pair_records = stages.pairs(it, workflows, scores)
+            t_exec = time.monotonic()
+            history = stages.train(it, generator, workflows, pair_records)
+            rows.append(_summary(it, workflows, scores, history, usage,
+                                 {"generate": t_gen - t0, "execute": t_exec - t_gen, "train": time.monotonic() - t_exec}))
+            JsonlLog(out / "summary.jsonl").write(rows)
+    print(_table(rows))
+    return rows
+
+
+class _Given:
+    def __init__(self, url: str):
+        self.url = url
+
+    def __enter__(self) -> str:
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+async def _execute(it, workflows, cfg: RunConfig, url: str, out: Path):
+    model = cfg.executor_model or DEFAULT_MODEL
+    async with ExecutorClient(url, model, api_key=cfg.api_key, max_concurrency=cfg.executor_concurrency,
+                              cache_dir=out / "executor_cache", default_max_tokens=cfg.executor_max_tokens) as client:
+        executions = await stages.execute(it, workflows, client)
+        return executions, client.usage
+
+
+def _summary(it, workflows, scores, history, usage, seconds) -> dict:
+    valued = [s["score"] for s in scores if s["score"] is not None]
+    info = stage_info(it.dir, "pairs")
+    last = history[-max(1, len(history) // 4):] if history else []
+    mean = lambda key: sum(m[key] for m in last) / len(last) if last else None  # noqa: E731
+    return {"iteration": it.index, "workflows": len(workflows),
+            "valid_rate": sum(w["valid"] for w in workflows) / max(1, len(workflows)),
+            "mean_score": sum(valued) / len(valued) if valued else None,
+            "candidate_pairs": info.get("candidates", 0), "pairs": info.get("drawn", 0),
+            "loss": mean("loss"), "reward_margin": mean("reward_margin"),
+            "executor_tokens": usage.prompt_tokens + usage.completion_tokens,
+            "executor_requests": usage.requests, "cache_hits": usage.cache_hits,
+            "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+
+
+def _table(rows: list[dict]) -> str:
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    lines = ["| iter | mean workflow score | valid rate | pairs (candidates) | loss (last quarter) | reward margin "
+             "| executor tokens (this process) | time gen/exec/train s |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["seconds"]
+        lines.append(f"| {r['iteration']} | {fmt(r['mean_score'], '.3f')} | {r['valid_rate']:.2f} | {r['pairs']} "
+                     f"({r['candidate_pairs']}) | {fmt(r['loss'], '.4f')} | {fmt(r['reward_margin'], '+.4f')} | "
+                     f"{r['executor_tokens']} | {s['generate']:.0f}/{s['execute']:.0f}/{s['train']:.0f} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> tuple[dict, dict, Path]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=None, help="run directory (default runs/scoreflow-TASK); rerun to resume")
+    simple = {f.name: f for f in fields(RunConfig) if f.name != "dpo"}
+    for name, f in simple.items():
+        kind = type(f.default) if f.default is not None else (float if "timeout" in name else int if name in (
+            "limit", "executor_max_tokens") else str)
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"(default: {f.default})")
+    for f in fields(TrainConfig):
+        if f.name in ("lr", "beta", "loss", "f", "epochs", "grad_accum", "batch_size", "warmup_steps",
+                      "gradient_checkpointing", "max_grad_norm"):
+            kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(f.default, bool) else type(f.default)
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, dest=f"dpo_{f.name}",
+                           help=f"Score-DPO (default: {f.default})")
+    a = vars(p.parse_args(argv))
+    overrides = {k: v for k, v in a.items() if k in simple and v is not None}
+    dpo = {k[4:]: v for k, v in a.items() if k.startswith("dpo_") and v is not None}
+    if "data_dir" not in overrides and DEFAULT_DATA.is_dir() and "SCOREFLOW_DATA" not in __import__("os").environ:
+        overrides["data_dir"] = str(DEFAULT_DATA)
+    out = Path(a["out"] or f"runs/scoreflow-{overrides.get('task', 'gsm8k')}")
+    return overrides, dpo, out
+
+
+def main(argv=None) -> None:
+    overrides, dpo, out = parse_args(argv)
+    try:
+        cfg = resolve(overrides, dpo)
+    except (TypeError, ValueError) as e:
+        sys.exit(f"scoreflow.train: {e}")
+    run(cfg, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""`python -m scoreflow.train` end to end, as a real subprocess: the generator is an
+OpenAI-compatible /v1/completions endpoint and the executor a chat endpoint, both a scripted
+loopback server (so workflow quality, and hence scores and pairs, are known); Score-DPO
+trains the real default model's LoRA. Then kill -9 mid-run and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED
+from fake_openai_server import FakeOpenAIServer, Reply, completion
+
+ROWS = [json.loads(l) for l in (SHARED / "datasets/aflow/gsm8k_validate.jsonl").read_text().splitlines()[:2]]
+
+# Bodies the scripted generator writes after the "<graph>\n" prefix of the prompt.
+GOOD = """class Workflow:
+    def __init__(self, config, problem):
+        self.problem = problem
+        self.custom = operator.Custom(config)
+
+    async def run_workflow(self):
+        first = await self.custom(instruction="GOOD: solve it step by step")
+        check = await self.custom(instruction="GOOD: check this answer: " + first["response"])
+        return check["response"]
+"""
+BAD = GOOD.replace("GOOD", "BAD")
+INVALID = "import os\nclass Workflow:\n    pass\n"
+
+
+class ScoreFlowScript(FakeOpenAIServer):
+    """Generator: n choices cycling GOOD, BAD, INVALID. Executor: the gold answer of the
+    question in the prompt when the instruction says GOOD, a wrong one otherwise."""
+
+    def _default_reply(self, path, body):
+        if path == "/v1/completions":
+            texts = [(GOOD, BAD, INVALID)[i % 3] for i in range(body["n"])]
+            return Reply(body={"id": "cmpl", "object": "text_completion", "created": 0, "model": body["model"],
+                               "choices": [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)],
+                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+        text = json.dumps(body["messages"])
+        gold = next((r["answer"] for r in ROWS if r["question"][:60] in text.replace("\\n", "\n")), "7")
+        return Reply(body=completion(f"\\boxed{{{gold}}}" if "GOOD" in text else "\\boxed{123456}"))
+
+
+def train_cmd(server, out: Path, *extra):
+    return [sys.executable, "-m", "scoreflow.train", "--task", "gsm8k", "--limit", "2", "--k", "3", "--runs", "2",
+            "--iterations", "1", "--pairs", "4", "--invalid", "zero", "--generator-url", server.base_url,
+            "--generator-model", "scripted", "--executor-url", server.base_url, "--executor-model", "scripted",
+            "--data-dir", str(SHARED / "datasets"), "--lr", "1e-4", "--out", str(out), *extra]
+
+
+def env():
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+
+
+def artefacts(out: Path) -> dict:
+    it = out / "iter_0"
+    read = lambda name: [json.loads(l) for l in (it / name).read_text().splitlines()]  # noqa: E731
+    strip = lambda rows, drop: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
+    by_key = lambda rows, *k: sorted(rows, key=lambda r: tuple(r[x] for x in k))  # noqa: E731
+    return {"workflows": by_key(read("workflows.jsonl"), "id"),
+            "executions": by_key(strip(read("executions.jsonl"), {"seconds"}), "workflow_id", "run"),
+            "scores": read("scores.jsonl"), "pairs": read("pairs.jsonl"),
+            "metrics": strip(read("train/metrics.jsonl"), {"seconds"}),
+            "adapter": (it / "adapter" / "adapter_model.safetensors").read_bytes()}
+
+
+@pytest.mark.slow
+def test_one_iteration_end_to_end_then_kill_and_resume(tmp_path):
+    with ScoreFlowScript(delay_s=0.05) as server:
+        full = subprocess.run(train_cmd(server, tmp_path / "full"), env=env(), capture_output=True, text=True,
+                              timeout=600)
+        assert full.returncode == 0, full.stderr[-3000:]
+        a = artefacts(tmp_path / "full")
+        assert len(a["workflows"]) == 6 and sum(w["valid"] for w in a["workflows"]) == 4
+        assert len(a["executions"]) == 4 * 2
+        score = {s["workflow_id"]: s["score"] for s in a["scores"]}
+        good = [w["id"] for w in a["workflows"] if w["response"] == GOOD]
+        bad = [w["id"] for w in a["workflows"] if w["response"] == BAD]
+        invalid = [w["id"] for w in a["workflows"] if not w["valid"]]
+        assert all(score[i] == 1.0 for i in good) and all(score[i] == 0.0 for i in bad + invalid)
+        assert len(a["pairs"]) == 4
+        for p in a["pairs"]:  # every pair references real workflows with the stated scores
+            assert score[p["winner_id"]] == p["s_w"] > p["s_l"] == score[p["loser_id"]]
+        assert [m["step"] for m in a["metrics"]] == list(range(1, 5))
+        from scoreflow.lora import load_adapter
+        from scoreflow.llama import load_model
+        load_adapter(load_model("smollm2-135m-instruct"), tmp_path / "full" / "iter_0" / "adapter")
+
+        # kill -9 in the execution stage, then again in the training stage; rerun each time
+        out = tmp_path / "resumed"
+        for marker in ("executions.jsonl", "train/metrics.jsonl"):
+            proc = subprocess.Popen(train_cmd(server, out), env=env(), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and proc.poll() is None:
+                path = out / "iter_0" / marker
+                if path.exists() and path.read_text().count("\n") >= 2:
+                    break
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        n_exec_requests = server.request_count
+        again = subprocess.run(train_cmd(server, out), env=env(), capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        b = artefacts(out)
+        assert b == a  # no duplicated executions, identical artefacts
+        assert server.request_count >= n_exec_requests
