@@ -1,0 +1,185 @@
+"""A resumable MAgICoRE run over a dataset, with the baselines on the same chains.
+
+Two phases, each writing one JSON line per finished question, so a rerun with the same
+OUT skips what is done (and a crash loses at most the questions in flight):
+
+    1. solve    OUT/initial.jsonl   k Solver chains per question with ORM/PRM scores and cost
+    2. refine   OUT/results.jsonl   MAgICoRE per iteration + every baseline, scored against gold
+
+Phase 2 starts only when phase 1 is complete for every question: the reference's
+normalisation statistics (condition 1) are taken over the first chain of every question of
+the run (all of the test set, or the first --limit questions).
+A question whose executor calls fail (after the client's retries) is recorded in
+OUT/errors.jsonl, not in the results; rerun to retry it. OUT/config.json holds the run's
+settings; a rerun with different settings is refused rather than mixing runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from scoreflow.executor import ExecutorError
+from scoreflow.tasks import Question, Task
+
+from .agents import Agents, Ledger, Sampling
+from .baselines import BASELINES, SELF_REFINE_ROUNDS, chain_baselines, refine_baselines, total
+from .difficulty import Chain, RewardStats, dataset_stats
+from .loop import MagicoreConfig, Trace, refine_until_easy, solve
+from .report import summarize
+from .reward import RewardModels
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides a run's results (concurrency does not, and is not stored)."""
+
+    dataset: str
+    questions: int
+    magicore: MagicoreConfig
+    sampling: Sampling
+    baselines: tuple[str, ...] = BASELINES
+    self_refine_rounds: int = SELF_REFINE_ROUNDS
+    solver: str = ""
+    orm: str = ""
+    prm: str = ""
+
+
+def _chain_row(chain: Chain, ledger: Ledger) -> dict[str, Any]:
+    return {"text": chain.text, "answer": chain.answer, "orm": chain.orm, "prm": list(chain.prm),
+            "prompt_tokens": ledger.prompt_tokens, "completion_tokens": ledger.completion_tokens}
+
+
+def _chains(row: dict) -> tuple[list[Chain], list[Ledger]]:
+    chains = [Chain(c["text"], c["answer"], c["orm"], tuple(c["prm"])) for c in row["chains"]]
+    return chains, [Ledger(1, c["prompt_tokens"], c["completion_tokens"]) for c in row["chains"]]
+
+
+def _read_rows(path: Path) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    rows = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash: that question is redone
+            rows[row["id"]] = row
+    return rows
+
+
+def _append(path: Path, row: dict) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _check_config(out: Path, config: RunConfig) -> None:
+    path, wanted = out / "config.json", json.loads(json.dumps(dataclasses.asdict(config)))
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored != wanted:
+            changed = sorted(k for k in wanted.keys() | stored.keys() if stored.get(k) != wanted.get(k))
+            raise ValueError(f"{out} holds a run with other settings ({', '.join(changed)} differ); "
+                             f"pass a new --out, or the same settings to resume it")
+    else:
+        path.write_text(json.dumps(wanted, indent=2) + "\n")
+
+
+class Runner:
+    """Runs the two phases for `questions` of `task` into `out` (see the module docstring)."""
+
+    def __init__(self, task: Task, questions: list[Question], agents: Agents, rms: RewardModels,
+                 config: RunConfig, out: Path, concurrency: int = 4, log: Callable[[str], None] = print):
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.task, self.questions, self.agents, self.rms = task, questions, agents, rms
+        self.config, self.out, self.concurrency, self.log = config, Path(out), concurrency, log
+
+    async def run(self) -> dict[str, Any] | None:
+        """Both phases; the summary (report.summarize), or None when phase 1 is incomplete."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        _check_config(self.out, self.config)
+        initial = await self._phase("solve", self.out / "initial.jsonl", self._solve)
+        missing = [q.id for q in self.questions if q.id not in initial]
+        if missing:
+            self.log(f"{len(missing)} question(s) failed in the solve phase (see {self.out / 'errors.jsonl'}); "
+                     f"rerun the same command to retry them before refinement starts")
+            return None
+        first = [_chains(initial[q.id])[0][0] for q in self.questions]
+        stats = dataset_stats(first) if self.config.magicore.normalization == "dataset" else None
+        results = await self._phase("refine", self.out / "results.jsonl",
+                                    lambda q: self._refine(q, initial[q.id], stats))
+        summary = summarize([results[q.id] for q in self.questions if q.id in results], self.config,
+                            errors=len(self.questions) - len(results))
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (self.out / "results.md").write_text(summary["markdown"] + "\n")
+        return summary
+
+    async def _phase(self, name: str, path: Path, work: Callable[[Question], Awaitable[dict]]) -> dict[str, dict]:
+        """Run `work` on every question without a row in `path`, `concurrency` at a time,
+        appending each row as it finishes; progress and ETA after each question."""
+        rows = _read_rows(path)
+        ids = {q.id for q in self.questions}
+        rows = {i: r for i, r in rows.items() if i in ids}
+        todo = [q for q in self.questions if q.id not in rows]
+        if not todo:
+            return rows
+        self.log(f"[{name}] {len(rows)}/{len(self.questions)} already done, {len(todo)} to go")
+        gate, start, finished = asyncio.Semaphore(self.concurrency), time.monotonic(), 0
+
+        async def one(question: Question) -> None:
+            nonlocal finished
+            async with gate:
+                try:
+                    row = await work(question)
+                except ExecutorError as e:
+                    _append(self.out / "errors.jsonl", {"id": question.id, "phase": name,
+                                                        "error": f"{type(e).__name__}: {e}"})
+                    self.log(f"[{name}] {question.id}: {type(e).__name__}: {e}")
+                    return
+            rows[question.id] = row
+            _append(path, row)
+            finished += 1
+            elapsed = time.monotonic() - start
+            eta = elapsed / finished * (len(todo) - finished)
+            self.log(f"[{name}] {len(rows)}/{len(self.questions)} {question.id} "
+                     f"elapsed {elapsed:.0f}s ETA {eta:.0f}s")
+
+        await asyncio.gather(*(one(q) for q in todo))
+        return rows
+
+    async def _solve(self, question: Question) -> dict:
+        chains, ledgers = await solve(self.agents, self.rms, question.prompt, self.config.magicore.k)
+        return {"id": question.id, "chains": [_chain_row(c, l) for c, l in zip(chains, ledgers)]}
+
+    async def _refine(self, question: Question, initial: dict, stats: RewardStats | None) -> dict:
+        chains, solver = _chains(initial)
+        baselines = self.config.baselines
+        trace, refined = await asyncio.gather(
+            refine_until_easy(self.agents, self.rms, question.prompt, chains, self.config.magicore, stats,
+                              total(solver)),
+            refine_baselines(self.agents, question.prompt, chains, solver, baselines,
+                             self.config.self_refine_rounds))
+        methods = {**chain_baselines(chains, solver, baselines), **refined}
+        return {"id": question.id, "gold": question.gold, "magicore": self._iterations(question, trace),
+                "baselines": {name: {**dataclasses.asdict(r), "correct": self._correct(question, r.answer)}
+                              for name, r in methods.items()}}
+
+    def _correct(self, question: Question, answer: str | None) -> float:
+        return self.task.score(question, self.agents.answer_format.scorable(answer))
+
+    def _iterations(self, question: Question, trace: Trace) -> dict:
+        """Per iteration 0..T; after an early stop the last round's answer and cost carry on."""
+        rounds = list(trace.rounds) + [trace.rounds[-1]] * (self.config.magicore.iterations + 1 - len(trace.rounds))
+        return {"answers": [r.answer for r in rounds],
+                "correct": [self._correct(question, r.answer) for r in rounds],
+                "hard": [r.hard for r in rounds], "calls": [r.calls for r in rounds],
+                "tokens": [r.tokens for r in rounds], "refinements": len(trace.rounds) - 1,
+                "scored": trace.scored, "difficulty": [dataclasses.asdict(r.difficulty) for r in trace.rounds]}
+
