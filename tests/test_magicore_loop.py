@@ -200,3 +200,33 @@ def test_magicore_refine_operator_refines_hard_candidates_through_the_run():
     (entry,) = ctx.trace
     # 5 ORM + 5 PRM judge calls, 5 Reviewer + 5 Refiner calls, 5 + 5 judge calls on the new chains
     assert entry.operator == "MagicoreRefine" and entry.error is None and entry.llm_calls == 30
+
+
+def test_generated_math_workflows_can_use_magicore_refine():
+    from scoreflow.workflow.prompts import generator_guide, workflow_source
+    from scoreflow.workflow.runtime import run_workflow, validate_workflow
+
+    body = '''
+candidates = []
+for answer in ["1", "1", "2", "3", "4"]:
+    candidates.append("work\\n\\n\\\\boxed{" + answer + "}")
+refined = await self.magicore_refine(solutions=candidates)
+return refined["response"]
+'''
+    code = workflow_source("math", body)
+    assert "self.magicore_refine = operator.MagicoreRefine(config)" in code
+    assert "await self.magicore_refine(solutions, problem=None)" in generator_guide("math")
+    assert validate_workflow(code, "math") == []
+    qa = workflow_source("qa", body).replace("self.problem = problem", "self.problem = problem\n"
+                                             "        self.magicore_refine = operator.MagicoreRefine(config)")
+    assert any("MagicoreRefine is not available" in p for p in validate_workflow(qa, "qa"))  # math only
+
+    async def main(server):
+        async with ExecutorClient(server.base_url, "fake", api_key="k") as executor:
+            return await run_workflow(code, "What is 1 + 1?", executor, "math", timeout_s=60)
+
+    with OperatorServer() as server:
+        result = asyncio.run(main(server))
+    # as in the operator test above: the low-scored majority "1" is refined away and "2" wins
+    assert result.status == "ok" and result.answer == "\\boxed{2}", result.error
+    assert [e.operator for e in result.trace][0] == "MagicoreRefine" and result.trace[0].llm_calls == 30

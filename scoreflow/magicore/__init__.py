@@ -8,7 +8,8 @@
     loop.py        classify -> (vote | review + refine + rescore + top-k), T iterations
     baselines.py   Best-of-k, self-consistency, weighted SC, Self-Refine, Self-Refine + SC
     runner.py      a resumable run over a dataset;  report.py  its results table
-    operator.py    MagicoreRefine, the loop as a ScoreFlow math operator (import it directly)
+    operator.py    MagicoreRefine, the loop as a ScoreFlow math operator (registered in
+                   workflow.operators.OPERATORS, offered to math workflows by the guide)
     __main__.py    python -m scoreflow.magicore
 """
 

@@ -15,6 +15,7 @@ Every call returns a dict of plain values (one shape per operator):
     Review(pre_solution, problem=None)                    -> {"review": str, "solution": str}
     CustomCodeGenerate(instruction, problem=None, entry_point=None) -> {"response": str}
     Test(solution, problem=None, entry_point=None)        -> {"result": bool, "solution": str}
+    MagicoreRefine(solutions, problem=None)               -> {"response": str}   (math; magicore/operator.py)
 
 `input`/`problem` left out mean the run's problem (operators are bound to it, as in the
 reference); `entry_point` left out means the code question's. Where text is expected, an
@@ -467,3 +468,10 @@ def failure_text(result: SandboxResult) -> str:
     if result.status == "timeout":
         return "the program did not finish in time" + (f"; its output:\n{detail}" if detail else "")
     return detail or f"the program failed ({result.status}, exit status {result.returncode})"
+
+
+# MAgICoRE's refinement as a math operator (SPEC B inside SPEC A). It subclasses Operator, so it
+# is imported once everything above exists; scoreflow.magicore imports this module first.
+from scoreflow.magicore.operator import MagicoreRefine  # noqa: E402,I001
+
+OPERATORS[MagicoreRefine.name] = MagicoreRefine

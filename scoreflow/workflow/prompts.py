@@ -38,14 +38,14 @@ TIME_LIMITS_S: dict[str, float] = {"math": 120.0, "qa": 120.0, "code": 240.0}  #
 # Which operators each task family's workflows may build (SPEC A2), and the attribute the
 # template binds each one to.
 FAMILY_OPERATORS: dict[str, tuple[str, ...]] = {
-    "math": ("Custom", "Programmer", "ScEnsemble", "Review"),
+    "math": ("Custom", "Programmer", "ScEnsemble", "Review", "MagicoreRefine"),
     "qa": ("Custom", "AnswerGenerate", "ScEnsemble", "Review"),
     "code": ("CustomCodeGenerate", "ScEnsemble", "Test"),
 }
 ATTRIBUTES: dict[str, str] = {
     "Custom": "custom", "AnswerGenerate": "answer_generate", "Programmer": "programmer",
     "ScEnsemble": "sc_ensemble", "Review": "review", "CustomCodeGenerate": "custom_code_generate",
-    "Test": "test",
+    "Test": "test", "MagicoreRefine": "magicore_refine",
 }
 
 CUSTOM = "{instruction}\n\n{input}"
@@ -208,6 +208,16 @@ OPERATOR_GUIDES: dict[str, OperatorGuide] = {
         "pre_solution, problem=None", '{"review": str, "solution": str}',
         "Critiques a solution and returns the critique and a corrected complete solution.",
         'reviewed = await self.review(pre_solution=best["response"])\nfinal = reviewed["solution"]'),
+    "MagicoreRefine": OperatorGuide(
+        "solutions, problem=None", '{"response": str}',
+        "Coarse-to-fine refinement of 1 to 8 candidate solutions (strings): scores each solution and "
+        "each of its steps; when the candidates disagree or score low, reviews and rewrites them, "
+        "then returns the solution whose final answer the best-scored candidates support. Costs "
+        "about 6 LLM calls per candidate.",
+        'candidates = []\nfor i in range(3):\n'
+        '    candidate = await self.custom(instruction="Solve the problem step by step.")\n'
+        '    candidates.append(candidate["response"])\n'
+        'refined = await self.magicore_refine(solutions=candidates)\nfinal = refined["response"]'),
     "CustomCodeGenerate": OperatorGuide(
         "instruction, problem=None, entry_point=None", '{"response": str}',
         "Writes a complete implementation of the task's function following `instruction`; "
