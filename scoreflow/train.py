@@ -17,7 +17,7 @@ import asyncio
 import json
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from .dpo.trainer import TrainConfig
@@ -25,28 +25,10 @@ from .executor import ExecutorClient
 from .llama.registry import DEFAULT_MODEL
 from .optimize import stages
 from .optimize.config import RunConfig, resolve, save_or_check
+from .optimize.endpoint import executor_endpoint
 from .optimize.generator import make_generator
 from .optimize.rundir import JsonlLog, stage_info
 from .tasks import load_task
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # the dev checkout's data
-
-
-class EmbeddedExecutor:
-    """Our OpenAI-compatible server on loopback, serving the base default model."""
-
-    def __enter__(self) -> str:
-        from .engine import Engine
-        from .engine.server import OpenAIServer
-        from .llama import load_model, load_tokenizer
-
-        self.server = OpenAIServer(Engine(load_model(DEFAULT_MODEL), load_tokenizer(DEFAULT_MODEL), max_batch=8,
-                                          max_seq_len=2048), DEFAULT_MODEL)
-        self.server.start()
-        return self.server.base_url
-
-    def __exit__(self, *exc) -> None:
-        self.server.stop()
 
 
 def run(cfg: RunConfig, out: Path) -> list[dict]:
@@ -54,20 +36,17 @@ def run(cfg: RunConfig, out: Path) -> list[dict]:
     save_or_check(cfg, out)
     task = load_task(cfg.task, cfg.split, cfg.data_dir)
     if cfg.limit:
-        task = type(task)(**{**{f.name: getattr(task, f.name) for f in fields(task)},
-                             "questions": task.questions[: cfg.limit]})
+        task = replace(task, questions=task.questions[: cfg.limit])
     print(f"scoreflow.train: {cfg.task}/{cfg.split}, {len(task.questions)} questions, {cfg.iterations} iterations, "
           f"k={cfg.k}, runs={cfg.runs}, pairs={cfg.pairs}, invalid={cfg.invalid} -> {out}", file=sys.stderr)
-    embedded = cfg.executor_url is None
-    with (EmbeddedExecutor() if embedded else _Given(cfg.executor_url)) as url:
+    with executor_endpoint(cfg.executor_url) as url:
         generator = None
         rows = []
         for i in range(cfg.iterations):
             it = stages.Iteration(i, out / f"iter_{i}", cfg, task)
             adapter = out / f"iter_{i - 1}" / "adapter" if i else None
             t0 = time.monotonic()
-            if generator is None or not hasattr(generator, "_engine"):
-                generator = make_generator(cfg, adapter)
+            generator = make_generator(cfg, adapter) if generator is None else generator.for_iteration(adapter)
             workflows = stages.generate(it, generator)
             t_gen = time.monotonic()
             executions, usage = asyncio.run(_execute(it, workflows, cfg, url, out))
@@ -80,17 +59,6 @@ def run(cfg: RunConfig, out: Path) -> list[dict]:
             JsonlLog(out / "summary.jsonl").write(rows)
     print(_table(rows))
     return rows
-
-
-class _Given:
-    def __init__(self, url: str):
-        self.url = url
-
-    def __enter__(self) -> str:
-        return self.url
-
-    def __exit__(self, *exc) -> None:
-        pass
 
 
 async def _execute(it, workflows, cfg: RunConfig, url: str, out: Path):
@@ -145,8 +113,6 @@ def parse_args(argv=None) -> tuple[dict, dict, Path]:
     a = vars(p.parse_args(argv))
     overrides = {k: v for k, v in a.items() if k in simple and v is not None}
     dpo = {k[4:]: v for k, v in a.items() if k.startswith("dpo_") and v is not None}
-    if "data_dir" not in overrides and DEFAULT_DATA.is_dir() and "SCOREFLOW_DATA" not in __import__("os").environ:
-        overrides["data_dir"] = str(DEFAULT_DATA)
     out = Path(a["out"] or f"runs/scoreflow-{overrides.get('task', 'gsm8k')}")
     return overrides, dpo, out
 

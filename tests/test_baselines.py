@@ -86,7 +86,7 @@ def test_unknown_baseline_or_family():
 
 
 # At temperature 0 the five CoT-SC samples are identical, and ScEnsemble needs no call for them.
-EXPECTED_CALLS = {"io": 1, "cot": 1, "cot_sc": 5, "medprompt": 8, "debate": 7, "self_refine": 3}
+EXPECTED_CALLS = {"io": 1, "cot": 1, "cot_sc": 5, "medprompt": 8, "multipersona": 7, "self_refine": 3}
 
 
 @pytest.mark.parametrize("name", BASELINES)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from scoreflow.dpo import (
+    GAPS,
     PreferencePair,
     ScoredWorkflow,
     build_pairs,
@@ -96,6 +97,9 @@ def test_d_is_configurable():
     assert not np.allclose(linear, target_distribution(pairs))  # the default (cubic) differs
     with pytest.raises(ValueError, match="d must be finite and > 0"):
         exact_pairs(pairs, d=lambda x, y: y - x)
+    uniform = target_distribution(pairs, GAPS["uniform"])  # plain DPO's P*: P itself
+    np.testing.assert_allclose(uniform, [p.weight for p in pairs], rtol=1e-12)
+    assert GAPS["cubic"] is cubic_gap
 
 
 def test_sampling_frequencies_match_p_star():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from scoreflow.tasks import TASK_NAMES, load_task
+from scoreflow.tasks import data
 from scoreflow.tasks.data import ENV_VAR
 from scoreflow.tasks.f1 import token_f1
 from scoreflow.tasks.gsm8k import extract_number
@@ -54,8 +55,10 @@ def test_data_dir_from_environment(monkeypatch):
     assert len(load_task("gsm8k", "validate").questions) == 264
 
 
-def test_no_data_dir_says_how_to_give_one(monkeypatch):
+def test_no_data_dir_says_how_to_give_one(monkeypatch, tmp_path):
     monkeypatch.delenv(ENV_VAR, raising=False)
+    assert len(load_task("gsm8k", "validate").questions) == 264  # ../shared/datasets beside the repo
+    monkeypatch.setattr(data, "CHECKOUT_DATA", tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match=r"--data-dir.*SCOREFLOW_DATA.*aflow/"):
         load_task("gsm8k", "validate")
 

@@ -11,6 +11,7 @@ from scoreflow.dpo.loss import (
     theorem2_condition,
 )
 from scoreflow.dpo.pairs import (
+    GAPS,
     PreferencePair,
     ScoredWorkflow,
     build_pairs,
@@ -32,6 +33,7 @@ __all__ = [
     "reward_metrics",
     "score_dpo_loss",
     "theorem2_condition",
+    "GAPS",
     "PreferencePair",
     "ScoredWorkflow",
     "build_pairs",

@@ -52,6 +52,14 @@ def cubic_gap(x: float, y: float) -> float:
     return (x - y) ** 3
 
 
+def uniform_gap(x: float, y: float) -> float:
+    """d ≡ 1: P* = P, every pair equally likely (plain DPO's sampling, the paper's ablation)."""
+    return 1.0
+
+
+GAPS: dict[str, ScoreGap] = {"cubic": cubic_gap, "uniform": uniform_gap}
+
+
 def template_similarity(text: str, template: str) -> float:
     """difflib.SequenceMatcher ratio in [0, 1]; 1 means identical."""
     return difflib.SequenceMatcher(None, text, template).ratio()

@@ -91,13 +91,15 @@ class Engine:
 
     # -- public API --------------------------------------------------------------------------
     def generate(self, prompts: list[str] | list[list[int]],
-                 params: SamplingParams | list[SamplingParams] = SamplingParams()) -> list[Completion]:
-        """n completions per prompt, prompt-major; `params` is shared or one per prompt."""
+                 params: SamplingParams | list[SamplingParams] = SamplingParams(),
+                 on_step: Callable[[int], None] | None = None) -> list[Completion]:
+        """n completions per prompt, prompt-major; `params` is shared or one per prompt.
+        `on_step(tokens)`, if given, is called after every step with the tokens generated so far."""
         per_prompt = params if isinstance(params, list) else [params] * len(prompts)
         if len(per_prompt) != len(prompts):
             raise ValueError(f"{len(per_prompt)} SamplingParams for {len(prompts)} prompts")
         requests = [self.submit(p, sp) for p, sp in zip(prompts, per_prompt)]
-        self._run_until_done(requests)
+        self._run_until_done(requests, on_step)
         return [c for r in requests for c in r.completions()]
 
     def generate_streaming(self, prompt: str | list[int], params: SamplingParams,
@@ -107,13 +109,15 @@ class Engine:
         self._run_until_done([req])
         return req.completions()[0]
 
-    def _run_until_done(self, requests: list[_Request]) -> None:
+    def _run_until_done(self, requests: list[_Request], on_step: Callable[[int], None] | None = None) -> None:
         """Drive the scheduler here, or just wait when a background thread drives it."""
         while not all(r.done.is_set() for r in requests):
             if self._worker is not None:
                 next(r for r in requests if not r.done.is_set()).done.wait(0.05)
             else:
                 self.step()
+            if on_step is not None:
+                on_step(sum(len(s.ids) for r in requests for s in r.seqs))
 
     def submit(self, prompt: str | list[int], params: SamplingParams, on_update: Callable | None = None) -> _Request:
         """Queue a request (thread-safe); it joins the running batch at the next step."""

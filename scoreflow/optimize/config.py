@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from ..dpo.pairs import GAPS
 from ..dpo.trainer import TrainConfig
 from ..llama.registry import DEFAULT_MODEL
 
@@ -28,13 +29,14 @@ class RunConfig:
     # executor: any OpenAI-compatible chat endpoint; None = serve the default model on loopback
     executor_url: str | None = None
     executor_model: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, compare=False, repr=False)  # never written to disk; $OPENAI_API_KEY
     executor_concurrency: int = 16
     executor_max_tokens: int | None = None  # cap for operator calls that set none
     iterations: int = 3
     k: int = 8  # workflows per question
     runs: int = 3  # executions per workflow
     pairs: int = 2000  # N pairs drawn with replacement from P*
+    pair_gap: str = "cubic"  # d in P* ∝ d(s_w, s_l) P: "cubic" (x − y)^3 (ref) | "uniform" (plain DPO's P)
     temperature: float = 0.2
     top_p: float = 0.95
     max_new_tokens: int = 1000
@@ -51,6 +53,8 @@ class RunConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if self.pair_gap not in GAPS:
+            raise ValueError(f"pair_gap must be one of {', '.join(GAPS)}, got {self.pair_gap!r}")
         if self.invalid not in ("drop", "zero"):
             raise ValueError(f"invalid must be 'drop' or 'zero', got {self.invalid!r}")
         if not 0 <= self.valid_floor < 1:
@@ -63,7 +67,8 @@ class RunConfig:
         return self.generator_url is None and self.generator == DEFAULT_MODEL
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        """The settings that decide the results (the API key is a credential, not a setting)."""
+        return json.dumps({k: v for k, v in asdict(self).items() if k != "api_key"}, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:

@@ -19,6 +19,7 @@ from ..llama import load_model, load_tokenizer
 from ..lora import apply_lora, load_adapter
 from ..workflow.prompts import generator_prompt
 from .config import RunConfig
+from .progress import Progress
 
 STOP = "</graph>"
 # The assistant turn starts with the opening tag (part of the prompt): the policy writes the
@@ -46,14 +47,19 @@ class LocalGenerator:
     def prompt_ids(self, family: str, question: str) -> list[int]:
         return prompt_ids(self.tokenizer, family, question)
 
+    def for_iteration(self, adapter_dir: Path | None) -> LocalGenerator:
+        """The generator of the next iteration: this one, whose model Score-DPO trained in place."""
+        return self
+
     def sample(self, prompts: list[list[int]], n: int, seeds: list[int]) -> list[list[str]]:
-        if self._engine is None:
-            longest = max(map(len, prompts)) + self.cfg.max_new_tokens
-            self._engine = Engine(self.model, self.tokenizer, max_batch=max(n, 2 * n if n <= 8 else n),
-                                  max_seq_len=max(longest, 2048))
+        rows, longest = len(prompts) * n, max(map(len, prompts)) + self.cfg.max_new_tokens
+        if self._engine is None or rows > self._engine.cache.n_slots or longest > self._engine.max_seq_len:
+            self._engine = None  # free the old cache before allocating the new one
+            self._engine = Engine(self.model, self.tokenizer, max_batch=rows, max_seq_len=-(-longest // 256) * 256)
         params = [SamplingParams(n=n, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
                                  max_tokens=self.cfg.max_new_tokens, stop=[STOP], seed=s) for s in seeds]
-        out = self._engine.generate(prompts, params)
+        progress = Progress("    sampling (tokens, at most)", rows * self.cfg.max_new_tokens, every_s=30.0)
+        out = self._engine.generate(prompts, params, on_step=lambda tokens: progress.update(tokens - progress.done))
         return [[_close(c.text, c.finish_reason) for c in out[i * n: (i + 1) * n]] for i in range(len(prompts))]
 
 
@@ -84,6 +90,10 @@ class RemoteGenerator:
 
     def prompt_ids(self, family: str, question: str) -> list[int]:
         return prompt_ids(self.tokenizer, family, question)
+
+    def for_iteration(self, adapter_dir: Path | None) -> RemoteGenerator:
+        """The generator of the next iteration: the endpoint asked to serve the new adapter."""
+        return RemoteGenerator(self.cfg, adapter_dir)
 
     def sample(self, prompts: list[list[int]], n: int, seeds: list[int]) -> list[list[str]]:
         out = []

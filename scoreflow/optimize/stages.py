@@ -18,7 +18,8 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..dpo import ScoredWorkflow, build_pairs, pairs_from_records, pairs_to_records, sample_pairs, template_similarity
+from ..dpo import (GAPS, ScoredWorkflow, build_pairs, pairs_from_records, pairs_to_records, sample_pairs,
+                   template_similarity)
 from ..dpo.batch import PairExample
 from ..dpo.trainer import train_dpo
 from ..engine.sampling import splitmix64
@@ -31,7 +32,7 @@ from .generator import RESPONSE_PREFIX
 from .progress import Progress
 from .rundir import JsonlLog, mark_done, stage_done
 
-GENERATE_CHUNK = 4  # questions sampled (and written) together
+GENERATE_ROWS = 32  # samples decoded together: GENERATE_ROWS // k questions per chunk (written together)
 
 
 @dataclass
@@ -42,6 +43,12 @@ class Iteration:
     dir: Path
     cfg: RunConfig
     task: Task
+    executor_temperature: float = 0.0  # generating operator calls (SPEC A1: 0); cot_sc's samples need > 0
+    label: str | None = None  # how progress lines name it (default "iter N")
+
+    @property
+    def name(self) -> str:
+        return self.label or f"iter {self.index}"
 
     @property
     def family(self) -> str:
@@ -74,10 +81,11 @@ def generate(it: Iteration, generator) -> list[dict]:
     log = JsonlLog(it.dir / "workflows.jsonl")
     have = {r["question_id"] for r in log.read()}
     todo = [(i, q) for i, q in enumerate(it.task.questions) if q.id not in have]
-    progress = Progress(f"[iter {it.index}] generate (questions)", len(it.task.questions))
+    progress = Progress(f"[{it.name}] generate (questions)", len(it.task.questions))
     progress.done = len(have)
-    for c in range(0, len(todo), GENERATE_CHUNK):
-        chunk = todo[c: c + GENERATE_CHUNK]
+    step = max(1, GENERATE_ROWS // it.cfg.k)
+    for c in range(0, len(todo), step):
+        chunk = todo[c: c + step]
         prompts = [generator.prompt_ids(it.family, q.prompt) for _, q in chunk]
         samples = generator.sample(prompts, it.cfg.k, [it.seed(i, 0) for i, _ in chunk])
         records = []
@@ -104,7 +112,7 @@ async def execute(it: Iteration, workflows: list[dict], executor) -> list[dict]:
     questions = {q.id: q for q in it.task.questions}
     timeout = it.cfg.workflow_timeout_s or TIME_LIMITS_S[it.family]
     todo = [w for w in workflows if w["valid"] and any((w["id"], r) not in done for r in range(it.cfg.runs))]
-    progress = Progress(f"[iter {it.index}] execute (workflows x runs)", len(todo) * it.cfg.runs)
+    progress = Progress(f"[{it.name}] execute (workflows x runs)", len(todo) * it.cfg.runs)
     sem = asyncio.Semaphore(it.cfg.executor_concurrency)
 
     async def runs_of(w: dict) -> None:  # runs in order: a deterministic executor's reruns hit the cache
@@ -123,7 +131,8 @@ async def execute(it: Iteration, workflows: list[dict], executor) -> list[dict]:
 
 async def run_once(it: Iteration, w: dict, q: Question, run: int, executor, timeout: float) -> dict:
     for attempt in range(2):  # an executor failure says nothing about the workflow: retry once
-        res = await run_workflow(w["code"], q.prompt, executor, it.family, timeout, task=it.task, question=q)
+        res = await run_workflow(w["code"], q.prompt, executor, it.family, timeout, task=it.task, question=q,
+                                 temperature=it.executor_temperature)
         if res.status != "executor_error":
             break
     score = None if res.status == "executor_error" else (await it.task.ascore(q, res.answer) if res.ok else 0.0)
@@ -162,7 +171,7 @@ def pairs(it: Iteration, workflows: list[dict], scores: list[dict]) -> list[dict
     scored = [ScoredWorkflow(s["workflow_id"], s["question_id"], text[s["workflow_id"]], s["score"])
               for s in scores if s["score"] is not None]
     candidates = build_pairs(scored, it.template, it.threshold)
-    drawn = sample_pairs(candidates, it.cfg.pairs, seed=it.seed(0, 255)) if candidates else []
+    drawn = sample_pairs(candidates, it.cfg.pairs, GAPS[it.cfg.pair_gap], seed=it.seed(0, 255)) if candidates else []
     log.write(pairs_to_records(drawn))
     mark_done(it.dir, "pairs", {"candidates": len(candidates), "drawn": len(drawn)})
     return log.read()

@@ -1,7 +1,8 @@
 """Locating and reading the benchmark files, with errors that say what to do.
 
 Layout: the data directory is the folder that *contains* `aflow/` and `magicore/`
-(e.g. `shared/datasets`), given as `data_dir=` / `--data-dir`, else `$SCOREFLOW_DATA`.
+(e.g. `shared/datasets`), given as `data_dir=` / `--data-dir`, else `$SCOREFLOW_DATA`, else
+the development checkout's `../shared/datasets` beside the repository, when it exists.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 ENV_VAR = "SCOREFLOW_DATA"
+CHECKOUT_DATA = Path(__file__).resolve().parents[3] / "shared" / "datasets"  # a dev checkout's copy
 _LAYOUT = "the folder that contains aflow/ and magicore/ (e.g. shared/datasets)"
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The data directory: the argument, else $SCOREFLOW_DATA; it must exist."""
+    """The data directory: the argument, else $SCOREFLOW_DATA, else CHECKOUT_DATA; it must exist."""
     if data_dir is None:
-        data_dir = os.environ.get(ENV_VAR) or None
+        data_dir = os.environ.get(ENV_VAR) or (CHECKOUT_DATA if CHECKOUT_DATA.is_dir() else None)
     if data_dir is None:
         raise FileNotFoundError(
             f"no benchmark data directory given: pass --data-dir (data_dir=) or set "

@@ -21,8 +21,8 @@ Review operator). What each does:
   order (the 3 rotations, then 2 of them reversed), so position bias averages out; the
   answer chosen most often wins (ties: the earlier answer). Its kNN few-shot step needs a
   training pool and is left out.
-- debate: multi-persona debate, 3 personas answer independently, then each revises after
-  reading the other two (one debate round), and ScEnsemble picks among the revised ones.
+- multipersona: multi-persona debate, 3 personas answer independently, then each revises
+  after reading the other two (one debate round), and ScEnsemble picks among the revised ones.
 - self_refine: one CoT answer, then 2 rounds of critique-and-revise.
 """
 
@@ -86,7 +86,7 @@ for i in range(5):
     votes.append(pick["response"])
 return max(answers, key=votes.count)
 ''',
-    "debate": '''
+    "multipersona": '''
 personas = [
     "a meticulous expert who checks every detail",
     "a creative problem solver who looks for the simplest approach",
@@ -113,6 +113,8 @@ return solution
 ''',
 }
 BASELINES: tuple[str, ...] = tuple(BODIES)
+# The executor temperature each baseline runs at: 0 (SPEC A1) unless its samples must differ.
+EXECUTOR_TEMPERATURES: dict[str, float] = {name: 0.7 if name == "cot_sc" else 0.0 for name in BASELINES}
 
 
 def baseline_workflow(name: str, family: str) -> str:

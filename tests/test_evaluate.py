@@ -1,0 +1,109 @@
+"""`scoreflow.evaluate` against a scripted loopback server that is both the generator
+(/v1/completions, vLLM-style runtime adapter loading) and the executor (chat), so every
+method's score is known; then a resume that sends nothing, and the LLM judge on its own."""
+
+import asyncio
+import json
+
+import pytest
+
+from conftest import SHARED
+from fake_openai_server import FakeOpenAIServer, Reply, completion
+from scoreflow.evaluate import EvalConfig, parse_args, run
+from scoreflow.executor import ExecutorClient
+from scoreflow.tasks import load_task
+from scoreflow.tasks.judge import AnswerJudge, JudgedTask, parse_verdict
+from test_train_loop import BAD, GOOD, ROWS
+
+ADAPTER_NAME = "scoreflow-iter_0"  # RemoteGenerator serves RUN/iter_0/adapter under this name
+
+
+class EvalScript(FakeOpenAIServer):
+    """Generator: GOOD for the adapter's name, BAD for the base model. Executor: the gold answer
+    when the instruction says GOOD or "step by step" (the CoT baselines), a wrong one otherwise."""
+
+    def _default_reply(self, path, body):
+        if path == "/v1/load_lora_adapter":
+            return Reply(body={})
+        if path == "/v1/completions":
+            text = GOOD if body["model"] == ADAPTER_NAME else BAD
+            return Reply(body={"id": "cmpl", "object": "text_completion", "created": 0, "model": body["model"],
+                               "choices": [{"index": i, "text": text, "finish_reason": "stop"}
+                                           for i in range(body["n"])],
+                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+        text = json.dumps(body["messages"]).replace("\\n", "\n")
+        gold = next((r["answer"] for r in ROWS if r["question"][:60] in text), "7")
+        right = "GOOD" in text or "step by step" in text
+        return Reply(body=completion(f"\\boxed{{{gold}}}" if right else "\\boxed{123456}"))
+
+
+def config(server, tmp_path, **kw) -> EvalConfig:
+    return EvalConfig(task="gsm8k", split="validate", data_dir=str(SHARED / "datasets"), limit=2,
+                      adapter=str(tmp_path / "run" / "iter_0" / "adapter"), generator_url=server.base_url,
+                      generator_model="scripted", executor_url=server.base_url, executor_model="scripted",
+                      **{"baselines": ("io", "cot"), "runs": 2, **kw})
+
+
+def test_evaluate_scores_every_method_and_resumes(tmp_path):
+    out = tmp_path / "eval"
+    with EvalScript() as server:
+        results = run(config(server, tmp_path), out)
+        scores = {m["method"]: m["score"] for m in results["methods"]}
+        assert scores == {"generator (untrained)": 0.0, "scoreflow (trained)": 1.0, "baseline io": 0.0,
+                          "baseline cot": 1.0}
+        rows = {m["method"]: m for m in results["methods"]}
+        assert rows["scoreflow (trained)"]["valid_workflows"] == 2 and rows["baseline io"]["llm_calls"] == 2.0
+        assert "| scoreflow (trained) | 1.000 | 0.000 | +1.000 | 2/2 | 0 |" in (out / "results.md").read_text()
+        assert json.loads((out / "results.json").read_text())["methods"] == results["methods"]
+        executions = [json.loads(line) for line in (out / "trained" / "executions.jsonl").read_text().splitlines()]
+        assert sorted((e["question_id"], e["run"]) for e in executions) == sorted(
+            (str(r["id"]), run) for r in ROWS for run in range(2))
+
+        sent = server.request_count
+        assert run(config(server, tmp_path), out)["methods"] == results["methods"]
+        generated = [r for r in server.requests[sent:] if r.path == "/v1/completions"]
+        chats = [r for r in server.requests[sent:] if r.path == "/v1/chat/completions"]
+        assert not generated and not chats  # resumed: nothing regenerated or re-executed
+        with pytest.raises(ValueError, match=r"other settings \(runs differ\)"):
+            run(config(server, tmp_path, runs=3), out)
+
+
+def test_command_line_defaults_and_baseline_names():
+    cfg, out, key = parse_args(["--task", "math", "--baselines", "io,multipersona", "--executor-url",
+                                "http://x/v1", "--generator", "/models/llama"])
+    assert cfg.baselines == ("io", "multipersona") and cfg.split == "test" and cfg.runs == 3 and key is None
+    assert cfg.judged and cfg.temperature == 0.2 and cfg.limit is None  # paper settings, judge for MATH
+    assert str(out) == "runs/evaluate-math-test"
+    embedded, _, _ = parse_args([])
+    assert not embedded.judged and embedded.limit == 10  # the 135M default: no judge, a small run
+    with pytest.raises(ValueError, match="unknown baseline"):
+        EvalConfig(baselines=("debate",))
+
+
+class JudgeScript(FakeOpenAIServer):
+    """Yes when the candidate says "one half", gibberish for "banana", else No."""
+
+    def _default_reply(self, path, body):
+        prompt = body["messages"][-1]["content"]
+        candidate = prompt.split("Candidate answer:")[1]
+        return Reply(body=completion("Yes." if "one half" in candidate else "Hmm" if "banana" in candidate else "No"))
+
+
+def test_judge_only_rescues_answers_the_rules_reject():
+    assert (parse_verdict("Yes."), parse_verdict(" no, because"), parse_verdict("Maybe")) == (True, False, None)
+    task = load_task("math", "validate", SHARED / "datasets")
+    question = task.questions[0]
+
+    async def main(server):
+        async with ExecutorClient(server.base_url, "judge") as client:
+            judge = AnswerJudge(client)
+            judged = JudgedTask(task, judge)
+            scores = [await judged.ascore(question, a) for a in
+                      (f"\\boxed{{{question.gold}}}", "one half", "\\boxed{-99999}", "banana", "")]
+            return scores, judge
+
+    with JudgeScript() as server:
+        scores, judge = asyncio.run(main(server))
+    assert scores == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert judge.calls == 3 and judge.unreadable == 1  # the rule-perfect and the empty answer cost no call
+    assert (JudgedTask(task, None).name, JudgedTask(task, None).family) == ("math", "math")  # the task's own
