@@ -32,6 +32,7 @@ from pathlib import Path
 
 from .executor import ExecutorClient
 from .llama.registry import DEFAULT_MODEL
+from .lora import CONFIG_FILE
 from .optimize import stages
 from .optimize.config import RunConfig
 from .optimize.endpoint import executor_endpoint
@@ -121,14 +122,18 @@ EMBEDDED = dict(limit=10, max_new_tokens=384, temperature=0.7, executor_max_toke
 
 def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
     """Evaluate every method (resuming what OUT holds); returns the results (results.json)."""
+    if cfg.adapter and cfg.generator_url is None and not (Path(cfg.adapter) / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"--adapter {cfg.adapter}: no {CONFIG_FILE} there; pass the adapter/ folder of a "
+                                "training iteration, e.g. runs/scoreflow-gsm8k/iter_1/adapter")
     _save_or_check(cfg, out)
     task = load_task(cfg.task, cfg.split, cfg.data_dir)
     if cfg.limit:
         task = replace(task, questions=task.questions[: cfg.limit])
     run_cfg = replace(cfg.run_config(), api_key=api_key)
-    print(f"scoreflow.evaluate: {cfg.task}/{cfg.split}, {len(task.questions)} questions, {cfg.runs} runs each, "
-          f"judge {'on' if cfg.judged else 'off'}; methods: {', '.join(m.name for m in cfg.methods())} -> {out}", file=sys.stderr)
     methods = cfg.methods()
+    print(f"scoreflow.evaluate: {cfg.task}/{cfg.split}, {len(task.questions)} questions, {cfg.runs} runs each, "
+          f"judge {'on' if cfg.judged else 'off'}; methods: {', '.join(m.name for m in methods)} -> {out}",
+          file=sys.stderr)
     workflows = {}
     for m in methods:  # generate first, one generator in memory at a time; then execute
         it = stages.Iteration(0, out / m.dir, run_cfg, task, label=m.name)

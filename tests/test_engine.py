@@ -182,3 +182,18 @@ def test_worker_survives_a_failing_step(default_model, default_tokenizer, prompt
     assert failed.finish_reason == "error" and "injected failure" in eng.error
     ok = eng.generate([prompt_ids[0]], SamplingParams(max_tokens=5))[0]
     assert ok.finish_reason == "length" and len(ok.token_ids) == 5
+
+
+def test_incremental_detokenization_equals_full_decode(default_tokenizer):
+    """Token by token, the deltas add up to the full decode, also across multi-byte characters
+    that span several byte-level tokens (no half character is ever emitted)."""
+    from scoreflow.engine.generate import incremental_text
+
+    text = "naïve café 😀 日本語 — done.\n\n  def f(x):\n\treturn x**2  # ok 🎉🎉"
+    ids = default_tokenizer.encode(text)
+    deltas, prefix, read = [], 0, 0
+    for n in range(1, len(ids) + 1):
+        delta, prefix, read = incremental_text(default_tokenizer, ids[:n], prefix, read)
+        deltas.append(delta)
+    assert "".join(deltas) == default_tokenizer.decode(ids) == text
+    assert "" in deltas and not any("\ufffd" in d for d in deltas)  # waited inside 😀, 日, 🎉

@@ -4,6 +4,7 @@ method's score is known; then a resume that sends nothing, and the LLM judge on 
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
@@ -78,6 +79,8 @@ def test_command_line_defaults_and_baseline_names():
     assert not embedded.judged and embedded.limit == 10  # the 135M default: no judge, a small run
     with pytest.raises(ValueError, match="unknown baseline"):
         EvalConfig(baselines=("debate",))
+    with pytest.raises(FileNotFoundError, match="no adapter_config.json there"):
+        run(EvalConfig(adapter="/nonexistent/adapter"), Path("/nonexistent/out"))
 
 
 class JudgeScript(FakeOpenAIServer):

@@ -50,7 +50,10 @@ class _Sequence:
     seed: int
     request: _Request
     ids: list[int] = field(default_factory=list)
-    text: str = ""
+    text: str = ""  # what has been streamed (held back: a possible start of a stop string)
+    decoded: str = ""  # the text of ids[:read_offset], built incrementally
+    prefix_offset: int = 0
+    read_offset: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
 
@@ -253,10 +256,13 @@ class Engine:
                 seq.finish_reason = "length"
 
     def _update_text(self, seq: _Sequence) -> None:
-        """Decode, cut at the first stop string, stream what is firm (no half characters)."""
+        """Decode the new token, cut at the first stop string, stream what is firm."""
         if not (seq.params.stop or seq.request.on_update):
             return
-        text = self.tokenizer.decode(seq.ids, skip_special_tokens=True)
+        delta, seq.prefix_offset, seq.read_offset = incremental_text(self.tokenizer, seq.ids, seq.prefix_offset,
+                                                                     seq.read_offset)
+        seq.decoded += delta
+        text = seq.decoded
         if seq.params.stop:
             hits = [i for i in (text.find(s, max(0, len(seq.text) - len(s))) for s in seq.params.stop) if i >= 0]
             if hits:
@@ -305,3 +311,16 @@ class Engine:
             req.on_update(None, None)  # end of stream
 
 
+def incremental_text(tokenizer, ids: list[int], prefix_offset: int, read_offset: int) -> tuple[str, int, int]:
+    """The text that ids[read_offset:] add to ids[:read_offset], and the new offsets; linear in the
+    sequence length where decoding everything per token would be quadratic.
+
+    Decodes a window that starts at prefix_offset (the previous read point), so merges and
+    leading-space rules see the token before; returns "" (offsets unchanged) while the window
+    ends in an incomplete UTF-8 character, which the next tokens complete.
+    """
+    prefix = tokenizer.decode(ids[prefix_offset:read_offset], skip_special_tokens=True)
+    window = tokenizer.decode(ids[prefix_offset:], skip_special_tokens=True)
+    if len(window) <= len(prefix) or window.endswith("\ufffd"):
+        return "", prefix_offset, read_offset
+    return window[len(prefix):], read_offset, len(ids)
