@@ -110,3 +110,16 @@ def test_judge_only_rescues_answers_the_rules_reject():
     assert scores == [1.0, 1.0, 0.0, 0.0, 0.0]
     assert judge.calls == 3 and judge.unreadable == 1  # the rule-perfect and the empty answer cost no call
     assert (JudgedTask(task, None).name, JudgedTask(task, None).family) == ("math", "math")  # the task's own
+
+
+def test_remote_generator_serves_each_new_adapter(tmp_path):
+    from scoreflow.optimize.config import RunConfig
+    from scoreflow.optimize.generator import RemoteGenerator
+
+    with EvalScript() as server:
+        base = RemoteGenerator(RunConfig(generator_url=server.base_url, generator_model="scripted"), None)
+        assert base.served == "scripted" and base.sample([[1, 2]], 2, [0]) == [[BAD + "</graph>"] * 2]
+        nxt = base.for_iteration(tmp_path / "run" / "iter_0" / "adapter")
+        assert nxt.served == ADAPTER_NAME and nxt.sample([[1, 2]], 1, [0]) == [[GOOD + "</graph>"]]
+        (load,) = [r for r in server.requests if r.path == "/v1/load_lora_adapter"]
+        assert load.body == {"lora_name": ADAPTER_NAME, "lora_path": str(tmp_path / "run" / "iter_0" / "adapter")}
