@@ -197,3 +197,25 @@ def test_incremental_detokenization_equals_full_decode(default_tokenizer):
         deltas.append(delta)
     assert "".join(deltas) == default_tokenizer.decode(ids) == text
     assert "" in deltas and not any("\ufffd" in d for d in deltas)  # waited inside 😀, 日, 🎉
+
+
+@pytest.mark.slow
+def test_shared_prefix_decode_equals_each_prompt_alone(engine, default_tokenizer, monkeypatch):
+    """Two questions behind one long system message, n=2 each: decode reads the common prompt
+    once for all four rows (shared_prefix_attention) and still gives each prompt's own tokens."""
+    import scoreflow.engine.kv_cache as kv_cache
+
+    calls = []
+    real = kv_cache.shared_prefix_attention
+    monkeypatch.setattr(kv_cache, "shared_prefix_attention", lambda *a: calls.append(a[1].shape[1]) or real(*a))
+    system = "You are a careful assistant. " * 20  # far more than SHARED_PREFIX_MIN tokens
+    prompts = [default_tokenizer.encode(default_tokenizer.apply_chat_template(
+        [{"role": "system", "content": system}, {"role": "user", "content": q}]))
+        for q in ("What is 2 + 3?", "Name a large city in France.")]
+    p = SamplingParams(n=2, max_tokens=16, ignore_eos=True)
+    together = engine.generate(prompts, p)
+    assert calls and min(calls) >= 64  # the shared path ran, over the common prefix
+    calls.clear()
+    alone = [engine.generate([ids], SamplingParams(max_tokens=16, ignore_eos=True))[0] for ids in prompts]
+    assert not calls  # a single row never takes it
+    assert [c.token_ids for c in together] == [alone[0].token_ids] * 2 + [alone[1].token_ids] * 2

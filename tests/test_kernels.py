@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels.attention import attention, attention_reference, causal_mask
+from kernels.attention import attention, attention_reference, causal_mask, shared_prefix_attention
 from kernels.norm import rms_norm, rms_norm_reference
 from kernels.rope import apply_rope, apply_rope_reference, inv_frequencies, rope_cos_sin
 from scoreflow.llama.config import RopeScaling
@@ -59,6 +59,21 @@ def test_attention_matches_reference(B, Hq, Hkv, T, S, D):
     out = attention(q, k, v, mask)
     ref = attention_reference(q, k, v, mask)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,C,S,D", [(4, 9, 3, 7, 5, 64), (3, 8, 2, 1, 6, 16), (2, 4, 4, 12, 1, 8)])
+def test_shared_prefix_attention_equals_attention_over_the_concatenation(B, Hq, Hkv, C, S, D):
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(B, Hq, 1, D, generator=g)
+    k_shared, v_shared = torch.randn(Hkv, C, D, generator=g), torch.randn(Hkv, C, D, generator=g)
+    k_own, v_own = torch.randn(B, Hkv, S, D, generator=g) * 3, torch.randn(B, Hkv, S, D, generator=g)
+    own_valid = torch.rand(B, S, generator=g) < 0.6
+    own_valid[:, -1] = True  # the token being decoded
+    out = shared_prefix_attention(q, k_shared, v_shared, k_own, v_own, own_valid)
+    k = torch.cat((k_shared.expand(B, -1, -1, -1), k_own), dim=2)  # (B, Hkv, C + S, D)
+    v = torch.cat((v_shared.expand(B, -1, -1, -1), v_own), dim=2)
+    mask = torch.cat((torch.ones(B, C, dtype=torch.bool), own_valid), dim=1)[:, None, :]  # (B, 1, C + S)
+    torch.testing.assert_close(out.double(), attention_reference(q, k, v, mask), rtol=1e-5, atol=1e-5)
 
 
 def test_causal_mask_never_leaves_a_row_empty():

@@ -11,6 +11,7 @@ decode steps. `generate` is the simple synchronous front: submit, run steps, col
 
 from __future__ import annotations
 
+import os
 import queue
 import random
 import threading
@@ -23,6 +24,8 @@ import torch
 
 from .kv_cache import KVCache
 from .sampling import SamplingParams, sample, splitmix64, token_logprobs
+
+SHARED_PREFIX_MIN = 64  # common prompt tokens from which decode attention reads them once per batch
 
 
 @dataclass
@@ -88,6 +91,7 @@ class Engine:
         self._running: list[_Sequence] = []  # row i of the cache holds _running[i]
         self._lock = threading.Lock()  # one driver of the model at a time
         self._seed_source = random.Random()
+        self._shared_key, self._shared_len = None, 0  # the running requests and their common prompt prefix
         self._worker: threading.Thread | None = None
         self._wake = threading.Event()
         self.error: str | None = None  # the last failure of the background worker, for health checks
@@ -229,12 +233,22 @@ class Engine:
 
     def _decode(self) -> None:
         B = len(self._running)
+        self.cache.shared_prefix = self._shared_prefix() if B > 1 else 0
         x = torch.tensor([[s.ids[-1]] for s in self._running], device=self.device)  # (B, 1)
         pos = torch.tensor([[self.cache.lengths[b]] for b in range(B)], device=self.device)  # (B, 1)
         h = self.model.trunk(x, pos, cache=self.cache)  # (B, 1, C)
         logits = self.model.lm_head(h[:, 0]).float()  # (B, V)
         self._sample_and_append(list(range(B)), logits)
         self._retire()
+
+    def _shared_prefix(self) -> int:
+        """Prompt tokens every running row starts with (cached per set of running requests), or 0
+        when fewer than SHARED_PREFIX_MIN: then one attention over each row's cache is cheaper."""
+        key = tuple({id(s.request): s.request for s in self._running}.values())  # identity; holds them alive
+        if key != self._shared_key:
+            common = len(os.path.commonprefix([r.prompt_ids for r in key]))
+            self._shared_key, self._shared_len = key, common if common >= SHARED_PREFIX_MIN else 0
+        return self._shared_len
 
     def _sample_and_append(self, rows: list[int], logits: torch.Tensor) -> None:
         seqs = [self._running[r] for r in rows]

@@ -9,9 +9,14 @@ The model calls `begin(valid)` once per forward and `attend` once per layer. Two
 - append (the default): rows 0..B-1 each append T tokens at their own length — a lockstep
   left-padded prefill, or one decode step of B ragged sequences. Attention reads the cache
   in place (rows 0..B-1, columns 0..max length): no gather, no copy.
-- packed prefill (`plan_packed`, set by the engine before the forward): several prompts concatenated into one (1, ΣT) input, no
-  padding in the projections/MLP; keys/values are scattered into their slots and attention
-  runs per prompt (padded to the longest prompt only inside attention).
+- packed prefill (`plan_packed`, set by the engine before the forward): several prompts
+  concatenated into one (1, ΣT) input, no padding in the projections/MLP; keys/values are
+  scattered into their slots and attention runs per prompt (padded to the longest prompt only
+  inside attention).
+- shared prefix (decode, when the engine sets `shared_prefix` = C > 0): every row 0..B-1
+  starts with the same C tokens (so their cached keys agree there); attention reads columns
+  0..C of row 0 once for all rows, and each row's own columns C..length
+  (kernels.attention.shared_prefix_attention).
 
 Slots are recycled by the engine (continuous batching): `fork` copies a prefilled prompt to
 other slots (n samples share one prefill), `move` compacts rows so active sequences stay in
@@ -23,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from kernels.attention import attention, causal_mask
+from kernels.attention import attention, causal_mask, shared_prefix_attention
 
 
 class KVCache(nn.Module):
@@ -36,6 +41,7 @@ class KVCache(nn.Module):
         self.register_buffer("valid", torch.zeros(n_slots, max_seq, dtype=torch.bool, device=device),
                              persistent=False)
         self.lengths = [0] * n_slots  # host-side: read every step, no device sync
+        self.shared_prefix = 0  # C: tokens rows 0..B-1 share at columns 0..C (set by the engine)
         self._plan = None
         self._next_plan = None
 
@@ -75,6 +81,9 @@ class KVCache(nn.Module):
         for b in range(B):
             self.lengths[b] += T
         S = max(self.lengths[:B])
+        if T == 1 and 0 < self.shared_prefix < min(self.lengths[:B]):
+            self._plan = ("shared", rows, cols, self.valid[:B, self.shared_prefix: S], S)  # own keys (B, S - C)
+            return
         s = torch.arange(S, device=valid.device)
         mask = (s <= cols[..., None]) & self.valid[:B, None, :S]  # (B, T, S)
         mask |= s == cols[..., None]  # a padding query sees itself: no empty softmax rows
@@ -100,10 +109,13 @@ class KVCache(nn.Module):
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Store this layer's new k/v (B, Hkv, T, D) and attend; q (B, Hq, T, D) -> same shape."""
         kind, rows, cols, mask, extra = self._plan
-        if kind == "append":
+        if kind in ("append", "shared"):
             self.k[layer][rows, :, cols] = k.transpose(1, 2)  # (B, T, Hkv, D) at (row, :, col)
             self.v[layer][rows, :, cols] = v.transpose(1, 2)
-            B, S = q.shape[0], extra
+            B, S, C = q.shape[0], extra, self.shared_prefix
+            if kind == "shared":
+                return shared_prefix_attention(q, self.k[layer, 0, :, :C], self.v[layer, 0, :, :C],
+                                               self.k[layer, :B, :, C:S], self.v[layer, :B, :, C:S], mask)
             return attention(q, self.k[layer, :B, :, :S], self.v[layer, :B, :, :S], mask)
         seg, pos, n, Tmax = extra  # packed: q/k/v are (1, H, ΣT, D)
         self.k[layer][rows, :, cols] = k[0].transpose(0, 1)  # (ΣT, Hkv, D)
