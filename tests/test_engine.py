@@ -148,6 +148,27 @@ def test_filtered_probs_keeps_at_least_one_token():
     assert ids[0, 0] == 0 and probs[0, 0] > 0 and (probs[0, 1:] == 0).all()
 
 
+def test_candidate_ranking_equals_a_full_sort_row_by_row():
+    """Ranking only the top candidates gives the filtered distribution of a full sort: peaked
+    rows stay narrow, flat ones (and top_p = 1) fall back to the full sort, and a row's result
+    does not depend on the rows beside it."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 500, generator=g) * torch.tensor([8.0, 8.0, 0.3, 8.0, 0.3, 8.0])[:, None]
+    t = torch.tensor([0.7, 1.0, 1.0, 0.5, 1.0, 1.0])
+    top_p = torch.tensor([0.95, 0.9, 0.95, 1.0, 0.5, 0.8])
+    top_k = torch.tensor([0, 0, 0, 0, 20, 300])
+
+    def dense(probs, ids):  # token-indexed filtered probabilities, (B, V)
+        return torch.zeros(probs.shape[0], 500).scatter_add_(1, ids, probs)
+
+    full = dense(*filtered_probs(logits, t, top_p, top_k, candidates=500))
+    part = dense(*filtered_probs(logits, t, top_p, top_k, candidates=32))
+    torch.testing.assert_close(part, full, rtol=0, atol=1e-7)
+    alone = dense(*filtered_probs(logits[:1], t[:1], top_p[:1], top_k[:1], candidates=32))
+    assert filtered_probs(logits[:1], t[:1], top_p[:1], top_k[:1], candidates=32)[0].shape[1] == 32  # narrow
+    assert torch.equal(alone[0], part[0])
+
+
 def test_greedy_rows_ignore_seeds():
     logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
     tokens = sample(logits, [SamplingParams()] * 4, [1, 2, 3, 4], [0, 5, 9, 1])

@@ -14,8 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 _MASK64 = (1 << 64) - 1
+CANDIDATES = 1024  # tokens ranked per row before falling back to a sort of the whole vocabulary
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,28 @@ def uniforms(seeds: list[int], steps: list[int]) -> torch.Tensor:
 
 
 def filtered_probs(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
-                   top_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                   top_k: torch.Tensor, candidates: int = CANDIDATES) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted, filtered, unnormalised probabilities and their token ids.
 
     logits (B, V) fp32; temperature/top_p (B,) float (> 0), top_k (B,) long (0 = off).
-    Returns probs (B, V) in descending order with filtered ranks set to 0, and ids (B, V).
+    Returns probs (B, W) in descending order with filtered ranks set to 0, and ids (B, W).
+    Only the `candidates` most likely tokens are ranked (a partial top-k, not a sort of the
+    vocabulary) when that provably holds every kept token: top_k <= candidates, or the
+    candidates' mass already reaches top_p. Other rows are sorted in full (W = V then); the
+    choice depends on the row alone, so sampling stays independent of the batch.
     """
-    probs, ids = (logits / temperature[:, None]).softmax(-1).sort(-1, descending=True)
+    probs = (logits / temperature[:, None]).softmax(-1)  # (B, V)
+    V = probs.shape[-1]
+    n = min(V, candidates)
+    probs_n, ids = probs.topk(n, -1)  # (B, n), descending
+    reach = probs_n.cumsum(-1)[:, -1]  # the candidates' mass, summed as the keep rule below sums it
+    wide = (reach < top_p) & ((top_k == 0) | (top_k > n)) & (n < V)  # (B,) rows to sort in full
+    if wide.any():  # a flat distribution (or top_p = 1): its nucleus reaches past the candidates
+        full, full_ids = probs[wide].sort(-1, descending=True)
+        probs, ids = F.pad(probs_n, (0, V - n)), F.pad(ids, (0, V - n))
+        probs[wide], ids[wide] = full, full_ids
+    else:
+        probs = probs_n
     rank = torch.arange(probs.shape[-1], device=probs.device)
     top_k = top_k.clamp(max=probs.shape[-1])
     keep = (top_k[:, None] == 0) | (rank < top_k[:, None])  # top-k ranks
