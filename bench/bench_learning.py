@@ -1,14 +1,14 @@
 """A controlled experiment of the optimisation itself: Score-DPO vs plain DPO vs no training.
 
-    python bench/bench_learning.py [--limit 8 --k 4 --pairs 32 --iterations 3] --out runs/bench-learning
+    python bench/bench_learning.py [--limit 16 --k 4 --pairs 32 --iterations 3] --out runs/bench-learning
 
 The executor is replaced by a scorer whose expected score for a workflow is a known function
 of its structure, observed with the noise of a real executor: each of 3 runs solves with
 probability p(w) (a Bernoulli draw), and the workflow's score is the mean, as in SPEC A4.2.
 
     p(w) = 0                                           invalid workflow (SPEC A3)
-    p(w) = min(0.9, 0.1 + 0.2 [ScEnsemble] + 0.2 [Review] + 0.1 [Programmer]
-                    + 0.05 min(calls, 6))              otherwise
+    p(w) = min(0.95, 0.3 + 0.2 [ScEnsemble] + 0.15 [Review] + 0.1 [Programmer]
+                     + 0.04 min(calls, 6))             otherwise
 
 ([Op]: run_workflow awaits that operator somewhere; calls: awaited operator call sites.)
 The real generator (the default model with its LoRA) and the real stages of
@@ -48,7 +48,8 @@ from scoreflow.tasks import load_task
 RUNS = 3
 ARMS = {"score_dpo": dict(loss="score_dpo", pair_gap="cubic"), "dpo": dict(loss="dpo", pair_gap="uniform"),
         "none": None}
-BONUS = {"ScEnsemble": 0.2, "Review": 0.2, "Programmer": 0.1}
+BASE, PER_CALL, CAP = 0.3, 0.04, 0.95
+BONUS = {"ScEnsemble": 0.2, "Review": 0.15, "Programmer": 0.1}
 
 
 def true_score(workflow: dict) -> float:
@@ -65,8 +66,8 @@ def true_score(workflow: dict) -> float:
     used = [bound.get(n.value.func.attr) for n in ast.walk(run) if isinstance(n, ast.Await)
             and isinstance(n.value, ast.Call) and isinstance(n.value.func, ast.Attribute)]
     used = [u for u in used if u is not None]
-    p = 0.1 + sum(bonus for name, bonus in BONUS.items() if name in used) + 0.05 * min(len(used), 6)
-    return min(0.9, p)
+    p = BASE + sum(bonus for name, bonus in BONUS.items() if name in used) + PER_CALL * min(len(used), 6)
+    return min(CAP, p)
 
 
 def observed_runs(workflow: dict, seed: int) -> list[float]:
@@ -119,7 +120,7 @@ def table(rows: list[dict], iterations: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--limit", type=int, default=8, help="GSM8K validation questions")
+    ap.add_argument("--limit", type=int, default=16, help="GSM8K validation questions")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--iterations", type=int, default=3)
