@@ -1,10 +1,16 @@
-"""Greedy generation throughput: our Engine vs transformers `generate`, same model, prompts and
+"""Generation throughput: our Engine vs transformers `generate`, same model, prompts and
 lengths, CPU fp32, side by side in one process.
 
-    python bench/bench_generate.py [--batches 1 8 32] [--new-tokens 128]
+    python bench/bench_generate.py [--batches 1 8 32] [--new-tokens 128] [--scoreflow 8]
 
-Also times one batch-1 decode step against the memory-bandwidth floor (weight bytes / read
-bandwidth, measured here with a plain weight-streaming matvec).
+1. Greedy, GSM8K chat prompts, batch 1/8/32 (the issue's anchor). Also times one batch-1
+   decode step against the memory-bandwidth floor (weight bytes / read bandwidth, measured
+   here with a plain weight-streaming matvec).
+2. `--scoreflow Q`: the shape of ScoreFlow's generation stage: Q generator prompts (the math
+   guide + a GSM8K question, ~1200 tokens, sharing the ~1100-token guide), k=4 samples each
+   at temperature 0.7, top-p 0.95, 256 new tokens (EOS ignored, so both sides emit the same
+   count). Ours with and without the shared-prefix decode attention; transformers with
+   num_return_sequences=4.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from scoreflow.engine import Engine, SamplingParams
+from scoreflow.engine import Engine, SamplingParams, generate
 from scoreflow.llama import DEFAULT_MODEL, load_model, load_tokenizer
 from scoreflow.llama.registry import resolve_model_dir
 
@@ -50,6 +56,39 @@ def theirs(hf, batch: list[list[int]], new: int) -> float:
     return len(batch) * new / dt
 
 
+def scoreflow_prompts(tok, n: int) -> list[list[int]]:
+    from scoreflow.optimize.generator import prompt_ids
+
+    rows = [json.loads(line) for line in DATA.read_text().splitlines()[:n]]
+    return [prompt_ids(tok, "math", r["question"]) for r in rows]
+
+
+def ours_sampled(engine: Engine, batch: list[list[int]], k: int, new: int, shared: bool) -> float:
+    generate.SHARED_PREFIX_MIN = 64 if shared else 1 << 30
+    p = [SamplingParams(n=k, temperature=0.7, top_p=0.95, max_tokens=new, ignore_eos=True, seed=i)
+         for i in range(len(batch))]
+    t = time.perf_counter()
+    out = engine.generate(batch, p)
+    dt = time.perf_counter() - t
+    assert len(out) == len(batch) * k and all(len(c.token_ids) == new for c in out)
+    return len(out) * new / dt
+
+
+def theirs_sampled(hf, batch: list[list[int]], k: int, new: int) -> float:
+    T = max(map(len, batch))
+    ids = torch.tensor([[0] * (T - len(b)) + b for b in batch])
+    mask = torch.tensor([[0] * (T - len(b)) + [1] * len(b) for b in batch])
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        out = hf.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=True,
+                          temperature=0.7, top_p=0.95, top_k=0, num_return_sequences=k, pad_token_id=0,
+                          eos_token_id=None)
+    dt = time.perf_counter() - t
+    assert out.shape == (len(batch) * k, T + new)
+    return len(batch) * k * new / dt
+
+
 def bandwidth_floor(model) -> tuple[float, float]:
     """(seconds to stream every weight once through a matvec, weight bytes)."""
     weights = [p for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n] + [model.lm_head.weight]
@@ -79,6 +118,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--scoreflow", type=int, default=0, metavar="Q", help="also the ScoreFlow-shaped run, Q prompts")
     args = ap.parse_args()
     import transformers
 
@@ -102,6 +142,18 @@ def main() -> None:
     print(f"\nbatch-1 decode step (median): {step * 1e3:.1f} ms; weight bytes read per step {nbytes / 1e6:.0f} MB; "
           f"bandwidth floor (weights streamed once by matvec here: {nbytes / floor / 1e9:.1f} GB/s): "
           f"{floor * 1e3:.1f} ms -> {step / floor:.2f}x the floor; at 13 GB/s: {nbytes / 13e9 * 1e3:.1f} ms")
+    if args.scoreflow:
+        k, new, batch = 4, 256, scoreflow_prompts(tok, args.scoreflow)
+        big = Engine(model, tok, max_batch=len(batch) * k, max_seq_len=max(map(len, batch)) + new)
+        print(f"\nScoreFlow generation: {len(batch)} prompts ({min(map(len, batch))}-{max(map(len, batch))} tokens) x "
+              f"{k} samples, temperature 0.7, top-p 0.95, {new} new tokens")
+        print("| engine | tok/s | vs transformers |")
+        print("|---|---|---|")
+        rates = {"ours, shared-prefix decode": ours_sampled(big, batch, k, new, True),
+                 "ours, plain decode": ours_sampled(big, batch, k, new, False),
+                 "transformers generate": theirs_sampled(hf, batch, k, new)}
+        for name, rate in rates.items():
+            print(f"| {name} | {rate:.1f} | {rate / rates['transformers generate']:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

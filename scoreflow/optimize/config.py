@@ -80,11 +80,11 @@ class RunConfig:
         return cls(**d)
 
 
-# The no-flag run: 4 GSM8K questions, 4 workflows each, 2 iterations; invalid workflows kept with
+# The no-flag run: 4 GSM8K questions, 8 workflows each (the paper's k), 2 iterations; invalid workflows kept with
 # score 0 and valid ones lifted to >= 0.1, so the 135M generator first learns to write valid
 # ones; a larger learning rate and sampling temperature than the paper so that a few dozen
 # pairs move the policy visibly. It shows the mechanism, not the paper's accuracy.
-EMBEDDED = dict(limit=4, k=4, runs=3, pairs=32, iterations=2, invalid="zero", valid_floor=0.1, max_new_tokens=384,
+EMBEDDED = dict(limit=4, k=8, runs=3, pairs=32, iterations=2, invalid="zero", valid_floor=0.1, max_new_tokens=384,
                 temperature=0.7, executor_max_tokens=256, executor_concurrency=8,
                 dpo=TrainConfig(lr=1e-4, warmup_steps=2))
 

@@ -1,6 +1,7 @@
 """The generator G: samples k workflows per question from the generator prompt.
 
-Two backends with one method, `sample(prompts, n, seeds) -> [[text, ...] per prompt]`:
+Two backends with one method, `sample(prompts, n, seeds) -> [[text, ...] per prompt]` (n: one
+count for all prompts, or one per prompt):
 - LocalGenerator: our engine in-process on base model + LoRA (the same module object that
   Score-DPO then trains, so iteration i+1 samples from the updated policy);
 - RemoteGenerator: any OpenAI-compatible /v1/completions endpoint (e.g. vLLM serving the base
@@ -9,6 +10,7 @@ Two backends with one method, `sample(prompts, n, seeds) -> [[text, ...] per pro
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import httpx
@@ -51,16 +53,17 @@ class LocalGenerator:
         """The generator of the next iteration: this one, whose model Score-DPO trained in place."""
         return self
 
-    def sample(self, prompts: list[list[int]], n: int, seeds: list[int]) -> list[list[str]]:
-        rows, longest = len(prompts) * n, max(map(len, prompts)) + self.cfg.max_new_tokens
+    def sample(self, prompts: list[list[int]], n: int | list[int], seeds: list[int]) -> list[list[str]]:
+        ns = n if isinstance(n, list) else [n] * len(prompts)
+        rows, longest = sum(ns), max(map(len, prompts)) + self.cfg.max_new_tokens
         if self._engine is None or rows > self._engine.cache.n_slots or longest > self._engine.max_seq_len:
             self._engine = None  # free the old cache before allocating the new one
             self._engine = Engine(self.model, self.tokenizer, max_batch=rows, max_seq_len=-(-longest // 256) * 256)
-        params = [SamplingParams(n=n, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                 max_tokens=self.cfg.max_new_tokens, stop=[STOP], seed=s) for s in seeds]
+        params = [SamplingParams(n=k, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                                 max_tokens=self.cfg.max_new_tokens, stop=[STOP], seed=s) for k, s in zip(ns, seeds)]
         progress = Progress("    sampling (tokens, at most)", rows * self.cfg.max_new_tokens, every_s=30.0)
-        out = self._engine.generate(prompts, params, on_step=lambda tokens: progress.update(tokens - progress.done))
-        return [[_close(c.text, c.finish_reason) for c in out[i * n: (i + 1) * n]] for i in range(len(prompts))]
+        done = iter(self._engine.generate(prompts, params, on_step=lambda t: progress.update(t - progress.done)))
+        return [[_close(c.text, c.finish_reason) for c in itertools.islice(done, k)] for k in ns]
 
 
 class RemoteGenerator:
@@ -95,11 +98,11 @@ class RemoteGenerator:
         """The generator of the next iteration: the endpoint asked to serve the new adapter."""
         return RemoteGenerator(self.cfg, adapter_dir)
 
-    def sample(self, prompts: list[list[int]], n: int, seeds: list[int]) -> list[list[str]]:
+    def sample(self, prompts: list[list[int]], n: int | list[int], seeds: list[int]) -> list[list[str]]:
         out = []
-        for ids, seed in zip(prompts, seeds):
+        for ids, k, seed in zip(prompts, n if isinstance(n, list) else [n] * len(prompts), seeds):
             r = self.http.post("/completions", json={
-                "model": self.served, "prompt": self.tokenizer.decode(ids), "n": n, "seed": seed,
+                "model": self.served, "prompt": self.tokenizer.decode(ids), "n": k, "seed": seed,
                 "temperature": self.cfg.temperature, "top_p": self.cfg.top_p,
                 "max_tokens": self.cfg.max_new_tokens, "stop": [STOP]})
             r.raise_for_status()

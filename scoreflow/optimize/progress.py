@@ -7,9 +7,12 @@ import time
 
 
 class Progress:
+    """Prints after `every_s` seconds (not at once: a first ETA would be noise) and at the end."""
+
     def __init__(self, label: str, total: int, every_s: float = 10.0):
         self.label, self.total, self.every_s = label, total, every_s
-        self.done, self.start, self.last = 0, time.monotonic(), 0.0
+        self.done = 0
+        self.start = self.last = time.monotonic()
 
     def update(self, n: int = 1, note: str = "") -> None:
         self.done += n

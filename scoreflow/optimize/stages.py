@@ -88,18 +88,21 @@ def generate(it: Iteration, generator) -> list[dict]:
         chunk = todo[c: c + step]
         prompts = [generator.prompt_ids(it.family, q.prompt) for _, q in chunk]
         samples = generator.sample(prompts, it.cfg.k, [it.seed(i, 0) for i, _ in chunk])
-        records = []
-        for (i, q), prompt, responses in zip(chunk, prompts, samples):
-            checked = [check_workflow(r, it) for r in responses]
-            rounds = [0] * len(responses)
-            for round_ in range(1, it.cfg.max_resample + 1 if it.cfg.invalid == "drop" else 1):
-                bad = [j for j, w in enumerate(checked) if not w["valid"]]
-                if not bad:
-                    break
-                for j, r in zip(bad, generator.sample([prompt], len(bad), [it.seed(i, round_)])[0]):
-                    responses[j], checked[j], rounds[j] = r, check_workflow(r, it), round_
-            records += [{"id": f"it{it.index}-{q.id}-w{j}", "question_id": q.id, "index": j, "response": r,
-                         "resamples": rounds[j], **w} for j, (r, w) in enumerate(zip(responses, checked))]
+        checked = [[check_workflow(r, it) for r in responses] for responses in samples]
+        rounds = [[0] * len(responses) for responses in samples]
+        for round_ in range(1, it.cfg.max_resample + 1 if it.cfg.invalid == "drop" else 1):
+            bad = [[j for j, w in enumerate(ws) if not w["valid"]] for ws in checked]
+            again = [p for p, js in enumerate(bad) if js]  # the chunk's questions resample together
+            if not again:
+                break
+            redo = generator.sample([prompts[p] for p in again], [len(bad[p]) for p in again],
+                                    [it.seed(chunk[p][0], round_) for p in again])
+            for p, responses in zip(again, redo):
+                for j, r in zip(bad[p], responses):
+                    samples[p][j], checked[p][j], rounds[p][j] = r, check_workflow(r, it), round_
+        records = [{"id": f"it{it.index}-{q.id}-w{j}", "question_id": q.id, "index": j, "response": r,
+                    "resamples": rounds[p][j], **w}
+                   for p, (_, q) in enumerate(chunk) for j, (r, w) in enumerate(zip(samples[p], checked[p]))]
         log.append(records)
         progress.update(len(chunk))
     return log.read()
