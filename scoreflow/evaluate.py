@@ -201,7 +201,7 @@ def _method_row(method: str, runs: int, workflows: list[dict], executions: list[
             for e in scored:
                 per_run[e["run"]].append(e["score"])
     run_means = [statistics.fmean(r) for r in per_run if r]
-    n = max(1, len(by_question))
+    n = max(1, len(by_question) * runs)  # costs are per question and run
     return {"method": method, "score": statistics.fmean(per_question) if per_question else None,
             "run_std": statistics.stdev(run_means) if len(run_means) > 1 else 0.0,
             "questions_scored": len(per_question), "valid_workflows": sum(valid.values()),
@@ -217,7 +217,7 @@ def _table(cfg: EvalConfig, questions: int, rows: list[dict]) -> str:
              f"{cfg.executor_model or DEFAULT_MODEL}, generator {cfg.generator}"
              f"{f' + {cfg.adapter}' if cfg.adapter else ''}, judge {'on' if cfg.judged else 'off'}", "",
              "| method | score | ± over runs | vs untrained | valid workflows | executor errors "
-             "| LLM calls / question | executor tokens / question |", "|---|---|---|---|---|---|---|---|"]
+             "| LLM calls / run | executor tokens / run |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         score = "-" if r["score"] is None else f"{r['score']:.3f}"
         delta = "-" if reference is None or r["score"] is None else f"{r['score'] - reference:+.3f}"

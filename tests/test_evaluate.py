@@ -53,7 +53,7 @@ def test_evaluate_scores_every_method_and_resumes(tmp_path):
         assert scores == {"generator (untrained)": 0.0, "scoreflow (trained)": 1.0, "baseline io": 0.0,
                           "baseline cot": 1.0}
         rows = {m["method"]: m for m in results["methods"]}
-        assert rows["scoreflow (trained)"]["valid_workflows"] == 2 and rows["baseline io"]["llm_calls"] == 2.0
+        assert rows["scoreflow (trained)"]["valid_workflows"] == 2 and rows["baseline io"]["llm_calls"] == 1.0
         assert "| scoreflow (trained) | 1.000 | 0.000 | +1.000 | 2/2 | 0 |" in (out / "results.md").read_text()
         assert json.loads((out / "results.json").read_text())["methods"] == results["methods"]
         executions = [json.loads(line) for line in (out / "trained" / "executions.jsonl").read_text().splitlines()]
