@@ -4,7 +4,7 @@
     valid:   (n_slots, max_seq) bool          False for left padding and unwritten columns
     lengths: (n_slots,)                       columns used per slot
 
-The model calls `begin(valid)` once per forward and `attend` once per layer. Two plans:
+The model calls `begin(valid)` once per forward and `attend` once per layer. Three plans:
 
 - append (the default): rows 0..B-1 each append T tokens at their own length — a lockstep
   left-padded prefill, or one decode step of B ragged sequences. Attention reads the cache
