@@ -34,6 +34,7 @@ from .executor import ExecutorClient
 from .llama.registry import DEFAULT_MODEL
 from .lora import CONFIG_FILE
 from .optimize import stages
+from .optimize.config import EMBEDDED as TRAIN_EMBEDDED
 from .optimize.config import RunConfig
 from .optimize.endpoint import executor_endpoint
 from .optimize.generator import make_generator
@@ -117,7 +118,8 @@ class EvalConfig:
 
 # The no-flag run (embedded default model as generator and executor): 10 questions, and the
 # generation settings of scoreflow.train's embedded preset, so it evaluates what that run trained.
-EMBEDDED = dict(limit=10, max_new_tokens=384, temperature=0.7, executor_max_tokens=256, executor_concurrency=8)
+EMBEDDED = {"limit": 10, **{k: TRAIN_EMBEDDED[k] for k in ("max_new_tokens", "temperature", "executor_max_tokens",
+                                                            "executor_concurrency")}}
 
 
 def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
