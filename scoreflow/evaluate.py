@@ -38,7 +38,7 @@ from .optimize.config import EMBEDDED as TRAIN_EMBEDDED
 from .optimize.config import RunConfig
 from .optimize.endpoint import executor_endpoint
 from .optimize.generator import make_generator
-from .optimize.rundir import JsonlLog
+from .optimize.rundir import JsonlLog, save_or_check_settings
 from .tasks import load_task
 from .tasks.judge import JUDGED_TASKS, AnswerJudge, JudgedTask
 from .workflow.baselines import BASELINES, EXECUTOR_TEMPERATURES, baseline_workflow
@@ -127,7 +127,7 @@ def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
     if cfg.adapter and cfg.generator_url is None and not (Path(cfg.adapter) / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"--adapter {cfg.adapter}: no {CONFIG_FILE} there; pass the adapter/ folder of a "
                                 "training iteration, e.g. runs/scoreflow-gsm8k/iter_1/adapter")
-    _save_or_check(cfg, out)
+    save_or_check_settings(out, asdict(cfg))
     task = load_task(cfg.task, cfg.split, cfg.data_dir)
     if cfg.limit:
         task = replace(task, questions=task.questions[: cfg.limit])
@@ -152,7 +152,7 @@ def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
             it = stages.Iteration(0, out / m.dir, run_cfg, task, m.executor_temperature, m.name)
             executions, judge_calls = asyncio.run(_execute(it, workflows[m], cfg, url, api_key, out))
             rows.append(_method_row(m.name, cfg.runs, workflows[m], executions, judge_calls))
-    results = {"config": json.loads(_config_json(cfg)), "questions": len(task.questions), "methods": rows,
+    results = {"config": asdict(cfg), "questions": len(task.questions), "methods": rows,
                "markdown": _table(cfg, len(task.questions), rows)}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(results["markdown"] + "\n")
@@ -226,24 +226,6 @@ def _table(cfg: EvalConfig, questions: int, rows: list[dict]) -> str:
         lines.append(f"| {r['method']} | {score} | {r['run_std']:.3f} | {delta} | {r['valid_workflows']}/{questions} "
                      f"| {r['executor_errors']} | {r['llm_calls']:.1f} | {r['tokens']:.0f} |")
     return "\n".join(lines)
-
-
-def _config_json(cfg: EvalConfig) -> str:
-    return json.dumps(asdict(cfg), indent=2, sort_keys=True)
-
-
-def _save_or_check(cfg: EvalConfig, out: Path) -> None:
-    """Store the settings; a resumed evaluation must use the same ones."""
-    path = out / "config.json"
-    if path.exists():
-        stored, wanted = json.loads(path.read_text()), json.loads(_config_json(cfg))
-        changed = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
-        if changed:
-            raise ValueError(f"{out} holds an evaluation with other settings ({', '.join(changed)} differ); "
-                             "rerun with the same flags to resume, or choose another --out")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(_config_json(cfg) + "\n")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, Path, str | None]:

@@ -38,3 +38,21 @@ def test_invalid_workflows_resample_together_per_chunk(tmp_path):
     assert [r["resamples"] for r in records[:4]] == [0, 2, 0, 1]
     assert stages.generate(stages.Iteration(0, tmp_path, cfg, task), generator) == records  # resumed
     assert len(generator.calls) == 3
+
+
+def test_run_settings_resume_across_versions_and_refuse_changes(tmp_path):
+    import json
+
+    import pytest
+
+    from scoreflow.optimize.config import save_or_check
+
+    cfg = RunConfig(k=4, api_key="sk-secret")
+    save_or_check(cfg, tmp_path)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert "api_key" not in stored and "sk-secret" not in (tmp_path / "config.json").read_text()
+    del stored["pair_gap"]  # a run directory written before pair_gap existed, with a key in it
+    (tmp_path / "config.json").write_text(json.dumps({**stored, "api_key": None}))
+    save_or_check(cfg, tmp_path)  # resumes: the missing field takes its default
+    with pytest.raises(ValueError, match=r"other settings \(k differ\); k: stored 4, given 8"):
+        save_or_check(RunConfig(k=8), tmp_path)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from scoreflow.executor import ExecutorError
+from scoreflow.optimize.rundir import save_or_check_settings
 from scoreflow.tasks import Question, Task
 
 from .agents import Agents, Ledger, Sampling
@@ -79,18 +80,6 @@ def _append(path: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def _check_config(out: Path, config: RunConfig) -> None:
-    path, wanted = out / "config.json", json.loads(json.dumps(dataclasses.asdict(config)))
-    if path.exists():
-        stored = json.loads(path.read_text())
-        if stored != wanted:
-            changed = sorted(k for k in wanted.keys() | stored.keys() if stored.get(k) != wanted.get(k))
-            raise ValueError(f"{out} holds a run with other settings ({', '.join(changed)} differ); "
-                             f"pass a new --out, or the same settings to resume it")
-    else:
-        path.write_text(json.dumps(wanted, indent=2) + "\n")
-
-
 class Runner:
     """Runs the two phases for `questions` of `task` into `out` (see the module docstring)."""
 
@@ -104,7 +93,7 @@ class Runner:
     async def run(self) -> dict[str, Any] | None:
         """Both phases; the summary (report.summarize), or None when phase 1 is incomplete."""
         self.out.mkdir(parents=True, exist_ok=True)
-        _check_config(self.out, self.config)
+        save_or_check_settings(self.out, dataclasses.asdict(self.config))
         initial = await self._phase("solve", self.out / "initial.jsonl", self._solve)
         missing = [q.id for q in self.questions if q.id not in initial]
         if missing:

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..dpo.pairs import GAPS
 from ..dpo.trainer import TrainConfig
 from ..llama.registry import DEFAULT_MODEL
+from .rundir import save_or_check_settings
 
 
 @dataclass(frozen=True)
@@ -99,14 +100,4 @@ def resolve(overrides: dict, dpo_overrides: dict | None = None) -> RunConfig:
 
 def save_or_check(cfg: RunConfig, run_dir: Path) -> None:
     """Store the resolved config; a resumed run must use the same one."""
-    path = run_dir / "config.json"
-    if path.exists():
-        old = RunConfig.from_dict(json.loads(path.read_text()))
-        if old != cfg:
-            diff = {f.name: (getattr(old, f.name), getattr(cfg, f.name)) for f in fields(cfg)
-                    if getattr(old, f.name) != getattr(cfg, f.name)}
-            raise ValueError(f"{run_dir} holds a run with other settings {diff} (stored, given); resume "
-                             "with the same flags or choose another --out")
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(cfg.to_json())
+    save_or_check_settings(run_dir, json.loads(cfg.to_json()), lambda d: json.loads(RunConfig.from_dict(d).to_json()))

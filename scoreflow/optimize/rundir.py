@@ -1,12 +1,14 @@
 """Crash-safe run-directory records: JSON-lines files appended one complete record at a time,
 and stage markers. A process killed mid-write leaves at most one partial last line, which the
-reader drops (and truncates), so a resumed run redoes exactly the unfinished work."""
+reader drops (and truncates), so a resumed run redoes exactly the unfinished work. And the
+run's settings, stored once, so that a resumed run cannot mix other settings into it."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 
 class JsonlLog:
@@ -52,3 +54,20 @@ def mark_done(stage_dir: Path, stage: str, info: dict | None = None) -> None:
 def stage_info(stage_dir: Path, stage: str) -> dict:
     path = stage_dir / f".{stage}.done"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_or_check_settings(run_dir: Path, settings: dict, normalize: Callable[[dict], dict] = lambda d: d) -> None:
+    """Write `settings` (JSON-able) to run_dir/config.json, or, when it exists, refuse to go on
+    with other ones, naming what differs. `normalize` maps the stored dict to today's form
+    (defaults of fields added since) before comparing."""
+    path, wanted = run_dir / "config.json", json.loads(json.dumps(settings))
+    if path.exists():
+        stored = normalize(json.loads(path.read_text()))
+        changed = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
+        if changed:
+            values = "; ".join(f"{k}: stored {stored.get(k)!r}, given {wanted.get(k)!r}" for k in changed)
+            raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(changed)} differ); {values}. "
+                             "Rerun with the same flags to resume it, or choose another --out")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(wanted, indent=2, sort_keys=True) + "\n")
