@@ -8,6 +8,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["scoreflow", "scoreflow.*", "kernels", "kernels.*"]),
+    # The benchmark splits ship with the package (scoreflow/data/PROVENANCE.md): a fresh install
+    # runs `python -m scoreflow.train` with nothing beside it.
+    package_data={"scoreflow": ["data/PROVENANCE.md", "data/aflow/*.jsonl", "data/magicore/*.json"]},
     install_requires=[
         "torch>=2.3",
         "safetensors",

@@ -30,12 +30,14 @@ import sys
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from .cli import add_flags, flag, given, run_cli
 from .executor import ExecutorClient
+from .executor.reachable import require_reachable
 from .llama.registry import DEFAULT_MODEL
 from .lora import CONFIG_FILE
 from .optimize import stages
 from .optimize.config import EMBEDDED as TRAIN_EMBEDDED
-from .optimize.config import RunConfig
+from .optimize.config import RunConfig, check_endpoints
 from .optimize.endpoint import executor_endpoint
 from .optimize.generator import make_generator
 from .optimize.rundir import JsonlLog, save_or_check_settings
@@ -65,28 +67,31 @@ UNTRAINED = "generator (untrained)"
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """Settings of an evaluation; those it shares with training (RunConfig) borrow their flag help."""
+
     task: str = "gsm8k"
-    split: str = "test"
+    split: str = flag("test", "Split whose questions are evaluated.", choices=("validate", "test"))
     data_dir: str | None = None
     limit: int | None = None  # only the first N questions
     generator: str = DEFAULT_MODEL
-    adapter: str | None = None  # the trained LoRA (PEFT layout), e.g. RUN/iter_2/adapter
-    untrained: bool = True  # also evaluate the generator without the adapter
+    adapter: str | None = flag(None, "The trained LoRA adapter (PEFT layout), e.g. RUN/iter_2/adapter.")
+    untrained: bool = True  # also evaluate the generator without the adapter (--no-untrained)
     generator_url: str | None = None
     generator_model: str | None = None
     executor_url: str | None = None  # None: our server over the default model, on loopback
     executor_model: str | None = None
     executor_concurrency: int = 16
     executor_max_tokens: int | None = None
-    baselines: tuple[str, ...] = BASELINES
-    runs: int = 3  # executions per workflow (SPEC A4: reported numbers average 3)
-    judge: str = "auto"  # "auto" | "on" | "off"
-    judge_url: str | None = None  # default: the executor's endpoint
-    judge_model: str | None = None
+    baselines: tuple[str, ...] = BASELINES  # --baselines all|none|a,b
+    runs: int = flag(3, "Executions per workflow and baseline; reported scores average them (the paper: 3).")
+    judge: str = flag("auto", "LLM judge for MATH, DROP and HotpotQA answers the rules reject: auto = on when the "
+                              "executor is a real endpoint.", choices=("auto", "on", "off"))
+    judge_url: str | None = flag(None, "OpenAI-compatible chat endpoint of the judge (default: the executor's).")
+    judge_model: str | None = flag(None, "Model name of the judge (default: the executor's).")
     temperature: float = 0.2  # the generator's sampling, as in training (SPEC A4.1)
     top_p: float = 0.95
     max_new_tokens: int = 1000
-    max_resample: int = 3
+    max_resample: int = flag(3, "Resamples of an invalid workflow; a question left without a valid one scores 0.")
     workflow_timeout_s: float | None = None
     seed: int = 0
 
@@ -127,8 +132,11 @@ def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
     if cfg.adapter and cfg.generator_url is None and not (Path(cfg.adapter) / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"--adapter {cfg.adapter}: no {CONFIG_FILE} there; pass the adapter/ folder of a "
                                 "training iteration, e.g. runs/scoreflow-gsm8k/iter_1/adapter")
-    save_or_check_settings(out, asdict(cfg))
     task = load_task(cfg.task, cfg.split, cfg.data_dir)
+    check_endpoints(cfg.run_config())
+    if cfg.judge_url:
+        require_reachable(cfg.judge_url, "--judge-url")
+    save_or_check_settings(out, asdict(cfg))
     if cfg.limit:
         task = replace(task, questions=task.questions[: cfg.limit])
     run_cfg = replace(cfg.run_config(), api_key=api_key)
@@ -231,37 +239,38 @@ def _table(cfg: EvalConfig, questions: int, rows: list[dict]) -> str:
 def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, Path, str | None]:
     p = argparse.ArgumentParser(prog="python -m scoreflow.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", help="results directory (default runs/evaluate-TASK-SPLIT); rerun to resume")
-    p.add_argument("--api-key", help="for the executor/judge/generator endpoints (default $OPENAI_API_KEY); "
-                                     "never written to disk")
-    p.add_argument("--baselines", help=f"all (default), none, or a comma list of {', '.join(BASELINES)}")
-    p.add_argument("--no-untrained", action="store_true", help="skip the generator without the adapter")
-    for f in fields(EvalConfig):
-        if f.name in ("baselines", "untrained"):
-            continue
-        kind = {"limit": int, "executor_max_tokens": int, "workflow_timeout_s": float}.get(
-            f.name, type(f.default) if f.default is not None else str)
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, help=f"(default: {f.default})")
+    p.add_argument("--out", help="Results directory; rerun the same command to resume it "
+                                 "(default: runs/evaluate-TASK-SPLIT).")
+    p.add_argument("--api-key", help="API key for the executor, judge and generator endpoints (default: "
+                                     "$OPENAI_API_KEY); never written to disk.")
+    p.add_argument("--baselines", type=_baseline_list, metavar="LIST",
+                   help=f"Static baselines to run: all (default), none, or a comma list of {', '.join(BASELINES)}.")
+    p.add_argument("--no-untrained", action="store_true", help="Skip the generator without the adapter.")
+    add_flags(p, EvalConfig, preset=EMBEDDED, like=RunConfig)
     a = vars(p.parse_args(argv))
-    given = {f.name: a[f.name] for f in fields(EvalConfig) if a.get(f.name) is not None}
-    if a["baselines"] is not None:
-        given["baselines"] = () if a["baselines"] == "none" else BASELINES if a["baselines"] == "all" else tuple(
-            b.strip() for b in a["baselines"].split(",") if b.strip())
+    given_flags = given(a, EvalConfig)
     if a["no_untrained"]:
-        given["untrained"] = False
-    embedded = given.get("generator", DEFAULT_MODEL) == DEFAULT_MODEL and "generator_url" not in given
-    cfg = EvalConfig(**{**(EMBEDDED if embedded else {}), **given})
+        given_flags["untrained"] = False
+    embedded = given_flags.get("generator", DEFAULT_MODEL) == DEFAULT_MODEL and "generator_url" not in given_flags
+    cfg = EvalConfig(**{**(EMBEDDED if embedded else {}), **given_flags})
     out = Path(a["out"] or f"runs/evaluate-{cfg.task}-{cfg.split}")
     return cfg, out, a["api_key"]
 
 
+def _baseline_list(text: str) -> tuple[str, ...]:
+    names = BASELINES if text == "all" else () if text == "none" else tuple(
+        b.strip() for b in text.split(",") if b.strip())
+    unknown = [b for b in names if b not in BASELINES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown baseline(s) {', '.join(unknown)}; choose all, none or from "
+                                         f"{', '.join(BASELINES)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> None:
-    try:
-        cfg, out, api_key = parse_args(argv)
-        run(cfg, out, api_key)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"scoreflow.evaluate: {e}")
+    cfg, out, api_key = parse_args(argv)
+    run(cfg, out, api_key)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("scoreflow.evaluate", main)

@@ -9,6 +9,7 @@ import argparse
 import sys
 import time
 
+from .cli import run_cli
 from .engine import Engine, SamplingParams
 from .llama import DEFAULT_MODEL, load_model, load_tokenizer
 
@@ -36,16 +37,17 @@ def main(model: str = DEFAULT_MODEL, prompt: str = "", system: str | None = None
 
 
 def cli() -> None:
-    p = argparse.ArgumentParser(description="Chat completion from a local Llama-family model")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model directory or known name")
-    p.add_argument("--prompt", required=True, help="the user message")
-    p.add_argument("--system", default=None, help="optional system message")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--seed", type=int, default=None)
+    p = argparse.ArgumentParser(prog="python -m scoreflow.generate",
+                                description="One chat completion from a local model, streamed to stdout.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="Known model name or HF-format directory (default: %(default)s).")
+    p.add_argument("--prompt", required=True, help="The user message.")
+    p.add_argument("--system", default=None, help="An optional system message.")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="Tokens to generate at most (default: %(default)s).")
+    p.add_argument("--temperature", type=float, default=0.0, help="Sampling temperature; 0 is greedy (default).")
+    p.add_argument("--seed", type=int, default=None, help="Seed of the sampler, for reproducible samples.")
     a = p.parse_args()
     main(a.model, a.prompt, a.system, a.max_new_tokens, a.temperature, a.seed)
 
 
 if __name__ == "__main__":
-    cli()
+    run_cli("scoreflow.generate", cli)

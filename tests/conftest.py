@@ -1,13 +1,19 @@
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def gsm8k_rows():
+    """The first rows of the packaged GSM8K validation split (question, answer, cot, id)."""
+    from scoreflow.tasks import load_task
+
+    return [q.row for q in load_task("gsm8k", "validate").questions[:3]]
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ runtime, on a real MATH and a real HumanEval question against the loopback serve
 import asyncio
 import itertools
 import zlib
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,6 @@ from scoreflow.workflow.baselines import BASELINES, baseline_workflow
 from scoreflow.workflow.prompts import FAMILY_OPERATORS
 from scoreflow.workflow.runtime import run_workflow, validate_workflow
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 class RoleServer(FakeOpenAIServer):
@@ -53,13 +51,13 @@ def math_executor(prompt: str, sampled: bool) -> str:
 
 @pytest.fixture(scope="module")
 def math_question():
-    task = load_task("math", "validate", data_dir=DATA)
+    task = load_task("math", "validate")
     return task, next(q for q in task.questions if q.gold == "135")
 
 
 @pytest.fixture(scope="module")
 def code_question():
-    task = load_task("humaneval", "validate", data_dir=DATA)
+    task = load_task("humaneval", "validate")
     return task, next(q for q in task.questions if q.row["entry_point"] == "can_arrange")
 
 

@@ -16,7 +16,6 @@ from scoreflow.dpo.trainer import TrainConfig, train_dpo
 from scoreflow.llama import LlamaConfig, Transformer
 from scoreflow.lora import apply_lora
 
-from conftest import SHARED
 
 TINY = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2)
@@ -108,14 +107,14 @@ def test_lora_required():
 
 
 @pytest.mark.slow
-def test_score_dpo_raises_reward_margin_on_default_model(default_model_dir, default_tokenizer, tmp_path):
+def test_score_dpo_raises_reward_margin_on_default_model(default_model_dir, default_tokenizer, gsm8k_rows, tmp_path):
     """GSM8K questions; chosen = the reference solution (score 1), rejected = the same solution
     with a wrong final number (score 0). A few steps must push the implicit reward margin up."""
     from scoreflow.llama import load_model
 
     model = apply_lora(load_model(default_model_dir, device="cpu"))
     tok = default_tokenizer
-    rows = [json.loads(l) for l in (SHARED / "datasets/aflow/gsm8k_validate.jsonl").read_text().splitlines()[:3]]
+    rows = gsm8k_rows[:3]
     end = tok.encode("<|im_end|>")
     pairs = []
     for r in rows:

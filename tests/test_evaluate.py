@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED
 from fake_openai_server import FakeOpenAIServer, Reply, completion
 from scoreflow.evaluate import EvalConfig, parse_args, run
 from scoreflow.executor import ExecutorClient
 from scoreflow.tasks import load_task
 from scoreflow.tasks.judge import AnswerJudge, JudgedTask, parse_verdict
-from test_train_loop import BAD, GOOD, ROWS
+from scripted_workflows import BAD, GOOD, gold_in
 
 ADAPTER_NAME = "scoreflow-iter_0"  # RemoteGenerator serves RUN/iter_0/adapter under this name
 
@@ -22,6 +21,10 @@ ADAPTER_NAME = "scoreflow-iter_0"  # RemoteGenerator serves RUN/iter_0/adapter u
 class EvalScript(FakeOpenAIServer):
     """Generator: GOOD for the adapter's name, BAD for the base model. Executor: the gold answer
     when the instruction says GOOD or "step by step" (the CoT baselines), a wrong one otherwise."""
+
+    def __init__(self, rows: list[dict] = (), **kw):
+        super().__init__(**kw)
+        self.rows = list(rows)
 
     def _default_reply(self, path, body):
         if path == "/v1/load_lora_adapter":
@@ -33,21 +36,21 @@ class EvalScript(FakeOpenAIServer):
                                            for i in range(body["n"])],
                                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
         text = json.dumps(body["messages"]).replace("\\n", "\n")
-        gold = next((r["answer"] for r in ROWS if r["question"][:60] in text), "7")
+        gold = gold_in(self.rows, text)
         right = "GOOD" in text or "step by step" in text
         return Reply(body=completion(f"\\boxed{{{gold}}}" if right else "\\boxed{123456}"))
 
 
 def config(server, tmp_path, **kw) -> EvalConfig:
-    return EvalConfig(task="gsm8k", split="validate", data_dir=str(SHARED / "datasets"), limit=2,
+    return EvalConfig(task="gsm8k", split="validate", limit=2,
                       adapter=str(tmp_path / "run" / "iter_0" / "adapter"), generator_url=server.base_url,
                       generator_model="scripted", executor_url=server.base_url, executor_model="scripted",
                       **{"baselines": ("io", "cot"), "runs": 2, **kw})
 
 
-def test_evaluate_scores_every_method_and_resumes(tmp_path):
+def test_evaluate_scores_every_method_and_resumes(tmp_path, gsm8k_rows):
     out = tmp_path / "eval"
-    with EvalScript() as server:
+    with EvalScript(gsm8k_rows[:2]) as server:
         results = run(config(server, tmp_path), out)
         scores = {m["method"]: m["score"] for m in results["methods"]}
         assert scores == {"generator (untrained)": 0.0, "scoreflow (trained)": 1.0, "baseline io": 0.0,
@@ -58,14 +61,14 @@ def test_evaluate_scores_every_method_and_resumes(tmp_path):
         assert json.loads((out / "results.json").read_text())["methods"] == results["methods"]
         executions = [json.loads(line) for line in (out / "trained" / "executions.jsonl").read_text().splitlines()]
         assert sorted((e["question_id"], e["run"]) for e in executions) == sorted(
-            (str(r["id"]), run) for r in ROWS for run in range(2))
+            (str(r["id"]), run) for r in gsm8k_rows[:2] for run in range(2))
 
         sent = server.request_count
         assert run(config(server, tmp_path), out)["methods"] == results["methods"]
         generated = [r for r in server.requests[sent:] if r.path == "/v1/completions"]
         chats = [r for r in server.requests[sent:] if r.path == "/v1/chat/completions"]
         assert not generated and not chats  # resumed: nothing regenerated or re-executed
-        with pytest.raises(ValueError, match=r"other settings \(runs differ\)"):
+        with pytest.raises(ValueError, match=r"other settings \(runs: stored 2, given 3\)"):
             run(config(server, tmp_path, runs=3), out)
 
 
@@ -94,7 +97,7 @@ class JudgeScript(FakeOpenAIServer):
 
 def test_judge_only_rescues_answers_the_rules_reject():
     assert (parse_verdict("Yes."), parse_verdict(" no, because"), parse_verdict("Maybe")) == (True, False, None)
-    task = load_task("math", "validate", SHARED / "datasets")
+    task = load_task("math", "validate")
     question = task.questions[0]
 
     async def main(server):

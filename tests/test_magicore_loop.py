@@ -11,6 +11,7 @@ from fake_openai_server import FakeOpenAIServer, Reply, completion
 from scoreflow.executor import ExecutorClient
 from scoreflow.magicore import (FORMATS, Agents, Ledger, MagicoreConfig, OutcomeRewardModel, ProcessRewardModel,
                                 RewardModels, RewardStats, RunConfig, Runner, Sampling, refine_until_easy, solve)
+from scoreflow.magicore.agents import NO_REVIEW
 from scoreflow.tasks.base import AnswerTask, Question
 from scoreflow.tasks.gsm8k import check_number
 
@@ -72,7 +73,7 @@ def server():
         yield s
 
 
-def run_loop(server, question, iterations, stats=RewardStats(1.0, 0.5), k=4):
+def run_loop(server, question, iterations, stats=RewardStats(1.0, 0.5), k=4, ablation="none"):
     async def main():
         async with ExecutorClient(server.base_url, "fake", api_key="k") as executor:
             agents, rms = Agents(executor, FORMATS["gsm8k"], Sampling(seed=0)), RewardModels(TableRM(), TableRM())
@@ -80,7 +81,7 @@ def run_loop(server, question, iterations, stats=RewardStats(1.0, 0.5), k=4):
             ledger = Ledger()
             for one in ledgers:
                 ledger = ledger.merged(one)
-            config = MagicoreConfig(k=k, iterations=iterations)
+            config = MagicoreConfig(k=k, iterations=iterations, ablation=ablation)
             return await refine_until_easy(agents, rms, question, chains, config, stats, ledger)
     return asyncio.run(main())
 
@@ -88,6 +89,38 @@ def run_loop(server, question, iterations, stats=RewardStats(1.0, 0.5), k=4):
 def prompts(server, kind):
     return [r.body["messages"][-1]["content"] for r in server.requests
             if role(r.body["messages"][-1]["content"]) == kind]
+
+
+# (question, condition-1 statistics) -> which conditions hold at round 0:
+#   "easy", mean 1: both; "easy", mean 2: only condition 2 (z < 0, one answer);
+#   "hard", mean 0: only condition 1 (z > 0, four answers); "hard", mean 1: neither.
+ABLATION_CASES = [  # question, stats, ablation, refined at round 0
+    ("an easy question", RewardStats(1.0, 0.5), "none", False),
+    ("an easy question", RewardStats(1.0, 0.5), "refine-all", True),
+    ("an easy question", RewardStats(2.0, 0.5), "none", False),
+    ("an easy question", RewardStats(2.0, 0.5), "cond1-only", True),
+    ("an easy question", RewardStats(2.0, 0.5), "cond2-only", False),
+    ("a hard question", RewardStats(0.0, 0.5), "none", False),
+    ("a hard question", RewardStats(0.0, 0.5), "cond1-only", False),
+    ("a hard question", RewardStats(0.0, 0.5), "cond2-only", True),
+]
+
+
+@pytest.mark.parametrize("question, stats, ablation, refined", ABLATION_CASES)
+def test_ablations_change_which_questions_are_refined(server, question, stats, ablation, refined):
+    trace = run_loop(server, question, iterations=1, stats=stats, ablation=ablation)
+    assert trace.rounds[0].hard == refined
+    assert len(trace.rounds) == (2 if refined else 1)
+    assert bool(prompts(server, "refiner")) == refined
+
+
+def test_no_review_ablation_refines_without_reviewer_or_step_scores(server):
+    trace = run_loop(server, "a hard question", iterations=1, ablation="no-review")
+    assert trace.rounds[0].hard and trace.answer == "7"  # refined as MAgICoRE would be
+    refines = prompts(server, "refiner")
+    assert not prompts(server, "reviewer") and len(refines) == 4
+    assert all(NO_REVIEW in p and "(Score:" not in p for p in refines)
+    assert trace.rounds[1].calls == 4 + 4  # Solver, then the Refiner alone
 
 
 def test_hard_question_is_refined_then_answered_when_it_becomes_easy(server):
@@ -159,7 +192,7 @@ def test_run_writes_resumable_results_with_baselines_on_the_same_chains(server, 
 
     sent = server.request_count
     assert asyncio.run(main(config)) == summary and server.request_count == sent  # resumed: nothing redone
-    with pytest.raises(ValueError, match=r"other settings \(magicore, self_refine_rounds differ\)"):
+    with pytest.raises(ValueError, match=r"other settings \(magicore\.iterations: stored 1, given 2; self_refine_rounds: stored 1, given 2\)"):
         asyncio.run(main(RunConfig("gsm8k", 2, MagicoreConfig(k=4, iterations=2), Sampling(seed=0))))
 
 

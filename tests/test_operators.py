@@ -2,7 +2,6 @@
 what each sends, how it parses replies, what it records, and that executor errors stay typed."""
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +13,6 @@ from scoreflow.workflow.operators import (OPERATORS, Extract, RunAborted, RunCon
                                           sanitize_code)
 from scoreflow.workflow.prompts import ATTRIBUTES, FAMILY_OPERATORS, OPERATOR_GUIDES
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 PROBLEM = "What is 6 * 7?"
 
 
@@ -26,7 +24,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def humaneval():
-    task = load_task("humaneval", "validate", data_dir=DATA)
+    task = load_task("humaneval", "validate")
     question = next(q for q in task.questions if q.row["entry_point"] == "can_arrange")
     return task, question
 

@@ -4,7 +4,6 @@ status instead of an escape, a hang or an exception."""
 
 import asyncio
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +16,6 @@ from scoreflow.workflow.runtime import (MAX_ANSWER_CHARS, MAX_PRINT_CHARS, STATU
                                         validate_workflow)
 from scoreflow.workflow.validate import MAX_WORKFLOW_CHARS
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 @pytest.fixture
@@ -73,7 +71,7 @@ class Workflow:
 
 
 def test_math_ensemble_programmer_review_workflow(server):
-    task = load_task("gsm8k", "validate", data_dir=DATA)
+    task = load_task("gsm8k", "validate")
     question = task.questions[0]  # Carol and Jennifer: 100 - (20 + 44) = 36
     server.script(reply("20 + 44 = 64 signatures, so they need 100 - 64 = 36 more."),
                   reply("They need 38 more."),
@@ -106,7 +104,7 @@ return best["response"]
 
 
 def test_code_ensemble_test_workflow_on_humaneval(server):
-    task = load_task("humaneval", "validate", data_dir=DATA)
+    task = load_task("humaneval", "validate")
     question = next(q for q in task.questions if q.row["entry_point"] == "can_arrange")
     correct = question.prompt + question.row["canonical_solution"]
     wrong = "```python\ndef can_arrange(arr):\n    return -1\n```"
@@ -133,7 +131,7 @@ return best["response"]
 
 
 def test_qa_answer_ensemble(server):
-    task = load_task("hotpotqa", "validate", data_dir=DATA)
+    task = load_task("hotpotqa", "validate")
     question = task.questions[0]
     gold = question.gold
     server.script(reply(f"<thought>VIVA Media GmbH</thought><answer>{gold}</answer>"),

@@ -3,11 +3,10 @@ a chunk resamples in the same call, each with its own count and seed, until vali
 
 from dataclasses import replace
 
-from conftest import SHARED
 from scoreflow.optimize import stages
 from scoreflow.optimize.config import RunConfig
 from scoreflow.tasks import load_task
-from test_train_loop import GOOD, INVALID
+from scripted_workflows import GOOD, INVALID
 
 
 class ScriptedGenerator:
@@ -27,7 +26,7 @@ class ScriptedGenerator:
 
 
 def test_invalid_workflows_resample_together_per_chunk(tmp_path):
-    task = load_task("gsm8k", "validate", SHARED / "datasets")
+    task = load_task("gsm8k", "validate")
     task = replace(task, questions=task.questions[:3])
     cfg = RunConfig(k=4, invalid="drop", max_resample=3)
     generator = ScriptedGenerator()
@@ -54,5 +53,5 @@ def test_run_settings_resume_across_versions_and_refuse_changes(tmp_path):
     del stored["pair_gap"]  # a run directory written before pair_gap existed, with a key in it
     (tmp_path / "config.json").write_text(json.dumps({**stored, "api_key": None}))
     save_or_check(cfg, tmp_path)  # resumes: the missing field takes its default
-    with pytest.raises(ValueError, match=r"other settings \(k differ\); k: stored 4, given 8"):
+    with pytest.raises(ValueError, match=r"other settings \(k: stored 4, given 8\)"):
         save_or_check(RunConfig(k=8), tmp_path)

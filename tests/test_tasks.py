@@ -1,4 +1,4 @@
-"""Benchmark loaders and scorers on the real data files in ../shared/datasets."""
+"""Benchmark loaders and scorers on the real data files shipped in scoreflow/data/."""
 
 import asyncio
 import dataclasses
@@ -9,20 +9,18 @@ from pathlib import Path
 import pytest
 
 from scoreflow.tasks import TASK_NAMES, load_task
-from scoreflow.tasks import data
-from scoreflow.tasks.data import ENV_VAR
+from scoreflow.tasks.data import ENV_VAR, packaged_data_dir
 from scoreflow.tasks.f1 import token_f1
 from scoreflow.tasks.gsm8k import extract_number
 from scoreflow.tasks.hotpotqa import split_of
 from scoreflow.tasks.magicore import extract_option
 from scoreflow.workflow.sandbox import run_python_async
 
-DATA = Path(__file__).parents[2] / "shared" / "datasets"
 AFLOW_SPLITS = ["validate", "test"]
 
 
 def load(name, split):
-    return load_task(name, split, data_dir=DATA)
+    return load_task(name, split)
 
 
 # --- loading and its errors ---------------------------------------------------------
@@ -50,17 +48,31 @@ def test_load_counts(name, split, rows, family):
     assert all(q.prompt and isinstance(q.row, dict) for q in task.questions)
 
 
-def test_data_dir_from_environment(monkeypatch):
-    monkeypatch.setenv(ENV_VAR, str(DATA))
+def test_packaged_copy_is_the_default(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    packaged = packaged_data_dir()
+    assert packaged.is_relative_to(Path(__import__("scoreflow").__file__).parent)  # inside the package
+    assert (packaged / "PROVENANCE.md").is_file()
     assert len(load_task("gsm8k", "validate").questions) == 264
 
 
-def test_no_data_dir_says_how_to_give_one(monkeypatch, tmp_path):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    assert len(load_task("gsm8k", "validate").questions) == 264  # ../shared/datasets beside the repo
-    monkeypatch.setattr(data, "CHECKOUT_DATA", tmp_path / "absent")
-    with pytest.raises(FileNotFoundError, match=r"--data-dir.*SCOREFLOW_DATA.*aflow/"):
+def test_data_dir_from_environment_overrides_the_packaged_copy(monkeypatch, tmp_path):
+    (tmp_path / "aflow").mkdir()
+    rows = [{"id": i, "question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(3)]
+    (tmp_path / "aflow" / "gsm8k_validate.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    assert [q.gold for q in load_task("gsm8k", "validate").questions] == ["1", "2", "3"]
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match=r"absent does not exist.*--data-dir.*SCOREFLOW_DATA.*aflow/"):
         load_task("gsm8k", "validate")
+
+
+def test_a_row_without_a_needed_field_names_file_line_and_field(tmp_path):
+    (tmp_path / "aflow").mkdir()
+    path = tmp_path / "aflow" / "gsm8k_validate.jsonl"
+    path.write_text('{"id": 1, "question": "q", "answer": "1"}\n{"id": 2, "question": "q"}\n')
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:2: missing field\(s\) answer"):
+        load_task("gsm8k", "validate", data_dir=tmp_path)
 
 
 def test_missing_data_dir_is_named(tmp_path):

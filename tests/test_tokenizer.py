@@ -7,14 +7,14 @@ import re
 
 import pytest
 
-from conftest import SHARED
+from scoreflow.tasks.data import packaged_data_dir
 
 jinja2 = pytest.importorskip("jinja2")
 
 
 def corpus() -> list[str]:
     """>= 200 strings: real benchmark text (maths, code) plus hand-made edge cases."""
-    aflow = SHARED / "datasets" / "aflow"
+    aflow = packaged_data_dir() / "aflow"
     rows = lambda name, n: [json.loads(l) for l in (aflow / name).read_text().splitlines()[:n]]  # noqa
     texts = [r["question"] for r in rows("gsm8k_validate.jsonl", 80)]
     texts += [r["solution"] for r in rows("math_validate.jsonl", 40)]  # LaTeX

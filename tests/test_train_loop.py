@@ -13,29 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED
 from fake_openai_server import FakeOpenAIServer, Reply, completion
-
-ROWS = [json.loads(l) for l in (SHARED / "datasets/aflow/gsm8k_validate.jsonl").read_text().splitlines()[:2]]
-
-# Bodies the scripted generator writes after the "<graph>\n" prefix of the prompt.
-GOOD = """class Workflow:
-    def __init__(self, config, problem):
-        self.problem = problem
-        self.custom = operator.Custom(config)
-
-    async def run_workflow(self):
-        first = await self.custom(instruction="GOOD: solve it step by step")
-        check = await self.custom(instruction="GOOD: check this answer: " + first["response"])
-        return check["response"]
-"""
-BAD = GOOD.replace("GOOD", "BAD")
-INVALID = "import os\nclass Workflow:\n    pass\n"
+from scripted_workflows import BAD, GOOD, INVALID, gold_in
 
 
 class ScoreFlowScript(FakeOpenAIServer):
     """Generator: n choices cycling GOOD, BAD, INVALID. Executor: the gold answer of the
     question in the prompt when the instruction says GOOD, a wrong one otherwise."""
+
+    def __init__(self, rows: list[dict], **kw):
+        super().__init__(**kw)
+        self.rows = rows
 
     def _default_reply(self, path, body):
         if path == "/v1/completions":
@@ -44,7 +32,7 @@ class ScoreFlowScript(FakeOpenAIServer):
                                "choices": [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)],
                                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
         text = json.dumps(body["messages"])
-        gold = next((r["answer"] for r in ROWS if r["question"][:60] in text.replace("\\n", "\n")), "7")
+        gold = gold_in(self.rows, text.replace("\\n", "\n"))
         return Reply(body=completion(f"\\boxed{{{gold}}}" if "GOOD" in text else "\\boxed{123456}"))
 
 
@@ -52,7 +40,7 @@ def train_cmd(server, out: Path, *extra):
     return [sys.executable, "-m", "scoreflow.train", "--task", "gsm8k", "--limit", "2", "--k", "3", "--runs", "2",
             "--iterations", "1", "--pairs", "4", "--invalid", "zero", "--generator-url", server.base_url,
             "--generator-model", "scripted", "--executor-url", server.base_url, "--executor-model", "scripted",
-            "--data-dir", str(SHARED / "datasets"), "--lr", "1e-4", "--out", str(out), *extra]
+            "--lr", "1e-4", "--out", str(out), *extra]
 
 
 def env():
@@ -72,8 +60,8 @@ def artefacts(out: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_one_iteration_end_to_end_then_kill_and_resume(tmp_path):
-    with ScoreFlowScript(delay_s=0.05) as server:
+def test_one_iteration_end_to_end_then_kill_and_resume(tmp_path, gsm8k_rows):
+    with ScoreFlowScript(gsm8k_rows[:2], delay_s=0.05) as server:
         full = subprocess.run(train_cmd(server, tmp_path / "full"), env=env(), capture_output=True, text=True,
                               timeout=600)
         assert full.returncode == 0, full.stderr[-3000:]

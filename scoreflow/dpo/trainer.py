@@ -32,9 +32,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..cli import flag
 from ..lora import disable_adapter
 from .batch import PairExample, pack_pairs, pair_logps
-from .loss import dpo_loss, reward_metrics, score_dpo_loss, theorem2_condition
+from .loss import SCORE_MAPS, dpo_loss, reward_metrics, score_dpo_loss, theorem2_condition
 
 
 @dataclass(frozen=True)
@@ -42,19 +43,21 @@ class TrainConfig:
     """Defaults = the paper's (SPEC A4: batch 1, 1 epoch, beta 0.1, lr 1e-6) and, where the paper
     is silent, the HF Trainer defaults its reference code ran under (AdamW, linear decay, clip 1)."""
 
-    loss: str = "score_dpo"  # "score_dpo" | "dpo"
-    beta: float = 0.1
-    f: str = "identity"  # Score-DPO score map f
-    lr: float = 1e-6
-    epochs: int = 1
-    batch_size: int = 1  # pairs per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step (per process)
-    max_grad_norm: float = 1.0
-    warmup_steps: int = 0
+    loss: str = flag("score_dpo", "Training loss: score_dpo (the paper's) or dpo (plain DPO, the ablation).",
+                     choices=("score_dpo", "dpo"))
+    beta: float = flag(0.1, "DPO beta: the scale of the implicit reward beta * log(pi / pi_ref).")
+    f: str = flag("identity", "Score-DPO's score map f (the paper: identity).", choices=tuple(SCORE_MAPS))
+    lr: float = flag(1e-6, "AdamW learning rate of the LoRA weights.")
+    epochs: int = flag(1, "Passes over the drawn pairs.")
+    batch_size: int = flag(1, "Pairs per micro-batch.")
+    grad_accum: int = flag(1, "Micro-batches per optimizer step (per process).")
+    max_grad_norm: float = flag(1.0, "Gradient clipping norm.")
+    warmup_steps: int = flag(0, "Linear learning-rate warm-up steps.")
     schedule: str = "linear"  # "linear" | "cosine" | "constant" (after warmup)
     weight_decay: float = 0.0
     seed: int = 0
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = flag(False, "Recompute activations in the backward pass: less memory, "
+                                               "more compute.")
     checkpoint_every: int = 50  # optimizer steps between checkpoints (and always at the end)
 
     def __post_init__(self):

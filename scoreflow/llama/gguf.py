@@ -154,7 +154,10 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if not gguf_path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
-    reader = GGUFReader(gguf_path)
+    try:
+        reader = GGUFReader(gguf_path)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{gguf_path} is not a readable GGUF file ({e}); pass a llama.cpp .gguf file") from None
     meta = _metadata(reader)
     names = {t.name for t in reader.tensors}
     n_vocab = len(reader.fields["tokenizer.ggml.tokens"].contents())
@@ -176,12 +179,15 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="Convert a llama.cpp GGUF file to an HF-format directory")
-    p.add_argument("gguf", help="input .gguf file")
-    p.add_argument("out_dir", help="output directory (config.json, model.safetensors, tokenizer.json)")
+    p = argparse.ArgumentParser(prog="python -m scoreflow.llama.gguf",
+                                description="Convert a llama.cpp GGUF file to an HF-format directory.")
+    p.add_argument("gguf", help="The input .gguf file.")
+    p.add_argument("out_dir", help="The output directory (config.json, model.safetensors, tokenizer.json).")
     args = p.parse_args()
     print(convert_gguf(args.gguf, args.out_dir))
 
 
 if __name__ == "__main__":
-    main()
+    from ..cli import run_cli
+
+    run_cli("scoreflow.llama.gguf", main)

@@ -49,4 +49,8 @@ def resolve_model_dir(path_or_name: str | os.PathLike) -> Path:
         known = ", ".join(sorted(_EMBEDDED))
         raise FileNotFoundError(f"model {key!r} is neither a directory nor a known name ({known}); "
                                 "pass an HF-format directory with config.json and model.safetensors")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model directory {path} has no config.json; pass an HF-format directory "
+                                "(config.json, model.safetensors, tokenizer.json) or a known name "
+                                f"({', '.join(sorted(_EMBEDDED))})")
     return path

@@ -36,6 +36,7 @@ Each step of the solution ends with its score, (Score: n/10), from a step verifi
 the step is certainly correct, 0 that it is certainly wrong.
 - Pay attention to the steps scored below {FOCUS_BELOW}/10 and carefully identify the errors in them."""
 _UNSCORED = "- Check every step and carefully identify the errors, if any."
+NO_REVIEW = "There is no feedback: check every step yourself."  # the no-review ablation's Refiner
 
 REVIEWER = """\
 Your task is to give step-by-step feedback on the current solution of a math problem.
@@ -148,7 +149,10 @@ class Agents:
         return await self._ask(prompt, ledger, iteration, index)
 
     async def review_and_refine(self, question: str, solution: str, step_scores: list[float] | None,
-                                ledger: Ledger, iteration: int, index: int) -> str:
-        """Reviewer then Refiner on one chain (two calls)."""
+                                ledger: Ledger, iteration: int, index: int, review: bool = True) -> str:
+        """Reviewer then Refiner on one chain (two calls); `review` False: the Refiner alone,
+        without feedback or step scores (one call, the no-review ablation)."""
+        if not review:
+            return await self.refine(question, solution, None, NO_REVIEW, ledger, iteration, index)
         feedback = await self.review(question, solution, step_scores, ledger, iteration, index)
         return await self.refine(question, solution, step_scores, feedback, ledger, iteration, index)

@@ -41,6 +41,10 @@ from .difficulty import Chain, Difficulty, RewardStats, classify, top_k, weighte
 from .reward import RewardModels
 
 Normalization = Literal["dataset", "question"]
+# The paper's ablations: "none" is MAgICoRE itself; refine-all treats every question as hard;
+# cond1-only / cond2-only call a question easy on one condition alone; no-review skips the
+# Reviewer, so the Refiner rewrites each chain with neither feedback nor step scores.
+ABLATIONS = ("none", "refine-all", "cond1-only", "cond2-only", "no-review")
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,21 @@ class MagicoreConfig:
     k: int = 40
     iterations: int = 3
     normalization: Normalization = "dataset"
+    ablation: str = "none"  # one of ABLATIONS
 
     def __post_init__(self):
         if self.k < 1 or self.iterations < 0:
             raise ValueError(f"need k >= 1 and iterations >= 0, got k={self.k}, iterations={self.iterations}")
         if self.normalization not in ("dataset", "question"):
             raise ValueError(f"normalization must be 'dataset' or 'question', got {self.normalization!r}")
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be one of {', '.join(ABLATIONS)}, got {self.ablation!r}")
+
+    def hard(self, difficulty: Difficulty) -> bool:
+        """Whether the question is refined: neither condition holds (MAgICoRE), or as the ablation says."""
+        easy = {"none": difficulty.easy, "no-review": difficulty.easy, "refine-all": False,
+                "cond1-only": difficulty.condition1, "cond2-only": difficulty.condition2}[self.ablation]
+        return not easy
 
 
 @dataclass(frozen=True)
@@ -110,11 +123,13 @@ async def refine_until_easy(agents: Agents, rms: RewardModels, question: str, ch
     scored = len(chains)
     for t in range(config.iterations + 1):
         difficulty = classify(chains, stats or RewardStats.of(c.reward for c in chains))
-        rounds.append(Round(t, weighted_vote(chains), not difficulty.easy, difficulty, ledger.calls, ledger.tokens))
-        if difficulty.easy or t == config.iterations:
+        hard = config.hard(difficulty)
+        rounds.append(Round(t, weighted_vote(chains), hard, difficulty, ledger.calls, ledger.tokens))
+        if not hard or t == config.iterations:
             break
-        texts = await asyncio.gather(*(agents.review_and_refine(question, c.text, list(c.prm), ledger, t + 1, i)
-                                       for i, c in enumerate(chains)))
+        review = config.ablation != "no-review"
+        texts = await asyncio.gather(*(agents.review_and_refine(question, c.text, list(c.prm), ledger, t + 1, i,
+                                                                review=review) for i, c in enumerate(chains)))
         known = [c.answer for c in chains if c.answer is not None]
         new = await score_chains(rms, agents.answer_format, question, list(texts), origin=t + 1, known=known)
         scored += len(new)

@@ -32,7 +32,8 @@ def summarize(rows: list[dict], config: Any, errors: int = 0) -> dict[str, Any]:
                    "hard": _mean([float(r["magicore"]["hard"][t]) for r in rows]),
                    "calls": _mean([r["magicore"]["calls"][t] for r in rows]),
                    "tokens": _mean([r["magicore"]["tokens"][t] for r in rows])} for t in range(T + 1)]
-    methods = [{"method": f"MAgICoRE (T={T})", **{key: iterations[-1][key] for key in ("accuracy", "calls", "tokens")}}]
+    ablation = "" if config.magicore.ablation == "none" else f", ablation {config.magicore.ablation}"
+    methods = [{"method": f"MAgICoRE (T={T}{ablation})", **{key: iterations[-1][key] for key in ("accuracy", "calls", "tokens")}}]
     for name in config.baselines:
         results = [r["baselines"][name] for r in rows if name in r["baselines"]]
         methods.append({"method": METHOD_NAMES[name], "accuracy": _mean([b["correct"] for b in results]),

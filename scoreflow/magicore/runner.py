@@ -51,6 +51,11 @@ class RunConfig:
     prm: str = ""
 
 
+def _with_new_defaults(stored: dict) -> dict:
+    """A config.json written before a MagicoreConfig field existed reads as that field's default."""
+    return {**stored, "magicore": {**dataclasses.asdict(MagicoreConfig()), **stored.get("magicore", {})}}
+
+
 def _chain_row(chain: Chain, ledger: Ledger) -> dict[str, Any]:
     return {"text": chain.text, "answer": chain.answer, "orm": chain.orm, "prm": list(chain.prm),
             "prompt_tokens": ledger.prompt_tokens, "completion_tokens": ledger.completion_tokens}
@@ -93,7 +98,7 @@ class Runner:
     async def run(self) -> dict[str, Any] | None:
         """Both phases; the summary (report.summarize), or None when phase 1 is incomplete."""
         self.out.mkdir(parents=True, exist_ok=True)
-        save_or_check_settings(self.out, dataclasses.asdict(self.config))
+        save_or_check_settings(self.out, dataclasses.asdict(self.config), _with_new_defaults)
         initial = await self._phase("solve", self.out / "initial.jsonl", self._solve)
         missing = [q.id for q in self.questions if q.id not in initial]
         if missing:

@@ -11,49 +11,68 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from ..cli import flag
 from ..dpo.pairs import GAPS
 from ..dpo.trainer import TrainConfig
-from ..llama.registry import DEFAULT_MODEL
+from ..executor.reachable import require_reachable
+from ..llama.registry import DEFAULT_MODEL, resolve_model_dir
+from ..tasks.registry import TASK_NAMES
 from .rundir import save_or_check_settings
+
+
+PAPER_PAIRS = {"humaneval": 600}  # N per task in the reference code; 2000 for every other task
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    task: str = "gsm8k"
-    split: str = "validate"
-    data_dir: str | None = None
-    limit: int | None = None  # use only the first N questions
+    task: str = flag("gsm8k", "Benchmark to run on.", choices=TASK_NAMES)
+    split: str = flag("validate", "Split of the task to optimise on (the paper: validate).", choices=("validate", "test"))
+    data_dir: str | None = flag(None, "Folder holding aflow/ and magicore/ (default: $SCOREFLOW_DATA, else the "
+                                      "copy shipped in the package).")
+    limit: int | None = flag(None, "Use only the first N questions (default: all).")
     # generator G: our engine in-process on a local model, or an OpenAI /v1/completions endpoint
-    generator: str = DEFAULT_MODEL
-    generator_url: str | None = None
-    generator_model: str | None = None
+    generator: str = flag(DEFAULT_MODEL, "Generator G: a known model name or an HF-format directory, run by our "
+                                         "engine in this process.")
+    generator_url: str | None = flag(None, "Use an OpenAI-compatible /v1/completions endpoint (e.g. vLLM) as the "
+                                           "generator instead.")
+    generator_model: str | None = flag(None, "Model name at --generator-url.")
     # executor: any OpenAI-compatible chat endpoint; None = serve the default model on loopback
-    executor_url: str | None = None
-    executor_model: str | None = None
-    api_key: str | None = field(default=None, compare=False, repr=False)  # never written to disk; $OPENAI_API_KEY
-    executor_concurrency: int = 16
-    executor_max_tokens: int | None = None  # cap for operator calls that set none
-    iterations: int = 3
-    k: int = 8  # workflows per question
-    runs: int = 3  # executions per workflow
-    pairs: int = 2000  # N pairs drawn with replacement from P*
-    pair_gap: str = "cubic"  # d in P* ∝ d(s_w, s_l) P: "cubic" (x − y)^3 (ref) | "uniform" (plain DPO's P)
-    temperature: float = 0.2
-    top_p: float = 0.95
-    max_new_tokens: int = 1000
-    invalid: str = "drop"  # "drop": resample then drop (the reference); "zero": keep, score 0
-    max_resample: int = 3  # rounds of resampling invalid workflows in "drop" mode
+    executor_url: str | None = flag(None, "OpenAI-compatible chat endpoint that runs the operators (default: the "
+                                          "embedded model served by scoreflow on loopback).")
+    executor_model: str | None = flag(None, "Model name at --executor-url, e.g. gpt-4o-mini.")
+    api_key: str | None = flag(None, "API key for the endpoints (default: $OPENAI_API_KEY); never written to disk.",
+                               compare=False, repr=False)
+    executor_concurrency: int = flag(16, "Executor requests in flight at once.")
+    executor_max_tokens: int | None = flag(None, "Completion-token cap for operator calls that set none (default: "
+                                                 "the endpoint's own).")
+    iterations: int = flag(3, "Optimisation iterations: generate, execute, score, pairs, Score-DPO.")
+    k: int = flag(8, "Workflows sampled per question and iteration.")
+    runs: int = flag(3, "Executions per workflow; the workflow's score is their mean.")
+    pairs: int | None = flag(None, "Preference pairs N drawn with replacement from P* per iteration (default: 600 "
+                                   "for HumanEval, 2000 for the others, as in the reference).")
+    pair_gap: str = flag("cubic", "d in P*(w,l) ∝ d(s_w, s_l): cubic = (s_w - s_l)^3 (the paper), uniform = plain "
+                                  "DPO's uniform pairs.", choices=tuple(GAPS))
+    temperature: float = flag(0.2, "Generator sampling temperature.")
+    top_p: float = flag(0.95, "Generator nucleus (top-p) sampling threshold.")
+    max_new_tokens: int = flag(1000, "Generator tokens per workflow at most (sampling stops at </graph>).")
+    invalid: str = flag("drop", "An invalid workflow: drop = resample, then drop it (the paper); zero = keep it "
+                                "with score 0.", choices=("drop", "zero"))
+    max_resample: int = flag(3, "Rounds of resampling invalid workflows in drop mode.")
     # Reward shaping for "zero" mode (ours, not the paper's: 0 keeps the evaluator's score): a
     # valid workflow scores floor + (1 - floor) * S, so valid-but-wrong beats invalid.
-    valid_floor: float = 0.0
-    workflow_timeout_s: float | None = None  # None: 120 s math/QA, 240 s code (SPEC A3)
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.01
+    valid_floor: float = flag(0.0, "Reward shaping in zero mode (ours, not the paper's): a valid workflow scores "
+                                   "floor + (1 - floor) * S.")
+    workflow_timeout_s: float | None = flag(None, "Wall-clock limit of one workflow run in seconds (default: 120 "
+                                                  "math/QA, 240 code).")
+    lora_r: int = flag(8, "LoRA rank on q_proj and v_proj.")
+    lora_alpha: float = flag(16.0, "LoRA alpha (the update is scaled by alpha / r).")
+    lora_dropout: float = flag(0.01, "LoRA dropout.")
     dpo: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
+    seed: int = flag(0, "Base seed of workflow sampling (and in training of the pair draws and LoRA).")
 
     def __post_init__(self):
+        if self.pairs is None:  # the reference's N per task; stored resolved, so a resume compares numbers
+            object.__setattr__(self, "pairs", PAPER_PAIRS.get(self.task, 2000))
         if self.pair_gap not in GAPS:
             raise ValueError(f"pair_gap must be one of {', '.join(GAPS)}, got {self.pair_gap!r}")
         if self.invalid not in ("drop", "zero"):
@@ -94,8 +113,19 @@ def resolve(overrides: dict, dpo_overrides: dict | None = None) -> RunConfig:
     """Paper defaults, then the embedded preset (if no generator given), then the user's flags
     (`dpo_overrides` are TrainConfig fields)."""
     base = RunConfig(**{k: v for k, v in overrides.items() if k in ("generator", "generator_url")})
-    cfg = replace(base, **{**(EMBEDDED if base.embedded else {}), **overrides})
+    cfg = RunConfig(**{**(EMBEDDED if base.embedded else {}), **overrides})  # fields derived anew (pairs)
     return replace(cfg, dpo=replace(cfg.dpo, **(dpo_overrides or {})))
+
+
+def check_endpoints(cfg: RunConfig) -> None:
+    """Fail now, in one line, on a generator or executor the run could not use: an unknown model
+    name, a folder without config.json, a URL nothing answers at."""
+    if cfg.generator_url:
+        require_reachable(cfg.generator_url, "--generator-url")
+    else:
+        resolve_model_dir(cfg.generator)
+    if cfg.executor_url:
+        require_reachable(cfg.executor_url, "--executor-url")
 
 
 def save_or_check(cfg: RunConfig, run_dir: Path) -> None:

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from ..cli import UserError
+
 
 class JsonlLog:
     def __init__(self, path: Path):
@@ -56,18 +58,32 @@ def stage_info(stage_dir: Path, stage: str) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """{"dpo": {"lr": 1e-4}} -> {"dpo.lr": 1e-4}, so a difference names the nested setting."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def save_or_check_settings(run_dir: Path, settings: dict, normalize: Callable[[dict], dict] = lambda d: d) -> None:
     """Write `settings` (JSON-able) to run_dir/config.json, or, when it exists, refuse to go on
-    with other ones, naming what differs. `normalize` maps the stored dict to today's form
-    (defaults of fields added since) before comparing."""
+    with other ones, naming each setting that differs with its stored and given value.
+    `normalize` maps the stored dict to today's form (defaults of fields added since) first."""
     path, wanted = run_dir / "config.json", json.loads(json.dumps(settings))
-    if path.exists():
-        stored = normalize(json.loads(path.read_text()))
-        changed = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
+    if path.is_file():
+        stored, given = _flat(normalize(json.loads(path.read_text()))), _flat(wanted)
+        changed = sorted(k for k in stored.keys() | given.keys() if stored.get(k) != given.get(k))
         if changed:
-            values = "; ".join(f"{k}: stored {stored.get(k)!r}, given {wanted.get(k)!r}" for k in changed)
-            raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(changed)} differ); {values}. "
-                             "Rerun with the same flags to resume it, or choose another --out")
+            values = "; ".join(f"{k}: stored {stored.get(k)!r}, given {given.get(k)!r}" for k in changed)
+            raise ValueError(f"{run_dir} holds a run with other settings ({values}); rerun with the same flags "
+                             "to resume it, or choose another --out")
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(wanted, indent=2, sort_keys=True) + "\n")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(wanted, indent=2, sort_keys=True) + "\n")
+    except OSError as e:
+        raise UserError(f"cannot write the run directory {run_dir} ({e.strerror or e}); pass a writable --out") from None

@@ -1,7 +1,7 @@
 """Benchmarks: load a split as a `Task` of `Question`s and score answers rule-based.
 
     from scoreflow.tasks import load_task
-    task = load_task("gsm8k", "validate", data_dir="shared/datasets")
+    task = load_task("gsm8k", "validate")          # the packaged copy; data_dir= overrides
     task.score(task.questions[0], "The answer is 36.")   # -> 1.0
 """
 

@@ -85,14 +85,14 @@ def _squash(code: str) -> str:
 
 
 def _humaneval_public(data_dir: Path, rows: list[dict[str, Any]]) -> dict[str, tuple[str, ...]]:
-    public_rows = read_jsonl(data_dir / "aflow" / "humaneval_public_test.jsonl")
+    public_rows = read_jsonl(data_dir / "aflow" / "humaneval_public_test.jsonl", ("problem_id", "test"))
     by_problem = {r["problem_id"]: tuple(t for t in r["test"] if t.strip()) for r in public_rows}
     return {r["task_id"]: by_problem.get(r["task_id"].replace("_", "/"), ()) for r in rows}
 
 
 def _mbpp_public(data_dir: Path, rows: list[dict[str, Any]]) -> dict[str, tuple[str, ...]]:
     by_entry: dict[str, list[str]] = defaultdict(list)
-    for r in read_jsonl(data_dir / "aflow" / "mbpp_public_test.jsonl"):
+    for r in read_jsonl(data_dir / "aflow" / "mbpp_public_test.jsonl", ("entry_point", "test")):
         by_entry[r["entry_point"]].extend(r["test"])
     public = {}
     for r in rows:
@@ -109,7 +109,7 @@ def _mbpp_public(data_dir: Path, rows: list[dict[str, Any]]) -> dict[str, tuple[
 def load_humaneval(split: str, data_dir: Path) -> CodeTask:
     """`aflow/humaneval_<split>.jsonl`; the prompt is the signature + docstring."""
     check_split("humaneval", split, SPLITS)
-    rows = aflow_rows(data_dir, "humaneval", split)
+    rows = aflow_rows(data_dir, "humaneval", split, ("task_id", "prompt", "test", "entry_point"))
     questions = [
         Question(r["task_id"], r["prompt"], f"{r['test']}\n\ncheck({r['entry_point']})", r)
         for r in rows
@@ -121,7 +121,7 @@ def load_humaneval(split: str, data_dir: Path) -> CodeTask:
 def load_mbpp(split: str, data_dir: Path) -> CodeTask:
     """`aflow/mbpp_<split>.jsonl`; the prompt is the description + signature line."""
     check_split("mbpp", split, SPLITS)
-    rows = aflow_rows(data_dir, "mbpp", split)
+    rows = aflow_rows(data_dir, "mbpp", split, ("task_id", "prompt", "test_list", "test_imports", "entry_point"))
     questions = [
         Question(str(r["task_id"]), r["prompt"], "\n".join(r["test_list"]), r) for r in rows
     ]

@@ -25,6 +25,6 @@ def load(split: str, data_dir: Path) -> AnswerTask:
     check_split("drop", split, SPLITS)
     questions = [
         Question(id=str(r["id"]), prompt=r["context"], gold=r["ref_text"], row=r)
-        for r in aflow_rows(data_dir, "drop", split)
+        for r in aflow_rows(data_dir, "drop", split, ("id", "context", "ref_text"))
     ]
     return AnswerTask("drop", "qa", questions, check_drop)

@@ -55,6 +55,6 @@ def load(split: str, data_dir: Path) -> AnswerTask:
     check_split("gsm8k", split, SPLITS)
     questions = [
         Question(id=str(r["id"]), prompt=r["question"], gold=r["answer"], row=r)
-        for r in aflow_rows(data_dir, "gsm8k", split)
+        for r in aflow_rows(data_dir, "gsm8k", split, ("id", "question", "answer"))
     ]
     return AnswerTask("gsm8k", "math", questions, check_number)

@@ -45,7 +45,7 @@ def check_hotpotqa(gold: str, answer: str) -> float:
 def load(split: str, data_dir: Path) -> AnswerTask:
     """One hash-defined half of `aflow/hotpotqa_validate.jsonl` (see module docstring)."""
     check_split("hotpotqa", split, SPLITS)
-    rows = read_jsonl(data_dir / "aflow" / "hotpotqa_validate.jsonl")
+    rows = read_jsonl(data_dir / "aflow" / "hotpotqa_validate.jsonl", ("_id", "question", "answer", "context"))
     questions = [
         Question(id=str(r["_id"]), prompt=render_prompt(r), gold=r["answer"], row=r)
         for r in rows

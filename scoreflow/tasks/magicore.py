@@ -55,7 +55,7 @@ def load(name: str, split: str, data_dir: Path) -> AnswerTask:
     """`magicore/<FILE>.json` for one of SETS; ids are `<name>-<row index>`."""
     check_split(name, split, SPLITS)
     stem, family, check = SETS[name]
-    rows = read_json_array(data_dir / "magicore" / f"{stem}.json")
+    rows = read_json_array(data_dir / "magicore" / f"{stem}.json", ("question", "gold_answer"))
     questions = [
         Question(id=f"{name}-{i}", prompt=r["question"], gold=str(r["gold_answer"]), row=r)
         for i, r in enumerate(rows)

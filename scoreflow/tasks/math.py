@@ -81,7 +81,7 @@ def load(split: str, data_dir: Path) -> AnswerTask:
     """`aflow/math_<split>.jsonl`; ids are `math-<split>-<row index>` (rows carry none)."""
     check_split("math", split, SPLITS)
     questions = []
-    for i, row in enumerate(aflow_rows(data_dir, "math", split)):
+    for i, row in enumerate(aflow_rows(data_dir, "math", split, ("problem", "solution"))):
         gold = last_boxed(row["solution"])
         if gold is None:
             path = data_dir / "aflow" / f"math_{split}.jsonl"

@@ -29,7 +29,7 @@ def load_task(name: str, split: str, data_dir: str | os.PathLike[str] | None = N
     `name` is one of TASK_NAMES; `split` is "validate" or "test" for the AFlow sets
     (HotpotQA's two splits are halves of its validation file, see hotpotqa.py) and "test"
     for the magicore-* sets. `data_dir` is the folder containing `aflow/` and `magicore/`;
-    when None, $SCOREFLOW_DATA is used.
+    when None, $SCOREFLOW_DATA, else the copy shipped in the package.
     """
     if name not in LOADERS:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASK_NAMES)}")

@@ -1,0 +1,103 @@
+"""What every `python -m scoreflow.*` command shares: flags declared once on the config
+dataclass, and user errors that become one line and exit 2.
+
+    @dataclass(frozen=True)
+    class RunConfig:
+        k: int = flag(8, "Workflows sampled per question.")
+    add_flags(parser, RunConfig, preset=EMBEDDED)      # --k, help shows both defaults
+    overrides = given(vars(parser.parse_args()), RunConfig)
+
+    if __name__ == "__main__":
+        run_cli("scoreflow.train", main)
+
+A user error is anything the user can fix by changing a flag, a file or an install: a
+`UserError`, or the `ValueError` / `FileNotFoundError` / `PermissionError` / `OSError`
+(a port in use) that our boundaries raise with a message saying what to do. It is printed as
+`PROG: message` on stderr with exit status 2 (argparse's own status for a bad flag), without a
+traceback. Set SCOREFLOW_DEBUG=1 to see the traceback anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import types
+import typing
+from dataclasses import MISSING, field, fields
+from typing import Any, Callable, Mapping
+
+USER_ERRORS = (ValueError, OSError)  # FileNotFoundError and PermissionError are OSErrors
+
+
+class UserError(Exception):
+    """A mistake in the user's flags, files or installation; the message says what to do."""
+
+
+def run_cli(prog: str, main: Callable[[], object]) -> None:
+    """Call `main()`; turn a user error into `PROG: message` and exit status 2."""
+    try:
+        main()
+    except (UserError, *USER_ERRORS) as e:
+        if os.environ.get("SCOREFLOW_DEBUG"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def flag(default: Any = MISSING, help: str = "", *, choices: tuple | None = None, **options: Any) -> Any:
+    """A dataclass field that is also a command-line flag `--name-with-dashes`: its help text
+    and, for a field that takes one of a few values, its choices (`options` go to `field`)."""
+    return field(default=default, metadata={"help": help, "choices": choices}, **options)
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _scalar_type(hint: Any) -> Callable[[str], Any]:
+    """`int | None` -> int, `bool` -> parse_bool, `str` -> str."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (hint,) = [h for h in typing.get_args(hint) if h is not type(None)]
+    return parse_bool if hint is bool else hint
+
+
+def _show(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, preset: Mapping[str, Any] | None = None,
+              dest_prefix: str = "", like: type | None = None) -> None:
+    """One flag per field of `cls` declared with `flag(...)`; a plain field of the same name as a
+    flag of `like` borrows that flag's help and choices (one text for a setting two commands
+    share). The help shows the default and, where it differs, the embedded preset's value."""
+    hints, borrowed = typing.get_type_hints(cls), {f.name: f.metadata for f in fields(like)} if like else {}
+    for f in fields(cls):
+        meta = f.metadata if f.metadata.get("help") else borrowed.get(f.name, {})
+        if not meta.get("help"):
+            continue
+        notes = [] if f.default in (None, MISSING) else [f"default: {_show(f.default)}"]
+        if preset and f.name in preset and preset[f.name] != f.default:
+            notes.append(f"embedded preset: {_show(preset[f.name])}")
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=dest_prefix + f.name, default=None,
+                            type=_scalar_type(hints[f.name]), choices=meta["choices"],
+                            metavar=None if meta["choices"] else f.name.upper(),
+                            help=meta["help"] + (f" ({'; '.join(notes)})" if notes else ""))
+
+
+def given(args: Mapping[str, Any], cls: type, dest_prefix: str = "") -> dict[str, Any]:
+    """The fields of `cls` the user set on the command line (flags left unset are None)."""
+    return {f.name: args[dest_prefix + f.name] for f in fields(cls) if args.get(dest_prefix + f.name) is not None}
+
+
+def preset_of(instance: Any) -> dict[str, Any]:
+    """A preset dataclass instance as {field: value}, for add_flags."""
+    return {f.name: getattr(instance, f.name) for f in fields(instance)}
