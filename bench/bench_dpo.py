@@ -43,7 +43,9 @@ import tempfile
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "aflow" / "gsm8k_validate.jsonl"
+from scoreflow.tasks.data import packaged_data_dir
+
+DATA = packaged_data_dir() / "aflow" / "gsm8k_validate.jsonl"
 PROMPT_TOKENS, RESPONSE_TOKENS = 900, 300
 GIB = 1024**3
 

@@ -19,15 +19,15 @@ import argparse
 import json
 import platform
 import time
-from pathlib import Path
 
 import torch
 
 from scoreflow.engine import Engine, SamplingParams, generate
 from scoreflow.llama import DEFAULT_MODEL, load_model, load_tokenizer
 from scoreflow.llama.registry import resolve_model_dir
+from scoreflow.tasks.data import packaged_data_dir
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "aflow" / "gsm8k_validate.jsonl"
+DATA = packaged_data_dir() / "aflow" / "gsm8k_validate.jsonl"
 
 
 def prompts(tok, n: int) -> list[list[int]]:

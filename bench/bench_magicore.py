@@ -17,19 +17,16 @@ import argparse
 import platform
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 from scoreflow.magicore.__main__ import main
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-
 
 def bench(limit: int, k: int, iters: int, max_tokens: int, out: str | None, seed: int) -> None:
     out = out or tempfile.mkdtemp(prefix="bench_magicore_")
     start = time.perf_counter()
-    summary = main("gsm8k", out, limit=limit, k=k, iters=iters, data_dir=str(DATA), max_tokens=max_tokens,
+    summary = main("gsm8k", out, limit=limit, k=k, iters=iters, max_tokens=max_tokens,
                    seed=seed, concurrency=limit)
     wall = time.perf_counter() - start
     print(f"\nwall {wall:.0f} s on {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
