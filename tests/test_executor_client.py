@@ -196,6 +196,20 @@ def test_cache_hit_makes_no_request(server, tmp_path):
     assert server.request_count == 3
 
 
+def test_a_scoped_view_keeps_its_own_cache_entries_and_shares_the_rest(server, tmp_path):
+    async def main():
+        async with make_client(server, cache_dir=tmp_path) as client:
+            runs = [client.scoped(f"run{r}") for r in range(3)]
+            first = [await run.chat(MESSAGES) for run in runs]   # three real requests
+            again = [await run.chat(MESSAGES) for run in runs]   # each replays its own
+            return first, again, client.usage
+
+    first, again, usage = asyncio.run(main())
+    assert server.request_count == 3 and not any(r.cached for r in first) and all(r.cached for r in again)
+    assert (usage.requests, usage.cache_hits) == (3, 3)  # one set of totals for the client and its views
+    assert len([f for f in tmp_path.rglob("*.json")]) == 3
+
+
 def test_sampled_requests_are_never_cached(server, tmp_path):
     for _ in range(2):
         ask(server, dict(temperature=0.7), cache_dir=tmp_path)

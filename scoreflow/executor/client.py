@@ -19,6 +19,7 @@ our own `scoreflow.serve`. What the reference code lacked (SPEC Part C), done he
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import os
 import random
@@ -149,12 +150,21 @@ class ExecutorClient:
         self._url = f"{self.base_url}/chat/completions"
         self._price = _price_for(model, {**DEFAULT_PRICES, **(prices or {})})
         self._cache = ResponseCache(cache_dir) if cache_dir is not None else None
+        self._cache_scope: str | None = None
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._usage = Usage()
         key = api_key or os.environ.get("OPENAI_API_KEY")
         self._http = httpx.AsyncClient(
             headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=timeout,
             limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency))
+
+    def scoped(self, scope: str) -> "ExecutorClient":
+        """The same client (connections, concurrency limit, usage totals, cache directory) whose
+        cache entries are its own: run r of a workflow uses `scoped(f"run{r}")`, so its requests
+        are real calls rather than replays of run 0's, yet a resumed run r replays run r's."""
+        view = copy.copy(self)
+        view._cache_scope = scope
+        return view
 
     @property
     def usage(self) -> Usage:
@@ -171,7 +181,8 @@ class ExecutorClient:
                    **{k: v for k, v in optional.items() if v is not None}}
         key = None
         if self._cache is not None and (temperature == 0 or seed is not None):
-            key = ResponseCache.key({"path": urlsplit(self._url).path, **payload})
+            key = ResponseCache.key({"path": urlsplit(self._url).path, **payload,
+                                     **({"scope": self._cache_scope} if self._cache_scope else {})})
             if (reply := self._cache.get(key)) is not None:
                 self._usage.cache_hits += 1
                 return dataclasses.replace(_parse(reply, n), cached=True)
