@@ -37,6 +37,31 @@ def default_tokenizer(default_model_dir):
     return load_tokenizer(default_model_dir)
 
 
+@pytest.fixture(scope="module")
+def engine(default_model, default_tokenizer):
+    """Our engine over the default model (a test module may define its own)."""
+    from scoreflow.engine import Engine
+
+    return Engine(default_model, default_tokenizer, max_batch=16, max_seq_len=512)
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    """That engine behind our OpenAI-compatible server on a free loopback port."""
+    from scoreflow.engine.server import OpenAIServer
+
+    with OpenAIServer(engine, DEFAULT_MODEL) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """The official openai client pointed at that server."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
+
+
 @pytest.fixture(scope="session")
 def hf_gguf_oracle():
     """transformers' own reading of the same GGUF file: (model, tokenizer). Oracle only."""

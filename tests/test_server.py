@@ -1,6 +1,6 @@
 """The OpenAI-compatible server over real loopback HTTP, driven by the official `openai` client,
 on the real default model: results equal the engine's own, streams equal non-streamed replies,
-64 concurrent requests are batched, bad requests get OpenAI error bodies, hang-ups free slots."""
+64 concurrent requests are batched, hang-ups free slots. (Fixtures: conftest.py.)"""
 
 import asyncio
 import http.client
@@ -14,39 +14,12 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from scoreflow.engine import Engine, SamplingParams
+from scoreflow.engine import SamplingParams
 from scoreflow.engine.server import OpenAIServer
+from served import ASK, MODEL, wait_idle
 
 pytestmark = pytest.mark.slow
-MODEL = "smollm2-135m-instruct"
-ASK = [{"role": "user", "content": "What is the capital of France?"}]
 STORY = [{"role": "user", "content": "Write a very long story about a dragon and a knight."}]
-
-
-@pytest.fixture(scope="module")
-def engine(default_model, default_tokenizer):
-    return Engine(default_model, default_tokenizer, max_batch=16, max_seq_len=512)
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    with OpenAIServer(engine, MODEL) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
-
-
-def wait_idle(engine: Engine, timeout_s: float = 10.0) -> bool:
-    """True once the engine holds no running rows and no queued requests."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not engine._running and not engine._waiting and engine._inbox.empty():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_chat_greedy_equals_engine_generate(client, engine, default_tokenizer):
@@ -159,49 +132,6 @@ def test_64_concurrent_requests_are_batched(server, client):
     same = sum(a.choices[0].text == b.choices[0].text for a, b in zip(together, one_by_one))
     assert same >= 60, f"only {same}/64 greedy replies agree between batched and one-by-one decoding"
     assert speedup > 1.5
-
-
-MSG = {"model": MODEL, "messages": ASK, "max_tokens": 2}
-BAD_REQUESTS = [  # (method, path, body, status, param)
-    ("POST", "/v1/chat/completions", b'{"model": "x", ', 400, None),
-    ("POST", "/v1/chat/completions", b"[1, 2]", 400, None),
-    ("POST", "/v1/chat/completions", {**MSG, "foo": 1}, 400, "foo"),
-    ("POST", "/v1/chat/completions", {**MSG, "temperature": "hot"}, 400, "temperature"),
-    ("POST", "/v1/chat/completions", {**MSG, "max_tokens": True}, 400, "max_tokens"),
-    ("POST", "/v1/chat/completions", {**MSG, "temperature": -1}, 400, None),
-    ("POST", "/v1/chat/completions", {**MSG, "n": 17}, 400, None),
-    ("POST", "/v1/chat/completions", {**MSG, "messages": "hi"}, 400, "messages"),
-    ("POST", "/v1/chat/completions", {**MSG, "messages": [{"role": "tool", "content": "x"}]}, 400,
-     "messages[0].role"),
-    ("POST", "/v1/chat/completions", {**MSG, "tools": [{"type": "function"}]}, 400, "tools"),
-    ("POST", "/v1/chat/completions", {**MSG, "top_logprobs": 2}, 400, "top_logprobs"),
-    ("POST", "/v1/chat/completions", {**MSG, "stream_options": {"include_usage": True}}, 400, "stream_options"),
-    ("POST", "/v1/chat/completions", {**MSG, "model": "gpt-4o"}, 400, "model"),
-    ("POST", "/v1/completions", {"model": MODEL, "prompt": "word " * 600}, 400, "prompt"),
-    ("POST", "/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 10_000}, 400, "prompt"),
-    ("POST", "/v1/completions", {"model": MODEL, "prompt": [10**9]}, 400, "prompt"),
-    ("POST", "/v1/completions", {"model": MODEL, "prompt": []}, 400, "prompt"),
-    ("GET", "/v1/nope", None, 404, None),
-    ("POST", "/v1/embeddings", {"model": MODEL, "input": "x"}, 404, None),
-    ("GET", "/v1/chat/completions", None, 404, None),
-]
-
-
-def test_bad_requests_get_error_bodies_and_server_keeps_serving(server, client, engine):
-    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=60) as http:
-        for method, path, body, status, param in BAD_REQUESTS:
-            content = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-            r = http.request(method, path, content=content, headers={"Content-Type": "application/json"})
-            assert r.status_code == status, (path, body, r.text)
-            error = r.json()["error"]
-            assert error["type"] == "invalid_request_error" and error["message"] and error["param"] == param
-        assert http.get("/health").json() == {"status": "ok"}  # same keep-alive client, still served
-        r = http.post("/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2, "top_k": 10**30})
-        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1  # = top_k off
-    with pytest.raises(openai.BadRequestError, match="temperature"):
-        client.chat.completions.create(model=MODEL, messages=ASK, temperature=-1)
-    assert wait_idle(engine, 1.0)
-    assert client.chat.completions.create(**MSG).choices[0].message.content
 
 
 def test_stream_hang_up_frees_slots(client, engine):

@@ -7,6 +7,10 @@ A token is drawn by inverse CDF over the filtered distribution:
 
     p = softmax(logits / T) -> keep top-k ranks and the smallest top-p prefix -> renormalise
     token = first rank whose cumulative probability exceeds u * Σ kept,   u = hash(seed, t)
+
+A temperature below GREEDY_BELOW is greedy. Sampling refuses non-finite logits or
+probabilities (FloatingPointError, which fails the batch's requests with that message) rather
+than draw garbage tokens from them.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ import torch.nn.functional as F
 
 _MASK64 = (1 << 64) - 1
 CANDIDATES = 1024  # tokens ranked per row before falling back to a sort of the whole vocabulary
+# Below this, logits / T overflow float32 for ordinary logits (30 / 1e-40 > 3.4e38: inf - inf =
+# NaN), and long before it the distribution is one-hot: greedy is the exact limit.
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     n: int = 1
-    temperature: float = 0.0  # 0 = greedy
+    temperature: float = 0.0  # 0 (or below GREEDY_BELOW) = greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     max_tokens: int = 256
@@ -96,8 +103,9 @@ def filtered_probs(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch
 def sample(logits: torch.Tensor, params: list[SamplingParams], seeds: list[int],
            steps: list[int]) -> torch.Tensor:
     """One token per row: logits (B, V) fp32 -> (B,) long."""
+    _check_finite(logits, "the model's logits")
     tokens = logits.argmax(-1)
-    hot = [i for i, p in enumerate(params) if p.temperature > 0]
+    hot = [i for i, p in enumerate(params) if p.temperature >= GREEDY_BELOW]
     if not hot:
         return tokens
     rows = torch.tensor(hot, device=logits.device)
@@ -105,11 +113,20 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], seeds: list[int],
     probs, ids = filtered_probs(
         logits[rows], torch.tensor([params[i].temperature for i in hot], **dev),
         torch.tensor([params[i].top_p for i in hot], **dev), torch.tensor([params[i].top_k for i in hot], **dev))
+    _check_finite(probs, "the sampling probabilities")
     cdf = probs.double().cumsum(-1)  # (b, V)
     u = uniforms([seeds[i] for i in hot], [steps[i] for i in hot]).to(logits.device) * cdf[:, -1]
     rank = torch.searchsorted(cdf, u[:, None], right=True).clamp(max=cdf.shape[-1] - 1)  # (b, 1)
     tokens[rows] = ids.gather(-1, rank).squeeze(-1)
     return tokens
+
+
+def _check_finite(x: torch.Tensor, what: str) -> None:
+    """Raise instead of sampling from NaN or infinity (x: (B, V))."""
+    bad = (~torch.isfinite(x)).any(-1)
+    if bad.any():
+        raise FloatingPointError(f"sampling: {what} are not finite (NaN or infinity) in {int(bad.sum())} of "
+                                 f"{len(bad)} rows; refusing to sample from them")
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top_n: int):
