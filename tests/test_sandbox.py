@@ -2,6 +2,7 @@
 (a file that must not appear, a connection the listener must not see, processes that must
 be gone), once with the audit hook and once with the OS-level isolation alone."""
 
+import ast
 import asyncio
 import json
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import scoreflow
 from scoreflow.workflow.sandbox import MAX_PROCESSES, run_python, run_python_async
 
 
@@ -108,6 +110,34 @@ def test_attacks_cannot_write_outside_the_work_dir(attack, marker, audit_hook):
     assert not os.path.exists(marker), result
     if audit_hook:
         assert result.status == "error" and "sandbox: " in result.stderr, result
+
+
+def test_programs_see_neither_the_project_nor_other_processes(audit_hook, os_isolated):
+    """No route to the gold answers and hidden tests (benchmark data in the package, this
+    tests/ dir), run directories, home or cache: only the interpreter, system libraries and
+    the work dir are there. /proc is the program's own PID namespace's."""
+    if not os_isolated:
+        pytest.skip("no namespaces on this machine: programs see the caller's files")
+    package = Path(scoreflow.__file__).resolve().parent
+    secrets = [package / "workflow" / "sandbox.py", Path(__file__).resolve(), Path.cwd(), Path.home() / ".cache",
+               *sorted((package / "data").glob("*/*.json*"))[:1]]
+    assert all(os.access(p, os.R_OK) and p.stat().st_mode & 0o004 for p in secrets)  # control: readable here
+    code = f"""
+import os
+def solve():
+    seen = []
+    for path in {[str(p) for p in secrets]!r}:
+        try:
+            os.listdir(path) if os.path.isdir(path) else open(path).read(1)
+            seen.append(path)
+        except OSError:
+            pass
+    return sorted(p for p in os.listdir("/proc") if p.isdigit()), seen
+"""
+    result = run_python(code, call="solve()", audit_hook=audit_hook)
+    assert result.status == "ok", result.stderr
+    assert ast.literal_eval(result.value) == (["1"], [])
+    assert len([p for p in os.listdir("/proc") if p.isdigit()]) > 1  # control: the host's /proc shows more
 
 
 def test_network_is_unreachable_even_on_loopback(audit_hook):

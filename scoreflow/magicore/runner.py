@@ -6,11 +6,14 @@ OUT skips what is done (and a crash loses at most the questions in flight):
     1. solve    OUT/initial.jsonl   k Solver chains per question with ORM/PRM scores and cost
     2. refine   OUT/results.jsonl   MAgICoRE per iteration + every baseline, scored against gold
 
-Phase 2 starts only when phase 1 is complete for every question: the reference's
-normalisation statistics (condition 1) are taken over the first chain of every question of
-the run (all of the test set, or the first --limit questions).
+Phase 2 starts only when phase 1 is complete for every question that did not crash: the
+reference's normalisation statistics (condition 1) are taken over the first chain of every
+such question of the run (all of the test set, or the first --limit questions).
 A question whose executor calls fail (after the client's retries) is recorded in
-OUT/errors.jsonl, not in the results; rerun to retry it. OUT/config.json holds the run's
+OUT/errors.jsonl, not in the results; rerun to retry it. A question that fails any other
+way (a crash: a bug, or an input our code cannot handle) is recorded there too, marked
+"crashed", and is not retried: a rerun would crash the same way. It counts as an error in
+the summary, and the refine phase goes on without it. OUT/config.json holds the run's
 settings; a rerun with different settings is refused rather than mixing runs.
 """
 
@@ -27,6 +30,7 @@ from typing import Any, Awaitable, Callable
 from scoreflow.executor import ExecutorError
 from scoreflow.optimize.rundir import save_or_check_settings
 from scoreflow.tasks import Question, Task
+from scoreflow.workflow.restricted import gather
 
 from .agents import Agents, Ledger, Sampling
 from .baselines import BASELINES, SELF_REFINE_ROUNDS, chain_baselines, refine_baselines, total
@@ -66,18 +70,21 @@ def _chains(row: dict) -> tuple[list[Chain], list[Ledger]]:
     return chains, [Ledger(1, c["prompt_tokens"], c["completion_tokens"]) for c in row["chains"]]
 
 
+def _records(path: Path) -> list[dict]:
+    """The JSON lines of `path`; a line cut short by a crash is skipped (that question is redone)."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    return [row for row in map(_json_or_none, lines) if isinstance(row, dict)]
+
+
+def _json_or_none(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
 def _read_rows(path: Path) -> dict[str, dict]:
-    if not path.exists():
-        return {}
-    rows = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash: that question is redone
-            rows[row["id"]] = row
-    return rows
+    return {row["id"]: row for row in _records(path)}
 
 
 def _append(path: Path, row: dict) -> None:
@@ -100,28 +107,39 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         save_or_check_settings(self.out, dataclasses.asdict(self.config), _with_new_defaults)
         initial = await self._phase("solve", self.out / "initial.jsonl", self._solve)
-        missing = [q.id for q in self.questions if q.id not in initial]
+        crashed = self._crashed("solve")
+        missing = [q.id for q in self.questions if q.id not in initial and q.id not in crashed]
         if missing:
             self.log(f"{len(missing)} question(s) failed in the solve phase (see {self.out / 'errors.jsonl'}); "
                      f"rerun the same command to retry them before refinement starts")
             return None
-        first = [_chains(initial[q.id])[0][0] for q in self.questions]
+        first = [_chains(initial[q.id])[0][0] for q in self.questions if q.id in initial]
         stats = dataset_stats(first) if self.config.magicore.normalization == "dataset" else None
         results = await self._phase("refine", self.out / "results.jsonl",
-                                    lambda q: self._refine(q, initial[q.id], stats))
+                                    lambda q: self._refine(q, initial[q.id], stats),
+                                    [q for q in self.questions if q.id in initial])
         summary = summarize([results[q.id] for q in self.questions if q.id in results], self.config,
                             errors=len(self.questions) - len(results))
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (self.out / "results.md").write_text(summary["markdown"] + "\n")
         return summary
 
-    async def _phase(self, name: str, path: Path, work: Callable[[Question], Awaitable[dict]]) -> dict[str, dict]:
-        """Run `work` on every question without a row in `path`, `concurrency` at a time,
-        appending each row as it finishes; progress and ETA after each question."""
+    def _crashed(self, phase: str) -> set[str]:
+        """Questions recorded as crashed in `phase` (errors.jsonl): not run again."""
+        errors = _records(self.out / "errors.jsonl")
+        return {row["id"] for row in errors if row.get("crashed") and row["phase"] == phase}
+
+    async def _phase(self, name: str, path: Path, work: Callable[[Question], Awaitable[dict]],
+                     questions: list[Question] | None = None) -> dict[str, dict]:
+        """Run `work` on every question (of `questions`, default all) without a row in
+        `path` and not recorded as crashed, `concurrency` at a time, appending each row as it
+        finishes; progress and ETA after each question."""
         rows = _read_rows(path)
         ids = {q.id for q in self.questions}
         rows = {i: r for i, r in rows.items() if i in ids}
-        todo = [q for q in self.questions if q.id not in rows]
+        crashed = self._crashed(name)
+        todo = [q for q in (self.questions if questions is None else questions)
+                if q.id not in rows and q.id not in crashed]
         if not todo:
             return rows
         self.log(f"[{name}] {len(rows)}/{len(self.questions)} already done, {len(todo)} to go")
@@ -132,10 +150,12 @@ class Runner:
             async with gate:
                 try:
                     row = await work(question)
-                except ExecutorError as e:
-                    _append(self.out / "errors.jsonl", {"id": question.id, "phase": name,
-                                                        "error": f"{type(e).__name__}: {e}"})
-                    self.log(f"[{name}] {question.id}: {type(e).__name__}: {e}")
+                except Exception as e:  # noqa: BLE001 - one question's failure must not stop the others
+                    crashed = not isinstance(e, ExecutorError)  # executor failures are transient: retried
+                    _append(self.out / "errors.jsonl", {"id": question.id, "phase": name, "crashed": crashed,
+                                                        "error": f"{type(e).__name__}: {e}"[:2000]})
+                    self.log(f"[{name}] {question.id}: {'crashed, not retried: ' if crashed else ''}"
+                             f"{type(e).__name__}: {e}")
                     return
             rows[question.id] = row
             _append(path, row)
@@ -155,7 +175,7 @@ class Runner:
     async def _refine(self, question: Question, initial: dict, stats: RewardStats | None) -> dict:
         chains, solver = _chains(initial)
         baselines = self.config.baselines
-        trace, refined = await asyncio.gather(
+        trace, refined = await gather(  # if one fails, the other is cancelled rather than left running
             refine_until_easy(self.agents, self.rms, question.prompt, chains, self.config.magicore, stats,
                               total(solver)),
             refine_baselines(self.agents, question.prompt, chains, solver, baselines,

@@ -7,7 +7,10 @@
     train/, adapter/  Score-DPO on the LoRA, adapter in the PEFT layout               (5)
 
 A stage appends one complete record per unit of work and skips units already on disk, so a
-killed run redoes only unfinished work. Seeds depend only on (run seed, iteration, question,
+killed run redoes only unfinished work. A workflow run that fails in any way is recorded (as
+status "error"), never retried, so no workflow can stop the stage, now or on resume; and a
+run during which the process itself died MAX_ABRUPT_ENDS times (attempts.jsonl) is recorded
+as crashed instead of being started again. Seeds depend only on (run seed, iteration, question,
 resample round), and sampling is batch-independent, so a resumed stage reproduces exactly
 what an uninterrupted one would have written.
 """
@@ -15,6 +18,7 @@ what an uninterrupted one would have written.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,13 +30,15 @@ from ..engine.sampling import splitmix64
 from ..lora import save_adapter
 from ..tasks.base import Question, Task
 from ..workflow.prompts import SIMILARITY_THRESHOLDS, TIME_LIMITS_S, template_workflow
-from ..workflow.runtime import extract_graph, run_workflow, validate_workflow
+from ..workflow.restricted import describe
+from ..workflow.runtime import WorkerStartError, extract_graph, run_workflow, validate_workflow
 from .config import RunConfig
 from .generator import RESPONSE_PREFIX
 from .progress import Progress
 from .rundir import JsonlLog, mark_done, stage_done
 
 GENERATE_ROWS = 32  # samples decoded together: GENERATE_ROWS // k questions per chunk (written together)
+MAX_ABRUPT_ENDS = 2  # a run during which the process died this often is recorded as crashed, not started again
 
 
 @dataclass
@@ -117,15 +123,14 @@ async def execute(it: Iteration, workflows: list[dict], executor) -> list[dict]:
     todo = [w for w in workflows if w["valid"] and any((w["id"], r) not in done for r in range(it.cfg.runs))]
     progress = Progress(f"[{it.name}] execute (workflows x runs)", len(todo) * it.cfg.runs)
     sem = asyncio.Semaphore(it.cfg.executor_concurrency)
+    attempts = Attempts(it.dir / "attempts.jsonl")
 
     async def runs_of(w: dict) -> None:  # runs in order: a deterministic executor's reruns hit the cache
         q = questions[w["question_id"]]
         async with sem:
             for r in range(it.cfg.runs):
-                if (w["id"], r) in done:
-                    progress.update()
-                    continue
-                log.append([await run_once(it, w, q, r, executor, timeout)])
+                if (w["id"], r) not in done:
+                    log.append([await attempts.run(w, r, lambda: run_once(it, w, q, r, executor, timeout))])
                 progress.update()
 
     await asyncio.gather(*(runs_of(w) for w in todo))
@@ -133,16 +138,54 @@ async def execute(it: Iteration, workflows: list[dict], executor) -> list[dict]:
 
 
 async def run_once(it: Iteration, w: dict, q: Question, run: int, executor, timeout: float) -> dict:
-    for attempt in range(2):  # an executor failure says nothing about the workflow: retry once
-        res = await run_workflow(w["code"], q.prompt, executor, it.family, timeout, task=it.task, question=q,
-                                 temperature=it.executor_temperature)
-        if res.status != "executor_error":
-            break
-    score = None if res.status == "executor_error" else (await it.task.ascore(q, res.answer) if res.ok else 0.0)
+    """The execution record of one run. Any failure of the run or of its scoring is an
+    "error" record with the reason; only a machine that cannot start workers at all raises."""
+    try:
+        for attempt in range(2):  # an executor failure says nothing about the workflow: retry once
+            res = await run_workflow(w["code"], q.prompt, executor, it.family, timeout, task=it.task, question=q,
+                                     temperature=it.executor_temperature)
+            if res.status != "executor_error":
+                break
+        score = None if res.status == "executor_error" else (await it.task.ascore(q, res.answer) if res.ok else 0.0)
+    except WorkerStartError:
+        raise
+    except Exception as e:  # noqa: BLE001 - recorded: one run must not stop the stage, now or on resume
+        return failed_execution(w, run, f"the run failed: {describe(e)}")
     return {"workflow_id": w["id"], "question_id": q.id, "run": run, "status": res.status, "answer": res.answer,
             "score": score, "error": (res.error or "")[:500], "llm_calls": res.llm_calls,
             "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
             "seconds": round(res.duration_s, 3)}
+
+
+def failed_execution(w: dict, run: int, error: str) -> dict:
+    """The record of a run that produced no result: status "error", score 0."""
+    return {"workflow_id": w["id"], "question_id": w["question_id"], "run": run, "status": "error", "answer": "",
+            "score": 0.0, "error": error[:500], "llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
+            "seconds": 0.0}
+
+
+class Attempts:
+    """attempts.jsonl: a line when a run starts and one when it is stopped in an orderly way
+    (cancelled, e.g. Ctrl-C). A start without a stop or a record means the process died
+    during the run; after MAX_ABRUPT_ENDS of those, the run is recorded as crashed."""
+
+    def __init__(self, path: Path):
+        self.log = JsonlLog(path)
+        events = Counter((a["workflow_id"], a["run"], a["event"]) for a in self.log.read())
+        self.abrupt = Counter({(w, r): n - events[w, r, "stop"] for (w, r, e), n in events.items() if e == "start"})
+
+    async def run(self, w: dict, run: int, execute) -> dict:
+        """`await execute()`, the run's record, unless the run already ended the process too often."""
+        ended = self.abrupt[w["id"], run]
+        if ended >= MAX_ABRUPT_ENDS:
+            return failed_execution(w, run, f"the process died during this run {ended} times; recorded as crashed, "
+                                            "not started again")
+        self.log.append([{"workflow_id": w["id"], "run": run, "event": "start"}])
+        try:
+            return await execute()
+        except asyncio.CancelledError:
+            self.log.append([{"workflow_id": w["id"], "run": run, "event": "stop"}])
+            raise
 
 
 def score(it: Iteration, workflows: list[dict], executions: list[dict]) -> list[dict]:

@@ -34,35 +34,25 @@ import inspect
 import math
 import re
 import time
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, ClassVar, NoReturn
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, ClassVar
 
 from scoreflow.executor import ExecutorClient, ExecutorError
 from scoreflow.tasks.base import Question, Task
 from scoreflow.tasks.gsm8k import extract_number
 from scoreflow.tasks.math import last_boxed
 from scoreflow.workflow import prompts
+from scoreflow.workflow.context import MAX_LOOP_STEPS, RunLimits, WorkflowConfig, as_text, clip
+from scoreflow.workflow.context import RunAborted  # noqa: F401 - operators' own errors, re-exported
 from scoreflow.workflow.sandbox import SandboxResult, run_python_async
 
 MAX_OPERATOR_CALLS = 50       # per run: a runaway loop of LLM calls ends with status "error"
-MAX_LOOP_STEPS = 100_000      # per run: loop iterations + function entries (bounds CPU in-process)
 MAX_TRIES = 3                 # Programmer attempts; Test repair rounds (ref)
 PROGRAM_TIMEOUT_S = 30.0      # one sandboxed solve() run (ref)
 PROGRAM_MEMORY_MB = 1024
-TRACE_CHARS = 2000            # per traced input/output
 FAILURE_CHARS = 1500          # tail of a failed program's output fed back to the executor
 CONCISE_WORDS = 6             # a QA answer this short (one line) needs no extraction call
-MAIN_FIELDS = ("response", "solution", "answer", "output", "code")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-class RunAborted(BaseException):
-    """Ends a workflow run from the inside: a limit was reached or the executor failed.
-    A BaseException, so a generated `except Exception:` cannot swallow it."""
-
-    def __init__(self, status: str, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -80,51 +70,35 @@ class TraceEntry:
     sandbox_runs: int = 0
 
 
-class RunContext:
-    """What one workflow run shares: the executor and problem (and, for code, the task and
-    question) the operators are bound to, the trace they append to, and the run's limits.
+class RunContext(RunLimits):
+    """What one workflow run shares in the parent process: the executor and problem (and,
+    for code, the task and question) the operators are bound to, the trace they append to,
+    and the run's limits.
 
-    Sticky: after `abort`, or after any executor call failed, every later tick and budgeted
-    operator call raises again, so workflow code cannot carry on past a failure it caught.
-    `deadline` is a time.monotonic() value.
+    Sticky (see RunLimits): after `abort`, or after any executor call failed, every later
+    check and budgeted operator call raises again, so workflow code cannot carry on past a
+    failure it caught.
     """
 
     def __init__(self, executor: ExecutorClient, problem: str, family: str, *, task: Task | None = None,
                  question: Question | None = None, temperature: float = 0.0, max_calls: int = MAX_OPERATOR_CALLS,
                  max_steps: int = MAX_LOOP_STEPS, deadline: float = math.inf):
+        super().__init__(max_steps=max_steps, deadline=deadline)
         self.executor, self.problem, self.family = executor, problem, family
         self.task, self.question, self.temperature = task, question, temperature
-        self.max_calls, self.max_steps, self.deadline = max_calls, max_steps, deadline
+        self.max_calls = max_calls
         self.trace: list[TraceEntry] = []
-        self.calls = self.steps = 0
+        self.calls = 0
         self.executor_error: ExecutorError | None = None
-        self.aborted: RunAborted | None = None
 
     @property
     def entry_point(self) -> str | None:
         return self.question.row.get("entry_point") if self.question is not None else None
 
-    def abort(self, status: str, message: str) -> NoReturn:
-        """Record the first reason to stop (later ones keep it) and raise it."""
-        if self.aborted is None:
-            self.aborted = RunAborted(status, message)
-        raise RunAborted(self.aborted.status, str(self.aborted))
-
-    def check(self) -> None:
-        if self.aborted is not None:
-            self.abort(self.aborted.status, str(self.aborted))
-        if self.executor_error is not None:
-            self.abort("executor_error", f"{type(self.executor_error).__name__}: {self.executor_error}")
-        if time.monotonic() > self.deadline:
-            self.abort("timeout", "the time limit was reached")
-
-    def tick(self) -> bool:
-        """Called by instrumented workflow code at every loop step (validate.instrument)."""
-        self.steps += 1
-        if self.steps > self.max_steps:
-            self.abort("timeout", f"more than {self.max_steps} loop steps")
-        self.check()
-        return True
+    def stopped(self) -> tuple[str, str] | None:
+        if self.aborted is None and self.executor_error is not None:
+            return "executor_error", f"{type(self.executor_error).__name__}: {self.executor_error}"
+        return super().stopped()
 
     async def invoke(self, name: str, inputs: dict[str, Any], run: Callable[[Call], Awaitable[dict]], *,
                      budgeted: bool = True) -> dict:
@@ -174,17 +148,6 @@ class Call:
                           memory_mb: int = PROGRAM_MEMORY_MB) -> SandboxResult:
         self.sandbox_runs += 1
         return await run_python_async(code, call=call, timeout_s=timeout_s, memory_mb=memory_mb)
-
-
-@dataclass(frozen=True)
-class WorkflowConfig:
-    """The `config` given to `Workflow.__init__` and passed on to each operator: the run's
-    family and executor model, readable by the workflow, and its RunContext, which is not
-    (workflow code may not touch attributes starting with "_")."""
-
-    family: str
-    model: str
-    _ctx: RunContext = field(repr=False, compare=False)
 
 
 class Operator:
@@ -386,29 +349,6 @@ def _in_form(text: str, kind: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- text helpers
-
-def as_text(value: Any) -> str:
-    """Text of an operator input or a workflow's return value: strings as they are; a
-    result dict's main field (response, solution, answer, output, code, in that order);
-    a tuple's first item (AFlow workflows return (answer, cost)); list items joined by blank
-    lines; None as ""; anything else via str()."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        key = next((k for k in MAIN_FIELDS if k in value), None)
-        return str(value) if key is None else as_text(value[key])
-    if isinstance(value, tuple):
-        return as_text(value[0]) if value else ""
-    if isinstance(value, list):
-        return "\n\n".join(as_text(v) for v in value)
-    return str(value)
-
-
-def clip(text: str, limit: int = TRACE_CHARS) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... [{len(text) - limit} more characters]"
-
 
 def _shown(value: Any) -> str:
     return value if isinstance(value, str) else repr(value)

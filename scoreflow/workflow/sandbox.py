@@ -7,22 +7,26 @@ blocklist (SPEC Part C). Here every run is a fresh `python -I` process:
     ------------------------------------     ---------------------------------------------
     temp dir, program.py, report file   -->  stage A, as the caller's user:
     new session (own process group)            unshare net + mount + PID namespaces
-    stdout/stderr drained, capped              mounts: / private; untraversable dirs holding
-    wall-clock timeout -> SIGKILL group          the interpreter (pyenv/conda under /root) are
-    temp dir removed                             replaced by a tmpfs with only the interpreter
-                                                 bound back; the work dir is a fresh tmpfs;
-                                                 every other mount is remounted read-only
+    stdout/stderr drained, capped              a new root (a tmpfs), read-only: the system
+    wall-clock timeout -> SIGKILL group          library dirs, the interpreter's prefix
+    temp dir removed                             (stdlib, site-packages) with any scoreflow
+                                                 package dir hidden, a few /etc files and
+                                                 /dev nodes; the work dir, a fresh tmpfs
                                                fork -> program process = PID 1 of the new
                                                  namespace (stage A waits and mirrors its end)
                                              program process:
+                                               a fresh /proc of its PID namespace, chroot
+                                                 into the new root
                                                rlimits (AS, CPU, NPROC, FSIZE, NOFILE, CORE=0)
                                                drop to nobody, no_new_privs, parent-death kill
                                                audit hook (defence in depth), exec the program
 
 Real isolation is the process, the uid, the rlimits and the namespaces: no network (the new
-network namespace has only a downed loopback), no writes outside the work dir (read-only
-mounts), nothing outlives the run (when PID 1 of a namespace dies the kernel kills the rest,
-setsid or not), no signals to other sandboxes (they live in other PID namespaces).
+network namespace has only a downed loopback), nothing of the project, the benchmark data,
+run directories, home or cache directories to read (they are not in the new root), no
+writes outside the work dir, no other processes to see (the /proc is the namespace's own),
+nothing outlives the run (when PID 1 of a namespace dies the kernel kills the rest, setsid
+or not), no signals to other sandboxes (they live in other PID namespaces).
 
 Fallbacks, reported in `SandboxResult.isolated` and warned about once:
 - not root: unshare(user + net) only; the program keeps the caller's uid and files and no
@@ -45,11 +49,11 @@ import ctypes
 import json
 import math
 import os
-import re
 import resource
 import shutil
 import signal
 import sys
+import sysconfig
 import tempfile
 import time
 import traceback
@@ -64,6 +68,11 @@ MAX_OPEN_FILES = 64
 MAX_FILE_BYTES = 32 << 20         # RLIMIT_FSIZE: one file written by the program
 WORKDIR_TMPFS = "size=64m,nr_inodes=4096"   # bounds the work dir in total, not per file
 DRAIN_GRACE_S = 1.0               # after the process ends, wait this long for pipes to close
+# What a program sees besides the interpreter's own directories (sys.prefix, ...) and its
+# work dir: system libraries and tools, and the few files the C library and Python read.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf",
+                "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
 # linux/sched.h, linux/mount.h, linux/prctl.h
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
@@ -235,11 +244,12 @@ def _child_main(config: dict) -> None:
     with open(os.path.join(workdir, "program.py"), encoding="utf-8") as f:
         source = f.read()
     try:
-        refused = _unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID if root else CLONE_NEWUSER | CLONE_NEWNET)
+        refused = unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID if root else CLONE_NEWUSER | CLONE_NEWNET)
         isolated = root and refused is None
         if isolated:
-            _isolate_filesystem(workdir, source)
+            new_root = _build_root(workdir, source)
             _become_pid_namespace_parent()
+            _enter_root(new_root, workdir)
         elif root:
             _require_reachable_interpreter()
             os.chown(workdir, NOBODY, NOBODY)
@@ -248,9 +258,9 @@ def _child_main(config: dict) -> None:
             os.setgroups([])
             os.setgid(NOBODY)
             os.setuid(NOBODY)
-        _libc("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        libc("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         if isolated:  # a setsid() escapee still dies with stage A (set after setuid, which clears it)
-            _libc("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            libc("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except OSError as e:
         _report(fd, setup_error=f"{e} (running as uid {os.geteuid()})")
         os._exit(1)
@@ -261,56 +271,97 @@ def _child_main(config: dict) -> None:
     _run_program(config, source)
 
 
-def _libc(name: str, *args: Any) -> None:
+def libc(name: str, *args: Any) -> None:
+    """Call a libc function that returns 0 on success; OSError otherwise."""
     if getattr(ctypes.CDLL(None, use_errno=True), name)(*args) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"{name}() failed: {os.strerror(errno)}")
 
 
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     paths = (None if s is None else os.fsencode(s) for s in (source, target, fstype))
-    _libc("mount", *paths, ctypes.c_ulong(flags), data and data.encode())
+    libc("mount", *paths, ctypes.c_ulong(flags), data and data.encode())
 
 
-def _unshare(flags: int) -> str | None:
+def unshare(flags: int) -> str | None:
     """Enter new namespaces; returns None on success, else why not (we then fall back)."""
     try:
-        _libc("unshare", flags)
+        libc("unshare", flags)
         return None
     except OSError as e:
         return f"unshare refused ({e}): no network/mount/PID namespaces, audit hook only"
 
 
-def _isolate_filesystem(workdir: str, source: str) -> None:
-    """Inside our private mount namespace: make the interpreter reachable for uid nobody,
-    give the program a fresh size-capped tmpfs as work dir, make everything else read-only."""
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing propagates to the host
-    _expose_interpreter()
-    _mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV, f"{WORKDIR_TMPFS},mode=0700,uid={NOBODY},gid={NOBODY}")
-    os.chdir(workdir)  # the old cwd is the host dir underneath the new mount
-    with open("program.py", "w", encoding="utf-8") as f:  # for tracebacks with source lines
+def enter_empty_root() -> None:
+    """For a process that has already imported all it needs (the workflow worker's
+    template): after unshare(CLONE_NEWNS), make its root an empty read-only tmpfs."""
+    mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing propagates to the host
+    empty = tempfile.gettempdir()  # any existing directory: the mount is private to us
+    mount("tmpfs", empty, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0555")
+    os.chroot(empty)
+    os.chdir("/")
+
+
+def _build_root(workdir: str, source: str) -> str:
+    """Inside our private mount namespace: a new root holding only what a program needs,
+    read-only (system libraries, the interpreter with its stdlib and site-packages minus
+    scoreflow, a few /etc files and devices), plus the work dir, a fresh size-capped tmpfs
+    at its usual path. Returns the new root's path; _enter_root switches to it."""
+    mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing propagates to the host
+    new_root = os.path.join(workdir, "root")
+    os.mkdir(new_root)
+    mount("tmpfs", new_root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    visible = _outermost([*SYSTEM_DIRS, sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix])
+    for path in (*visible, *SYSTEM_FILES):
+        _bind_read_only(path, new_root + path)
+    for path in _our_package_dirs():
+        if os.path.isdir(path) and any(path.startswith(v + os.sep) for v in visible):
+            mount("tmpfs", new_root + path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0555")
+    inside = new_root + workdir
+    os.makedirs(inside)
+    os.makedirs(os.path.join(new_root, "proc"))
+    mount("tmpfs", inside, "tmpfs", MS_NOSUID | MS_NODEV, f"{WORKDIR_TMPFS},mode=0700,uid={NOBODY},gid={NOBODY}")
+    with open(os.path.join(inside, "program.py"), "w", encoding="utf-8") as f:  # for tracebacks with source lines
         f.write(source)
-    for target in _mount_points():
-        if target != workdir and os.path.exists(target):  # a mount under a path we hid is unreachable
-            flags = os.statvfs(target).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)  # keep them
-            _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
+    mount(None, new_root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    return new_root
 
 
-def _expose_interpreter() -> None:
-    """pyenv/conda often live under /root (mode 0700), which uid nobody cannot traverse, so
-    every later import would fail. Overmount each such closed directory with an empty tmpfs
-    (hiding the rest of it, e.g. credentials) and bind the interpreter's directories back."""
-    by_closed_dir: dict[str, list[tuple[str, int]]] = {}
-    for path in _interpreter_dirs():
-        closed = _first_closed_ancestor(path)
-        if closed is not None:
-            by_closed_dir.setdefault(closed, []).append((path, os.open(path, os.O_PATH)))
-    for closed, paths in by_closed_dir.items():
-        _mount("tmpfs", closed, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
-        for path, fd in paths:
-            os.makedirs(path, exist_ok=True)
-            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-            os.close(fd)
+def _bind_read_only(path: str, target: str) -> None:
+    """Make `path` (a directory, file or device; not the mounts below it) appear read-only
+    at `target`; a symlink (merged /usr: /bin -> usr/bin) is copied as a symlink."""
+    if not os.path.lexists(path):
+        return
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if os.path.islink(path):
+        os.symlink(os.readlink(path), target)
+        return
+    if os.path.isdir(path):
+        os.makedirs(target, exist_ok=True)
+    else:
+        open(target, "w").close()
+    mount(path, target, None, MS_BIND)
+    kept = os.statvfs(path).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)  # ST_* flags have the MS_* values
+    mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | kept)
+
+
+def _our_package_dirs() -> set[str]:
+    """Where scoreflow (with its benchmark data and gold answers) may be installed."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return {package, *(os.path.join(sysconfig.get_path(kind), "scoreflow") for kind in ("purelib", "platlib"))}
+
+
+def _outermost(paths: list[str]) -> list[str]:
+    real = {os.path.abspath(p) for p in paths if p and os.path.abspath(p) != "/"}
+    return sorted(d for d in real if not any(d.startswith(other + os.sep) for other in real))
+
+
+def _enter_root(new_root: str, workdir: str) -> None:
+    """In the program process, PID 1 of the new PID namespace: a /proc of that namespace
+    only, then the new root (the program runs as uid nobody, which cannot leave a chroot)."""
+    mount("proc", os.path.join(new_root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.chroot(new_root)
+    os.chdir(workdir)
 
 
 def _require_reachable_interpreter() -> None:
@@ -324,8 +375,7 @@ def _require_reachable_interpreter() -> None:
 
 def _interpreter_dirs() -> list[str]:
     """The outermost directories the interpreter imports from."""
-    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, *(p for p in sys.path if os.path.isdir(p))}
-    return sorted(d for d in dirs if not any(d.startswith(other + os.sep) for other in dirs))
+    return _outermost([sys.prefix, sys.base_prefix, sys.exec_prefix, *(p for p in sys.path if os.path.isdir(p))])
 
 
 def _first_closed_ancestor(path: str) -> str | None:
@@ -336,12 +386,6 @@ def _first_closed_ancestor(path: str) -> str | None:
         if not os.stat(current).st_mode & 0o001:
             return current
     return None
-
-
-def _mount_points() -> list[str]:
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        points = {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4]) for line in f}
-    return sorted(points)
 
 
 def _become_pid_namespace_parent() -> None:

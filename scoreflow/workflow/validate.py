@@ -20,8 +20,14 @@ restricted namespace the runtime gives it:
   namespace does not hold them, and of BaseException and its non-Exception subclasses;
 - bare `except:` and `return`/`break`/`continue` inside `finally` (either would swallow
   the runtime's abort), `**` and `<<` (one operation can build a number that takes minutes
-  or gigabytes), decorators, base classes, dunder methods other than `__init__`, and
-  attribute assignment to anything but `self.<name>` (operator classes are shared by runs).
+  or gigabytes), decorators, base classes, dunder methods other than `__init__`;
+- state a run could share with other runs: attribute assignment to anything but
+  `self.<name>`, `self` bound other than as the first parameter of a method (`self =
+  operator.Custom` would make `self.x = ...` change an operator class), and a class of the
+  workflow used other than by calling it (`Workflow.method(operator.Custom)` passes a class
+  as `self`). Each run also gets fresh operator classes in a fresh process (stubs.py).
+
+Code nested too deeply for the checks themselves is rejected as such, not raised.
 
 Loops, `while True` included, are allowed: `instrument` puts a tick call at every loop
 iteration, function entry and comprehension element, and the tick ends the run when the
@@ -61,13 +67,19 @@ def validate_workflow(code: str, family: str) -> list[str]:
     problems = [f"contains the forbidden snippet {s!r}" for s in FORBIDDEN_SNIPPETS if _contains_snippet(code, s)]
     try:
         tree = ast.parse(code)
+        problems += _shape_problems(tree)
+        checker = _Checker(FAMILY_OPERATORS[family], _class_names(tree))
+        checker.visit(tree)
+        problems += checker.problems
     except SyntaxError as e:
-        return [*problems, f"line {e.lineno}: syntax error: {e.msg}"]
-    problems += _shape_problems(tree)
-    checker = _Checker(FAMILY_OPERATORS[family])
-    checker.visit(tree)
-    problems += checker.problems
+        problems.append(f"line {e.lineno}: syntax error: {e.msg}")
+    except (RecursionError, MemoryError):
+        problems.append("the code is nested too deeply to check")
     return list(dict.fromkeys(problems))[:MAX_PROBLEMS]
+
+
+def _class_names(tree: ast.Module) -> frozenset[str]:
+    return frozenset(node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef))
 
 
 def _contains_snippet(code: str, snippet: str) -> bool:
@@ -107,9 +119,11 @@ def _takes_exactly(function: ast.FunctionDef | ast.AsyncFunctionDef, positional:
 class _Checker(ast.NodeVisitor):
     """Walks the whole tree once and collects what may not run in-process."""
 
-    def __init__(self, operators: tuple[str, ...]):
-        self.operators = operators
+    def __init__(self, operators: tuple[str, ...], classes: frozenset[str]):
+        self.operators, self.classes = operators, classes
         self.problems: list[str] = []
+        self.method_selves: set[int] = set()  # ids of the `self` parameters of methods
+        self.called: set[int] = set()  # ids of Name nodes that are the callee of a call
 
     def flag(self, node: ast.AST, message: str) -> None:
         self.problems.append(f"line {getattr(node, 'lineno', '?')}: {message}")
@@ -125,18 +139,33 @@ class _Checker(ast.NodeVisitor):
         if name and name.startswith("__"):
             self.flag(node, f"the name {name} is not allowed (double underscore)")
 
+    def check_self(self, node: ast.AST, name: str | None) -> None:
+        if name == "self" and id(node) not in self.method_selves:
+            self.flag(node, "`self` may only be the first parameter of a method, never assigned")
+
     def visit_Name(self, node: ast.Name) -> None:
         self.check_binding(node, node.id)
         if node.id in DENIED_NAMES:
             self.flag(node, f"{node.id} is not allowed in a workflow")
+        if not isinstance(node.ctx, ast.Load):
+            self.check_self(node, node.id)
+        elif node.id in self.classes and id(node) not in self.called:
+            self.flag(node, f"the class {node.id} may only be called (use self.<method>, not {node.id}.<method>)")
+
+    def visit_Call(self, node: ast.Call) -> None:
+        if isinstance(node.func, ast.Name):
+            self.called.add(id(node.func))
+        self.generic_visit(node)
 
     def visit_arg(self, node: ast.arg) -> None:
         self.check_binding(node, node.arg)
+        self.check_self(node, node.arg)
         self.generic_visit(node)
 
     def visit_Global(self, node: ast.Global | ast.Nonlocal) -> None:
         for name in node.names:
             self.check_binding(node, name)
+            self.check_self(node, name)
 
     visit_Nonlocal = visit_Global
 
@@ -160,6 +189,7 @@ class _Checker(ast.NodeVisitor):
         if node.type is None:
             self.flag(node, "a bare `except:` is not allowed; catch Exception")
         self.check_binding(node, node.name)
+        self.check_self(node, node.name)
         self.generic_visit(node)
 
     def visit_Try(self, node: ast.Try) -> None:
@@ -185,6 +215,11 @@ class _Checker(ast.NodeVisitor):
         if node.bases or node.keywords or node.decorator_list:
             self.flag(node, f"class {node.name} may not have base classes, keywords or decorators")
         self.check_binding(node, node.name)
+        for method in node.body:
+            if isinstance(method, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                positional = method.args.posonlyargs + method.args.args
+                if positional:  # the first one is `self`, whatever its name
+                    self.method_selves.add(id(positional[0]))
         self.generic_visit(node)
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:

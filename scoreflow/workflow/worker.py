@@ -1,0 +1,343 @@
+"""The workflow worker: a warm template process (the zygote) that forks one child per run.
+
+    parent (isolation.py)                        zygote: python -m scoreflow.workflow.worker FD
+    -----------------------------------------    ---------------------------------------------------
+    starts the zygote once (own session,          imports and warms up the restricted runtime, then
+      minimal environment)                          (as root) enters its own network and mount
+                                                    namespaces and an empty read-only root
+    per run: a socket pair and a status pipe,     keeps SPARES children forked and warmed up ahead
+      spawn(token, fds) on the control socket -->   spawn: hands the run's socket to a spare (forks
+    job and operator replies on the socket          one if none is ready), forks a replacement;
+    kill(token) when the run is over                SIGKILL at the deadline (+ KILL_GRACE_S) or on
+                                                    kill(token); reaps it and writes its wait status,
+                                                    and why it was killed, to the run's status pipe
+                                                  child: uid nobody, no_new_privs, rlimits (CORE,
+                                                    NOFILE, NPROC; AS and CPU once it has a run),
+                                                    dies with the zygote; warms up, waits for a run,
+                                                    runs it with restricted.run_restricted, its
+                                                    operators proxied to the parent (stubs.py)
+
+Every run gets a process of its own, used once: nothing a workflow does outlives its run.
+Forking and warming up a child costs a few milliseconds of CPU (copy-on-write faults, on
+this VM ~5 us each), which the spares take off the path of the run. The zygote itself
+never runs workflow code, and a spare has run only the zygote's own warm-up workflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import json
+import math
+import os
+import resource
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from typing import NoReturn
+
+from scoreflow.workflow.context import RunLimits, WorkflowConfig
+from scoreflow.workflow.prompts import FAMILY_OPERATORS
+from scoreflow.workflow.restricted import run_restricted
+from scoreflow.workflow.sandbox import (CLONE_NEWNET, CLONE_NEWNS, NOBODY, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG,
+                                        enter_empty_root, libc, unshare)
+from scoreflow.workflow.stubs import stub_operators
+from scoreflow.workflow.wire import frame, read_message
+
+KILL_GRACE_S = 0.5            # past the deadline, the zygote kills a child that has not ended itself
+MEMORY_EXIT = 3               # a child's exit status when it ran out of memory outside the workflow
+CRASH_EXIT = 4                # ... when our own code in the child failed
+MAX_OPEN_FILES = 32
+RECURSION_LIMIT = 1000
+MAX_REPLY_BYTES = 256 << 20   # what a child accepts from the (trusted) parent
+CHANNEL_FD = 3                # where a child keeps its socket to the zygote, on which its run arrives
+SPARES = 2                    # children kept forked and warm, waiting for a run
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """A spawn request's limits: `deadline` is a time.monotonic() value."""
+
+    token: int
+    deadline: float
+    cpu_s: int
+    memory_mb: int
+
+
+# ----------------------------------------------------------------------------- the zygote
+
+def main(control_fd: int) -> NoReturn:
+    control = socket.socket(fileno=control_fd)
+    _warm_up()
+    facts = _seal()
+    gc.freeze()  # the warm heap stays shared with every child instead of being copied by the collector
+    control.send(json.dumps({"ready": facts}).encode())
+    _Zygote(control).serve()
+
+
+def _seal() -> dict:
+    """As root: no network and no files for anything forked from here on. Best effort:
+    without the privilege the children still get their rlimits."""
+    if os.geteuid() != 0:
+        return {"sealed": False, "why": "not root"}
+    refused = unshare(CLONE_NEWNET | CLONE_NEWNS)
+    if refused is not None:
+        return {"sealed": False, "why": refused}
+    enter_empty_root()
+    return {"sealed": True}
+
+
+class _Zygote:
+    def __init__(self, control: socket.socket):
+        self.control = control
+        self.children: dict[int, tuple[Spawn, int]] = {}  # pid -> (its spawn request, its status fd)
+        self.killed: dict[int, str] = {}  # pid -> why we killed it
+        self.spares: dict[int, socket.socket] = {}  # pid -> the channel its run will arrive on
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup fd sees SIGCHLD
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(control, selectors.EVENT_READ)
+        self.selector.register(wake_r, selectors.EVENT_READ)
+        self.wake_r = wake_r
+
+    def serve(self) -> NoReturn:
+        while True:
+            self._refill()
+            pending = [spawn.deadline + KILL_GRACE_S for pid, (spawn, _) in self.children.items()
+                       if pid not in self.killed]
+            timeout = max(0.0, min(pending) - time.monotonic()) if pending else None
+            for key, _ in self.selector.select(timeout):
+                if key.fileobj is self.control:
+                    self._receive()
+                else:
+                    os.read(self.wake_r, 4096)
+            self._reap()
+            self._expire()
+
+    def _receive(self) -> None:
+        message, fds, _, _ = socket.recv_fds(self.control, 4096, 2)
+        if not message:  # the parent is gone: so are its runs
+            for pid in [*self.children, *self.spares]:
+                os.kill(pid, signal.SIGKILL)
+            os._exit(0)
+        request = json.loads(message)
+        if "spawn" in request and len(fds) == 2:
+            self._spawn(Spawn(request["spawn"], request["deadline"], request["cpu_s"], request["memory_mb"]), *fds)
+            return
+        for fd in fds:
+            os.close(fd)
+        if "kill" in request:
+            self._kill(request["kill"], "stopped")
+
+    def _spawn(self, spawn: Spawn, proto_fd: int, status_fd: int) -> None:
+        """Give the run to a spare; the spare keeps the socket, the zygote the status pipe."""
+        try:
+            pid = next(iter(self.spares)) if self.spares else self._fork()
+            os.setpriority(os.PRIO_PROCESS, pid, 0)  # back from the warm-up's low priority
+            with self.spares.pop(pid) as channel:
+                socket.send_fds(channel, [json.dumps(asdict(spawn)).encode()], [proto_fd])
+            self.children[pid] = (spawn, status_fd)
+        except OSError as e:
+            _report(status_fd, {"spawn_error": str(e)})
+        finally:
+            os.close(proto_fd)
+
+    def _refill(self) -> None:
+        try:
+            while len(self.spares) < SPARES:
+                self._fork()
+        except OSError:
+            pass  # out of processes or memory: runs then fail to start, with the reason
+
+    def _fork(self) -> int:
+        """A new spare: forked, then confining and warming itself up in parallel."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        zygote = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            raise
+        if pid == 0:
+            os.nice(19)  # warming up must not slow the runs under way
+            _child(theirs.fileno(), zygote)
+        theirs.close()
+        self.spares[pid] = ours
+        return pid
+
+    def _kill(self, token: int, why: str) -> None:
+        for pid, (spawn, _) in self.children.items():
+            if spawn.token == token and pid not in self.killed:
+                os.kill(pid, signal.SIGKILL)  # not yet reaped, so the pid is still this child's
+                self.killed[pid] = why
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for pid, (spawn, _) in self.children.items():
+            if now > spawn.deadline + KILL_GRACE_S and pid not in self.killed:
+                os.kill(pid, signal.SIGKILL)
+                self.killed[pid] = "deadline"
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.spares:  # died waiting (the OOM killer?): _refill replaces it
+                self.spares.pop(pid).close()
+            if pid not in self.children:  # a spare that never got its run
+                continue
+            _, status_fd = self.children.pop(pid)
+            _report(status_fd, {"wait_status": status, "killed": self.killed.pop(pid, None)})
+
+
+def _report(fd: int, facts: dict) -> None:
+    try:
+        os.write(fd, json.dumps(facts).encode())
+    except OSError:
+        pass  # the parent stopped waiting for this run
+    os.close(fd)
+
+
+# ----------------------------------------------------------------------------- a child
+
+def _child(channel_fd: int, zygote: int) -> NoReturn:
+    """Runs in a forked child: confine it, warm it up, wait for its run, run it, exit
+    without cleanup."""
+    try:
+        os.dup2(channel_fd, CHANNEL_FD)
+        os.closerange(CHANNEL_FD + 1, os.sysconf("SC_OPEN_MAX"))  # the control socket, others' pipes
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _confine(zygote)
+        _warm_up()  # the copy-on-write faults of a run, taken before it is waited for
+        channel = socket.socket(fileno=CHANNEL_FD)
+        message, fds, _, _ = socket.recv_fds(channel, 4096, 1)
+        if not fds:
+            os._exit(0)  # the zygote is gone
+        channel.close()
+        _limit(Spawn(**json.loads(message)))
+        os._exit(asyncio.run(_session(socket.socket(fileno=fds[0]))))
+    except MemoryError:
+        os._exit(MEMORY_EXIT)
+    except BaseException:  # noqa: BLE001 - our own failure; the workflow's are outcomes
+        try:
+            traceback.print_exc()
+        finally:
+            os._exit(CRASH_EXIT)
+
+
+def _confine(zygote: int) -> None:
+    for kind, limit in ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, MAX_OPEN_FILES)):
+        resource.setrlimit(kind, (limit, limit))
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no processes, no threads (root would be exempt)
+    libc("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    libc("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after setuid, which clears it
+    if os.getppid() != zygote:
+        os._exit(CRASH_EXIT)  # the zygote died before the line above
+    sys.setrecursionlimit(RECURSION_LIMIT)
+
+
+def _limit(spawn: Spawn) -> None:
+    """The run's limits: its whole address space, and CPU time on top of the warm-up's
+    (lowering a hard limit needs no privilege)."""
+    memory = spawn.memory_mb << 20
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = math.ceil(used.ru_utime + used.ru_stime) + spawn.cpu_s
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
+
+
+async def _session(sock: socket.socket) -> int:
+    """Read the job, run it with operator calls sent to the parent, send the outcome."""
+    reader, writer = await asyncio.open_connection(sock=sock)
+    job = await read_message(reader, MAX_REPLY_BYTES)
+    pending: dict[int, asyncio.Future] = {}
+    ids = itertools.count()
+
+    async def gateway(request: dict) -> dict:
+        call_id, reply = next(ids), asyncio.get_running_loop().create_future()
+        pending[call_id] = reply
+        writer.write(frame({"id": call_id, "call": request}))
+        try:
+            return await reply
+        finally:
+            pending.pop(call_id, None)
+
+    replies = asyncio.create_task(_dispatch(reader, pending))
+    limits = RunLimits(max_steps=job["max_steps"], deadline=job["deadline"])
+    config = WorkflowConfig(job["family"], job["model"], limits)
+    operators = stub_operators(FAMILY_OPERATORS[job["family"]], gateway)
+    outcome = await run_restricted(job["code"], job["problem"], limits, config, operators, job["timeout_s"])
+    writer.write(frame({"result": asdict(outcome)}))
+    await writer.drain()
+    replies.cancel()
+    return 0
+
+
+async def _dispatch(reader: asyncio.StreamReader, pending: dict[int, asyncio.Future]) -> None:
+    """Hand each reply to the call waiting for it (the parent closes the socket only after
+    asking the zygote to kill this process)."""
+    while (message := await read_message(reader, MAX_REPLY_BYTES)) is not None:
+        reply = pending.get(message["id"])
+        if reply is not None and not reply.done():
+            reply.set_result(message["reply"])
+
+
+# ----------------------------------------------------------------------------- warm-up
+
+_WARM_UP = '''
+class Workflow:
+    def __init__(self, config, problem):
+        self.custom = operator.Custom(config)
+
+    async def run_workflow(self):
+        found = await asyncio.gather(self.custom(instruction="a"), self.custom(instruction=["b", ("c",)]))
+        print(len(found), {"k": [1, 2.5, None, True]}, sep=", ")
+        try:
+            found[5]
+        except IndexError as e:
+            print(e)
+        if len(found) > 1:
+            raise ValueError("warm")
+        return found
+'''
+
+
+def _warm_up() -> None:
+    """One run through the child's whole path (socket, stubs, gather, print, an error), so
+    every lazily imported module and cache is in the template before it is sealed."""
+    async def parent(sock: socket.socket) -> None:
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(frame({"code": _WARM_UP, "problem": "p", "family": "math", "model": "m", "timeout_s": 10.0,
+                            "deadline": time.monotonic() + 10, "max_steps": 1000}))
+        while "result" not in (message := await read_message(reader, MAX_REPLY_BYTES)):
+            writer.write(frame({"id": message["id"], "reply": {"ok": {"response": "r"}}}))
+        assert message["result"]["error"].startswith("ValueError: warm"), message
+
+    async def both() -> None:
+        ours, theirs = socket.socketpair()
+        await asyncio.gather(parent(ours), _session(theirs))
+        ours.close()
+        theirs.close()
+
+    asyncio.run(both())
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))
