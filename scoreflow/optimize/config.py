@@ -47,7 +47,8 @@ class RunConfig:
                                                  "the endpoint's own).")
     iterations: int = flag(3, "Optimisation iterations: generate, execute, score, pairs, Score-DPO.")
     k: int = flag(8, "Workflows sampled per question and iteration.")
-    runs: int = flag(3, "Executions per workflow; the workflow's score is their mean.")
+    runs: int = flag(3, "Executions per workflow, each a real request; the workflow's score is their mean. A "
+                        "deterministic executor at temperature 0 (the embedded one) repeats itself exactly.")
     pairs: int | None = flag(None, "Preference pairs N drawn with replacement from P* per iteration (default: 600 "
                                    "for HumanEval, 2000 for the others, as in the reference).")
     pair_gap: str = flag("cubic", "d in P*(w,l) ∝ d(s_w, s_l): cubic = (s_w - s_l)^3 (the paper), uniform = plain "
@@ -100,11 +101,12 @@ class RunConfig:
         return cls(**d)
 
 
-# The no-flag run: 4 GSM8K questions, 8 workflows each (the paper's k), 2 iterations; invalid workflows kept with
+# The no-flag run: 4 GSM8K questions, 8 workflows each (the paper's k), 1 run each (our greedy executor would
+# repeat itself exactly: more runs cost time and add no information), 2 iterations; invalid workflows kept with
 # score 0 and valid ones lifted to >= 0.1, so the 135M generator first learns to write valid
 # ones; a larger learning rate and sampling temperature than the paper so that a few dozen
 # pairs move the policy visibly. It shows the mechanism, not the paper's accuracy.
-EMBEDDED = dict(limit=4, k=8, runs=3, pairs=32, iterations=2, invalid="zero", valid_floor=0.1, max_new_tokens=384,
+EMBEDDED = dict(limit=4, k=8, runs=1, pairs=32, iterations=2, invalid="zero", valid_floor=0.1, max_new_tokens=384,
                 temperature=0.7, executor_max_tokens=256, executor_concurrency=8,
                 dpo=TrainConfig(lr=1e-4, warmup_steps=2))
 

@@ -18,18 +18,19 @@ what an uninterrupted one would have written.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..dpo import (GAPS, ScoredWorkflow, build_pairs, pairs_from_records, pairs_to_records, sample_pairs,
-                   template_similarity)
+from ..dpo import GAPS, ScoredWorkflow, build_pairs, pairs_from_records, pairs_to_records, sample_pairs
 from ..dpo.batch import PairExample
 from ..dpo.trainer import train_dpo
 from ..engine.sampling import splitmix64
 from ..lora import save_adapter
 from ..tasks.base import Question, Task
-from ..workflow.prompts import SIMILARITY_THRESHOLDS, TIME_LIMITS_S, template_workflow
+from ..workflow.prompts import SIMILARITY_THRESHOLDS, TIME_LIMITS_S
+from ..workflow.validate import NO_OPERATOR_CALL, calls_an_operator, template_similarity
 from ..workflow.restricted import describe
 from ..workflow.runtime import WorkerStartError, extract_graph, run_workflow, validate_workflow
 from .config import RunConfig
@@ -61,10 +62,6 @@ class Iteration:
         return self.task.family
 
     @property
-    def template(self) -> str:
-        return template_workflow(self.family)
-
-    @property
     def threshold(self) -> float | None:
         return SIMILARITY_THRESHOLDS.get(self.task.name)
 
@@ -73,10 +70,13 @@ class Iteration:
 
 
 def check_workflow(response: str, it: Iteration) -> dict:
-    """SPEC A3 validity: a <graph> with a valid Workflow, forbidden snippets, not near the template."""
+    """SPEC A3 validity: a <graph> with a valid Workflow that calls an operator, no forbidden
+    snippets, not near the template (on the run_workflow bodies)."""
     code = extract_graph(RESPONSE_PREFIX + response)
     problems = ["no <graph> block with code"] if code is None else validate_workflow(code, it.family)
-    similarity = template_similarity(code or "", it.template)
+    if code is not None and not problems and not calls_an_operator(code):
+        problems.append(NO_OPERATOR_CALL)
+    similarity = template_similarity(code or "", it.family)
     if it.threshold is not None and similarity >= it.threshold:
         problems.append(f"too similar to the template (difflib ratio {similarity:.2f} >= {it.threshold})")
     return {"code": code, "valid": not problems, "problems": problems, "similarity": round(similarity, 4)}
@@ -125,12 +125,14 @@ async def execute(it: Iteration, workflows: list[dict], executor) -> list[dict]:
     sem = asyncio.Semaphore(it.cfg.executor_concurrency)
     attempts = Attempts(it.dir / "attempts.jsonl")
 
-    async def runs_of(w: dict) -> None:  # runs in order: a deterministic executor's reruns hit the cache
+    async def runs_of(w: dict) -> None:
         q = questions[w["question_id"]]
         async with sem:
             for r in range(it.cfg.runs):
                 if (w["id"], r) not in done:
-                    log.append([await attempts.run(w, r, lambda: run_once(it, w, q, r, executor, timeout))])
+                    # run r is its own request (SPEC A4.2: R real calls; the cache replays a run only on resume)
+                    runner = functools.partial(run_once, it, w, q, r, executor.scoped(f"run{r}"), timeout)
+                    log.append([await attempts.run(w, r, runner)])
                 progress.update()
 
     await asyncio.gather(*(runs_of(w) for w in todo))
@@ -214,9 +216,10 @@ def pairs(it: Iteration, workflows: list[dict], scores: list[dict]) -> list[dict
     if stage_done(it.dir, "pairs"):
         return log.read()
     text = {w["id"]: w["code"] or RESPONSE_PREFIX + w["response"] for w in workflows}
+    near = {i for i, t in text.items() if it.threshold is not None and template_similarity(t, it.family) >= it.threshold}
     scored = [ScoredWorkflow(s["workflow_id"], s["question_id"], text[s["workflow_id"]], s["score"])
-              for s in scores if s["score"] is not None]
-    candidates = build_pairs(scored, it.template, it.threshold)
+              for s in scores if s["score"] is not None and s["workflow_id"] not in near]  # near-template: dropped
+    candidates = build_pairs(scored)
     drawn = sample_pairs(candidates, it.cfg.pairs, GAPS[it.cfg.pair_gap], seed=it.seed(0, 255)) if candidates else []
     log.write(pairs_to_records(drawn))
     mark_done(it.dir, "pairs", {"candidates": len(candidates), "drawn": len(drawn)})

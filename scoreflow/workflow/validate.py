@@ -37,9 +37,10 @@ time limit or the loop-step budget is spent (operators.RunContext.tick).
 from __future__ import annotations
 
 import ast
+import difflib
 import re
 
-from scoreflow.workflow.prompts import FAMILY_OPERATORS, FORBIDDEN_SNIPPETS
+from scoreflow.workflow.prompts import FAMILY_OPERATORS, FORBIDDEN_SNIPPETS, template_workflow
 
 MAX_WORKFLOW_CHARS = 20_000
 MAX_PROBLEMS = 20
@@ -105,6 +106,61 @@ def _shape_problems(tree: ast.Module) -> list[str]:
     elif not isinstance(run, ast.AsyncFunctionDef) or not _takes_exactly(run, 1):
         problems.append(f"line {run.lineno}: run_workflow must be `async def run_workflow(self)`")
     return problems
+
+
+NO_OPERATOR_CALL = "calls no operator: the problem reaches the executor only through operators"
+
+
+def calls_an_operator(code: str) -> bool:
+    """SPEC A3's "no operator call" test, statically: some method of Workflow calls
+    `self.<name>(...)` where `self.<name> = operator.X(config)` (or calls `operator.X(config)(...)`
+    directly). A validity rule of the optimisation loop, not a safety rule: run_workflow runs
+    such code. Unparsable code: False."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    workflow = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Workflow"), None)
+    if workflow is None:
+        return False
+
+    def is_operator(node: ast.AST) -> bool:  # operator.X(...)
+        return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "operator")
+
+    bound = {target.attr for node in ast.walk(workflow) if isinstance(node, ast.Assign) and is_operator(node.value)
+             for target in node.targets if isinstance(target, ast.Attribute)
+             and isinstance(target.value, ast.Name) and target.value.id == "self"}
+    return any(isinstance(node, ast.Call) and (is_operator(node.func) or (
+        isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "self" and node.func.attr in bound)) for node in ast.walk(workflow))
+
+
+def workflow_body(code: str) -> str | None:
+    """The statements of `Workflow.run_workflow`, unparsed (whitespace and comments
+    normalised away); None when the code does not parse or has no such method."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    for cls in tree.body:
+        if isinstance(cls, ast.ClassDef) and cls.name == "Workflow":
+            for fn in cls.body:
+                if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.name == "run_workflow":
+                    return "\n".join(ast.unparse(stmt) for stmt in fn.body)
+    return None
+
+
+def template_similarity(code: str, family: str) -> float:
+    """SPEC A3's near-template test: difflib ratio between the body of `code`'s run_workflow
+    and the body of the family's template, in [0, 1]. Only the body: the template's
+    `__init__` binds every operator, boilerplate that would lift every ratio. Code that does
+    not parse is compared as raw text with the whole template."""
+    template = template_workflow(family)
+    body = workflow_body(code)
+    if body is None:
+        return difflib.SequenceMatcher(None, code, template).ratio()
+    return difflib.SequenceMatcher(None, body, workflow_body(template)).ratio()
 
 
 def _is_docstring(node: ast.stmt) -> bool:

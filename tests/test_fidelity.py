@@ -1,0 +1,70 @@
+"""The optimisation loop as the paper runs it (SPEC A3/A4): template similarity on the
+run_workflow body, a workflow must call an operator, and R executions are R real requests."""
+
+import asyncio
+
+from fake_openai_server import FakeOpenAIServer
+from scoreflow.executor import ExecutorClient
+from scoreflow.optimize import stages
+from scoreflow.optimize.config import RunConfig
+from scoreflow.tasks import load_task
+from scoreflow.workflow.prompts import SIMILARITY_THRESHOLDS, TEMPLATE_BODIES, template_workflow, workflow_source
+from scoreflow.workflow.validate import calls_an_operator, template_similarity
+
+ENSEMBLE = """\
+solutions = []
+for i in range(3):
+    s = await self.custom(instruction="Solve the problem step by step and state the final answer.")
+    solutions.append(s["response"])
+best = await self.sc_ensemble(solutions=solutions)
+return best["response"]"""
+PROGRAM_REVIEW = """\
+program = await self.programmer(analysis="Compute the answer exactly.")
+reviewed = await self.review(pre_solution=program["output"])
+return reviewed["solution"]"""
+REWORDED = TEMPLATE_BODIES["math"].replace("explaining the reasoning behind each step", "giving the reason for every step")
+
+
+def test_similarity_is_taken_on_the_body_so_short_good_workflows_are_kept():
+    threshold = SIMILARITY_THRESHOLDS["gsm8k"]
+    kept = [workflow_source("math", body) for body in (ENSEMBLE, PROGRAM_REVIEW)]
+    dropped = [template_workflow("math"), workflow_source("math", REWORDED)]
+    assert all(template_similarity(code, "math") < threshold for code in kept)
+    assert all(template_similarity(code, "math") >= threshold for code in dropped)
+    assert template_similarity(template_workflow("math"), "math") == 1.0
+    assert template_similarity("class Workflow(:", "math") < 0.5  # unparsable: raw text against the template
+
+
+def test_a_workflow_must_call_an_operator():
+    assert calls_an_operator(workflow_source("math", ENSEMBLE))
+    assert calls_an_operator(workflow_source("math", "x = await self.helper()\nreturn x", methods="""
+        async def helper(self):
+            r = await self.custom(instruction="Solve it.")
+            return r["response"]"""))
+    assert not calls_an_operator(workflow_source("math", 'return "\\\\boxed{64}"'))
+    assert not calls_an_operator(workflow_source("math", 'x = 20 + 44\nreturn str(x)'))
+
+
+def test_runs_are_real_requests_and_a_resume_sends_none(tmp_path):
+    task = load_task("gsm8k", "validate")
+    q = task.questions[0]
+    workflow = {"id": "w", "question_id": q.id, "valid": True,
+                "code": workflow_source("math", 'r = await self.custom(instruction="Solve it.")\nreturn r["response"]')}
+
+    def execute(runs: int, out):
+        it = stages.Iteration(0, out, RunConfig(runs=runs), task)
+
+        async def main():
+            async with ExecutorClient(server.base_url, "fake", api_key="k", cache_dir=out / "cache") as client:
+                return await stages.execute(it, [workflow], client)
+        return asyncio.run(main())
+
+    with FakeOpenAIServer() as server:
+        execute(1, tmp_path / "one")
+        one = server.request_count
+        records = execute(3, tmp_path / "three")  # at temperature 0, each run is still its own request
+        three = server.request_count - one
+        execute(3, tmp_path / "three")
+        assert server.request_count - one == three  # the resume sent nothing
+    assert three == 3 * one and one == 2  # the Custom call and the extraction step
+    assert sorted(r["run"] for r in records) == [0, 1, 2]
