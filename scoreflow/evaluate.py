@@ -93,6 +93,7 @@ class EvalConfig:
     max_new_tokens: int = 1000
     max_resample: int = flag(3, "Resamples of an invalid workflow; a question left without a valid one scores 0.")
     workflow_timeout_s: float | None = None
+    operators: str = ""  # "+MagicoreRefine": the operator set the generator was trained with
     seed: int = 0
 
     def __post_init__(self):

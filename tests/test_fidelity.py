@@ -68,3 +68,16 @@ def test_runs_are_real_requests_and_a_resume_sends_none(tmp_path):
         assert server.request_count - one == three  # the resume sent nothing
     assert three == 3 * one and one == 2  # the Custom call and the extraction step
     assert sorted(r["run"] for r in records) == [0, 1, 2]
+
+
+def test_magicore_refine_is_offered_only_when_asked_for(tmp_path):
+    task = load_task("gsm8k", "validate")
+    uses_it = workflow_source("math", 'r = await self.magicore_refine(solutions=["a", "b"])\nreturn r["response"]')
+    paper = stages.Iteration(0, tmp_path, RunConfig(), task)
+    extended = stages.Iteration(0, tmp_path, RunConfig(operators="+MagicoreRefine"), task)
+    response = uses_it + "</graph>"
+    assert "MagicoreRefine" not in template_workflow("math") and "MagicoreRefine" in template_workflow(
+        "math", ("MagicoreRefine",))
+    assert stages.check_workflow(response, extended)["valid"]
+    problems = stages.check_workflow(response, paper)["problems"]
+    assert problems == ["uses MagicoreRefine, which this run does not offer (add it with --operators +Name)"]

@@ -235,7 +235,7 @@ def test_magicore_refine_operator_refines_hard_candidates_through_the_run():
     assert entry.operator == "MagicoreRefine" and entry.error is None and entry.llm_calls == 30
 
 
-def test_generated_math_workflows_can_use_magicore_refine():
+def test_generated_math_workflows_can_use_magicore_refine_when_offered():
     from scoreflow.workflow.prompts import generator_guide, workflow_source
     from scoreflow.workflow.runtime import run_workflow, validate_workflow
 
@@ -248,7 +248,8 @@ return refined["response"]
 '''
     code = workflow_source("math", body)
     assert "self.magicore_refine = operator.MagicoreRefine(config)" in code
-    assert "await self.magicore_refine(solutions, problem=None)" in generator_guide("math")
+    assert "await self.magicore_refine(solutions, problem=None)" in generator_guide("math", ("MagicoreRefine",))
+    assert "magicore" not in generator_guide("math").lower()  # opt-in: the paper's operator set by default
     assert validate_workflow(code, "math") == []
     qa = workflow_source("qa", body).replace("self.problem = problem", "self.problem = problem\n"
                                              "        self.magicore_refine = operator.MagicoreRefine(config)")

@@ -17,6 +17,7 @@ from ..dpo.trainer import TrainConfig
 from ..executor.reachable import require_reachable
 from ..llama.registry import DEFAULT_MODEL, resolve_model_dir
 from ..tasks.registry import TASK_NAMES
+from ..workflow.prompts import EXTRA_OPERATORS
 from .rundir import save_or_check_settings
 
 
@@ -65,6 +66,8 @@ class RunConfig:
                                    "floor + (1 - floor) * S.")
     workflow_timeout_s: float | None = flag(None, "Wall-clock limit of one workflow run in seconds (default: 120 "
                                                   "math/QA, 240 code).")
+    operators: str = flag("", "Operators added to the paper's set, e.g. +MagicoreRefine (ours, math only); "
+                              "default: the paper's operators.")
     lora_r: int = flag(8, "LoRA rank on q_proj and v_proj.")
     lora_alpha: float = flag(16.0, "LoRA alpha (the update is scaled by alpha / r).")
     lora_dropout: float = flag(0.01, "LoRA dropout.")
@@ -74,6 +77,10 @@ class RunConfig:
     def __post_init__(self):
         if self.pairs is None:  # the reference's N per task; stored resolved, so a resume compares numbers
             object.__setattr__(self, "pairs", PAPER_PAIRS.get(self.task, 2000))
+        unknown = [name for name in self.extra_operators if name not in EXTRA_OPERATORS]
+        if unknown or any(not part.startswith("+") for part in self.operators.split(",") if part):
+            raise ValueError(f"operators: {self.operators!r} is not a comma list of +Name with a name from "
+                             f"{', '.join(EXTRA_OPERATORS)}")
         if self.pair_gap not in GAPS:
             raise ValueError(f"pair_gap must be one of {', '.join(GAPS)}, got {self.pair_gap!r}")
         if self.invalid not in ("drop", "zero"):
@@ -82,6 +89,11 @@ class RunConfig:
             raise ValueError(f"valid_floor must be in [0, 1), got {self.valid_floor}")
         if min(self.iterations, self.k, self.runs, self.pairs) < 1:
             raise ValueError("iterations, k, runs and pairs must all be >= 1")
+
+    @property
+    def extra_operators(self) -> tuple[str, ...]:
+        """"+MagicoreRefine" -> ("MagicoreRefine",)."""
+        return tuple(part.strip().lstrip("+") for part in self.operators.split(",") if part.strip())
 
     @property
     def embedded(self) -> bool:

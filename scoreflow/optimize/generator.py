@@ -29,8 +29,9 @@ STOP = "</graph>"
 RESPONSE_PREFIX = "<graph>\n"
 
 
-def prompt_ids(tokenizer, family: str, question: str) -> list[int]:
-    return tokenizer.encode(tokenizer.apply_chat_template(generator_prompt(family, question)) + RESPONSE_PREFIX)
+def prompt_ids(tokenizer, family: str, question: str, extra: tuple[str, ...] = ()) -> list[int]:
+    messages = generator_prompt(family, question, extra)
+    return tokenizer.encode(tokenizer.apply_chat_template(messages) + RESPONSE_PREFIX)
 
 
 class LocalGenerator:
@@ -47,7 +48,7 @@ class LocalGenerator:
         self._engine = None
 
     def prompt_ids(self, family: str, question: str) -> list[int]:
-        return prompt_ids(self.tokenizer, family, question)
+        return prompt_ids(self.tokenizer, family, question, self.cfg.extra_operators)
 
     def for_iteration(self, adapter_dir: Path | None) -> LocalGenerator:
         """The generator of the next iteration: this one, whose model Score-DPO trained in place."""
@@ -92,7 +93,7 @@ class RemoteGenerator:
         return self._policy.model
 
     def prompt_ids(self, family: str, question: str) -> list[int]:
-        return prompt_ids(self.tokenizer, family, question)
+        return prompt_ids(self.tokenizer, family, question, self.cfg.extra_operators)
 
     def for_iteration(self, adapter_dir: Path | None) -> RemoteGenerator:
         """The generator of the next iteration: the endpoint asked to serve the new adapter."""

@@ -29,8 +29,8 @@ from ..dpo.trainer import train_dpo
 from ..engine.sampling import splitmix64
 from ..lora import save_adapter
 from ..tasks.base import Question, Task
-from ..workflow.prompts import SIMILARITY_THRESHOLDS, TIME_LIMITS_S
-from ..workflow.validate import NO_OPERATOR_CALL, calls_an_operator, template_similarity
+from ..workflow.prompts import SIMILARITY_THRESHOLDS, TIME_LIMITS_S, search_operators
+from ..workflow.validate import NO_OPERATOR_CALL, calls_an_operator, operators_built, template_similarity
 from ..workflow.restricted import describe
 from ..workflow.runtime import WorkerStartError, extract_graph, run_workflow, validate_workflow
 from .config import RunConfig
@@ -74,8 +74,11 @@ def check_workflow(response: str, it: Iteration) -> dict:
     snippets, not near the template (on the run_workflow bodies)."""
     code = extract_graph(RESPONSE_PREFIX + response)
     problems = ["no <graph> block with code"] if code is None else validate_workflow(code, it.family)
-    if code is not None and not problems and not calls_an_operator(code):
-        problems.append(NO_OPERATOR_CALL)
+    if code is not None and not problems:
+        if not calls_an_operator(code):
+            problems.append(NO_OPERATOR_CALL)
+        if extra := sorted(operators_built(code) - set(search_operators(it.family, it.cfg.extra_operators))):
+            problems.append(f"uses {', '.join(extra)}, which this run does not offer (add it with --operators +Name)")
     similarity = template_similarity(code or "", it.family)
     if it.threshold is not None and similarity >= it.threshold:
         problems.append(f"too similar to the template (difflib ratio {similarity:.2f} >= {it.threshold})")

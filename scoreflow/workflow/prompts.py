@@ -35,13 +35,24 @@ TIME_LIMITS_S: dict[str, float] = {"math": 120.0, "qa": 120.0, "code": 240.0}  #
 
 # --------------------------------------------------------------------------- operators
 
-# Which operators each task family's workflows may build (SPEC A2), and the attribute the
-# template binds each one to.
-FAMILY_OPERATORS: dict[str, tuple[str, ...]] = {
-    "math": ("Custom", "Programmer", "ScEnsemble", "Review", "MagicoreRefine"),
+# The operators each task family offers the generator (SPEC A2: the paper's set), the ones
+# a run may add (ours: `--operators +MagicoreRefine`), and so what the runtime can run; and
+# the attribute the template binds each one to.
+PAPER_OPERATORS: dict[str, tuple[str, ...]] = {
+    "math": ("Custom", "Programmer", "ScEnsemble", "Review"),
     "qa": ("Custom", "AnswerGenerate", "ScEnsemble", "Review"),
     "code": ("CustomCodeGenerate", "ScEnsemble", "Test"),
 }
+EXTRA_OPERATORS: dict[str, str] = {"MagicoreRefine": "math"}  # name -> the family that may add it
+FAMILY_OPERATORS: dict[str, tuple[str, ...]] = {
+    family: ops + tuple(name for name, f in EXTRA_OPERATORS.items() if f == family)
+    for family, ops in PAPER_OPERATORS.items()}
+
+
+def search_operators(family: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The operators a run offers the generator: the paper's, plus those of `extra` that the
+    family may add."""
+    return PAPER_OPERATORS[family] + tuple(name for name in extra if EXTRA_OPERATORS.get(name) == family)
 ATTRIBUTES: dict[str, str] = {
     "Custom": "custom", "AnswerGenerate": "answer_generate", "Programmer": "programmer",
     "ScEnsemble": "sc_ensemble", "Review": "review", "CustomCodeGenerate": "custom_code_generate",
@@ -263,44 +274,44 @@ Rules:
 8. Reply with the workflow only, between <graph> and </graph>."""
 
 
-def workflow_source(family: str, body: str, methods: str = "") -> str:
-    """A complete workflow for `family`: the template's class and `__init__` (binding every
-    operator of the family) around `body`, the statements of `run_workflow`; `methods`
-    (dedented method definitions) are added to the class."""
+def workflow_source(family: str, body: str, methods: str = "", operators: tuple[str, ...] | None = None) -> str:
+    """A complete workflow for `family`: the template's class and `__init__` (binding
+    `operators`, by default every operator the family can run) around `body`, the statements
+    of `run_workflow`; `methods` (dedented method definitions) are added to the class."""
     creates = "".join(f"        self.{ATTRIBUTES[name]} = operator.{name}(config)\n"
-                      for name in FAMILY_OPERATORS[family])
+                      for name in (FAMILY_OPERATORS[family] if operators is None else operators))
     extra = "\n" + textwrap.indent(textwrap.dedent(methods).strip(), " " * 4) + "\n" if methods.strip() else ""
     return (f"class Workflow:\n    def __init__(self, config, problem):\n        self.problem = problem\n{creates}\n"
             f"    async def run_workflow(self):\n{textwrap.indent(textwrap.dedent(body).strip(), ' ' * 8)}\n{extra}")
 
 
-def template_workflow(family: str) -> str:
-    """The template workflow shown to the generator (a single call, SPEC A2); the pairs
-    module compares generated workflows with it."""
-    return workflow_source(family, TEMPLATE_BODIES[family])
+def template_workflow(family: str, extra: tuple[str, ...] = ()) -> str:
+    """The template workflow shown to the generator (a single call, SPEC A2), binding the
+    run's operators; generation and pairs compare generated workflows with its body."""
+    return workflow_source(family, TEMPLATE_BODIES[family], operators=search_operators(family, extra))
 
 
-def generator_guide(family: str) -> str:
-    """The family's guide: template, operators, rules."""
+def generator_guide(family: str, extra: tuple[str, ...] = ()) -> str:
+    """The family's guide: template, the run's operators (the paper's plus `extra`), rules."""
     if family not in FAMILY_OPERATORS:
         raise ValueError(f"unknown task family {family!r}; choose one of {', '.join(FAMILY_OPERATORS)}")
     operators = []
-    for i, name in enumerate(FAMILY_OPERATORS[family], start=1):
+    for i, name in enumerate(search_operators(family, extra), start=1):
         guide = OPERATOR_GUIDES[name]
         operators.append(f"{i}. {name}: await self.{ATTRIBUTES[name]}({guide.parameters}) -> {guide.returns}\n"
                          f"   {guide.purpose}\n   Example:\n{textwrap.indent(guide.example, ' ' * 6)}")
     return (f"You design workflows: small Python programs that call LLM-backed operators to solve a "
             f"problem. A weaker LLM executes every operator call.\n\n"
-            f"The template workflow:\n<graph>\n{template_workflow(family)}</graph>\n\n"
+            f"The template workflow:\n<graph>\n{template_workflow(family, extra)}</graph>\n\n"
             f"Operators (parameters left out default to the current problem):\n" + "\n\n".join(operators)
             + f"\n\n{RULES}")
 
 
-def generator_prompt(family: str, question_text: str) -> list[dict[str, str]]:
+def generator_prompt(family: str, question_text: str, extra: tuple[str, ...] = ()) -> list[dict[str, str]]:
     """Chat messages for the generator LLM: the family's guide (identical for every
     question: a shared prefix), then the example question."""
     return [
-        {"role": "system", "content": generator_guide(family)},
+        {"role": "system", "content": generator_guide(family, extra)},
         {"role": "user", "content": f"An example problem of this kind (for context only):\n\n{question_text}\n\n"
                                     f"Write a workflow that solves problems like this one well. "
                                     f"Reply with it between <graph> and </graph>."},

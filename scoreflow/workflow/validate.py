@@ -136,6 +136,16 @@ def calls_an_operator(code: str) -> bool:
         and node.func.value.id == "self" and node.func.attr in bound)) for node in ast.walk(workflow))
 
 
+def operators_built(code: str) -> set[str]:
+    """The X of every `operator.X` the code mentions (unparsable code: none)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return set()
+    return {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name) and node.value.id == "operator"}
+
+
 def workflow_body(code: str) -> str | None:
     """The statements of `Workflow.run_workflow`, unparsed (whitespace and comments
     normalised away); None when the code does not parse or has no such method."""
