@@ -9,7 +9,7 @@ from scoreflow.optimize import stages
 from scoreflow.optimize.config import RunConfig
 from scoreflow.tasks import load_task
 from scoreflow.workflow.prompts import SIMILARITY_THRESHOLDS, TEMPLATE_BODIES, template_workflow, workflow_source
-from scoreflow.workflow.validate import calls_an_operator, template_similarity
+from scoreflow.workflow.validate import NO_OPERATOR_CALL, calls_an_operator, template_similarity
 
 ENSEMBLE = """\
 solutions = []
@@ -72,7 +72,8 @@ def test_runs_are_real_requests_and_a_resume_sends_none(tmp_path):
 
 def test_magicore_refine_is_offered_only_when_asked_for(tmp_path):
     task = load_task("gsm8k", "validate")
-    uses_it = workflow_source("math", 'r = await self.magicore_refine(solutions=["a", "b"])\nreturn r["response"]')
+    uses_it = workflow_source("math", 'r = await self.magicore_refine(solutions=["a", "b"])\nreturn r["response"]',
+                              operators=("Custom", "MagicoreRefine"))
     paper = stages.Iteration(0, tmp_path, RunConfig(), task)
     extended = stages.Iteration(0, tmp_path, RunConfig(operators="+MagicoreRefine"), task)
     response = uses_it + "</graph>"
@@ -81,3 +82,16 @@ def test_magicore_refine_is_offered_only_when_asked_for(tmp_path):
     assert stages.check_workflow(response, extended)["valid"]
     problems = stages.check_workflow(response, paper)["problems"]
     assert problems == ["uses MagicoreRefine, which this run does not offer (add it with --operators +Name)"]
+
+
+def test_the_dry_run_keeps_only_workflows_that_run(tmp_path):
+    task = load_task("gsm8k", "validate")
+    it = stages.Iteration(0, tmp_path, RunConfig(), task)
+    correct = workflow_source("math", 'r = await self.custom(instruction="Solve it.")\nreturn r["response"]')
+    goal = workflow_source("math", 'r = await self.custom(instruction="Solve: " + self.problem["goal"])\n'
+                                   'return r["response"]')
+    no_operator = workflow_source("math", 'return str(20 + 44)')
+    checked = stages.check_and_dry_run([[c + "</graph>" for c in (correct, goal, no_operator)]], it)[0]
+    assert [w["valid"] for w in checked] == [True, False, False]
+    assert checked[1]["problems"][0].startswith("fails its dry run on a canned executor (error): TypeError")
+    assert checked[2]["problems"] == [NO_OPERATOR_CALL]

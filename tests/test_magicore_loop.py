@@ -246,7 +246,7 @@ for answer in ["1", "1", "2", "3", "4"]:
 refined = await self.magicore_refine(solutions=candidates)
 return refined["response"]
 '''
-    code = workflow_source("math", body)
+    code = workflow_source("math", body, operators=("Custom", "MagicoreRefine"))
     assert "self.magicore_refine = operator.MagicoreRefine(config)" in code
     assert "await self.magicore_refine(solutions, problem=None)" in generator_guide("math", ("MagicoreRefine",))
     assert "magicore" not in generator_guide("math").lower()  # opt-in: the paper's operator set by default

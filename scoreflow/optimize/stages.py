@@ -34,6 +34,7 @@ from ..workflow.validate import NO_OPERATOR_CALL, calls_an_operator, operators_b
 from ..workflow.restricted import describe
 from ..workflow.runtime import WorkerStartError, extract_graph, run_workflow, validate_workflow
 from .config import RunConfig
+from .dry_run import dry_run
 from .generator import RESPONSE_PREFIX
 from .progress import Progress
 from .rundir import JsonlLog, mark_done, stage_done
@@ -85,6 +86,21 @@ def check_workflow(response: str, it: Iteration) -> dict:
     return {"code": code, "valid": not problems, "problems": problems, "similarity": round(similarity, 4)}
 
 
+def check_and_dry_run(samples: list[list[str]], it: Iteration) -> list[list[dict]]:
+    """check_workflow on every response, then the dry run (dry_run.py) of the statically
+    valid ones, all at once; a failed dry run makes the workflow invalid, with the reason."""
+    checked = [[check_workflow(r, it) for r in responses] for responses in samples]
+    runnable = [w for ws in checked for w in ws if w["valid"]]
+
+    async def dry_runs() -> list[str | None]:
+        return await asyncio.gather(*(dry_run(w["code"], it.task) for w in runnable))
+
+    for w, error in zip(runnable, asyncio.run(dry_runs()) if runnable else []):
+        if error is not None:
+            w["valid"], w["problems"] = False, [error]
+    return checked
+
+
 # -- (1) generate --------------------------------------------------------------------------------
 def generate(it: Iteration, generator) -> list[dict]:
     log = JsonlLog(it.dir / "workflows.jsonl")
@@ -97,7 +113,7 @@ def generate(it: Iteration, generator) -> list[dict]:
         chunk = todo[c: c + step]
         prompts = [generator.prompt_ids(it.family, q.prompt) for _, q in chunk]
         samples = generator.sample(prompts, it.cfg.k, [it.seed(i, 0) for i, _ in chunk])
-        checked = [[check_workflow(r, it) for r in responses] for responses in samples]
+        checked = check_and_dry_run(samples, it)
         rounds = [[0] * len(responses) for responses in samples]
         for round_ in range(1, it.cfg.max_resample + 1 if it.cfg.invalid == "drop" else 1):
             bad = [[j for j, w in enumerate(ws) if not w["valid"]] for ws in checked]
@@ -106,9 +122,9 @@ def generate(it: Iteration, generator) -> list[dict]:
                 break
             redo = generator.sample([prompts[p] for p in again], [len(bad[p]) for p in again],
                                     [it.seed(chunk[p][0], round_) for p in again])
-            for p, responses in zip(again, redo):
-                for j, r in zip(bad[p], responses):
-                    samples[p][j], checked[p][j], rounds[p][j] = r, check_workflow(r, it), round_
+            for p, responses, rechecked in zip(again, redo, check_and_dry_run(redo, it)):
+                for j, r, w in zip(bad[p], responses, rechecked):
+                    samples[p][j], checked[p][j], rounds[p][j] = r, w, round_
         records = [{"id": f"it{it.index}-{q.id}-w{j}", "question_id": q.id, "index": j, "response": r,
                     "resamples": rounds[p][j], **w}
                    for p, (_, q) in enumerate(chunk) for j, (r, w) in enumerate(zip(samples[p], checked[p]))]

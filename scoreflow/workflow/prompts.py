@@ -276,10 +276,10 @@ Rules:
 
 def workflow_source(family: str, body: str, methods: str = "", operators: tuple[str, ...] | None = None) -> str:
     """A complete workflow for `family`: the template's class and `__init__` (binding
-    `operators`, by default every operator the family can run) around `body`, the statements
-    of `run_workflow`; `methods` (dedented method definitions) are added to the class."""
+    `operators`, by default the paper's set) around `body`, the statements of `run_workflow`;
+    `methods` (dedented method definitions) are added to the class."""
     creates = "".join(f"        self.{ATTRIBUTES[name]} = operator.{name}(config)\n"
-                      for name in (FAMILY_OPERATORS[family] if operators is None else operators))
+                      for name in (PAPER_OPERATORS[family] if operators is None else operators))
     extra = "\n" + textwrap.indent(textwrap.dedent(methods).strip(), " " * 4) + "\n" if methods.strip() else ""
     return (f"class Workflow:\n    def __init__(self, config, problem):\n        self.problem = problem\n{creates}\n"
             f"    async def run_workflow(self):\n{textwrap.indent(textwrap.dedent(body).strip(), ' ' * 8)}\n{extra}")
