@@ -1,38 +1,65 @@
 """MAgICoRE end to end on the default model: a handful of GSM8K questions through MAgICoRE and
-through every baseline on the same Solver chains, in one command.
+through every baseline on the same Solver chains, then each ablation on those same chains.
 
     python bench/bench_magicore.py [--limit 5] [--k 4] [--iters 2] [--max-tokens 256] [--out DIR]
+                                   [--ablations refine-all,cond1-only,cond2-only,no-review]
 
 Solver, Reviewer and Refiner are SmolLM2-135M-Instruct behind our own OpenAI-compatible server
 (scoreflow.engine.server, started on loopback); ORM and PRM are the same model as a local
 causal-LM reward model (reward.LocalLMRewardModel), a weak stand-in for trained reward models.
 So the numbers show that the pipeline runs and what it costs, not what MAgICoRE can do: a
 135M model solves almost no GSM8K problems, and its reward signal is close to noise.
-Prints the results table (also in OUT/results.md); rerunning with the same --out resumes.
+Each ablation runs in OUT/ablation-NAME, seeded with the full run's Solver chains
+(initial.jsonl), so the ablations differ from MAgICoRE only in what they change.
+Prints the results tables (also in OUT/results.md); rerunning with the same --out resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
-import torch
-
-from scoreflow.magicore.__main__ import main
+from scoreflow.magicore.loop import ABLATIONS
 
 
-def bench(limit: int, k: int, iters: int, max_tokens: int, out: str | None, seed: int) -> None:
-    out = out or tempfile.mkdtemp(prefix="bench_magicore_")
+def run_magicore(out: Path, settings: list[str]) -> tuple[dict, float]:
+    """One `python -m scoreflow.magicore` run in its own process (each loads its own server and
+    reward models; separate processes return that memory between runs); (summary, wall s)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "scoreflow.magicore", "--dataset", "gsm8k", "--out", str(out), *settings],
+                   check=True)
+    return json.loads((out / "summary.json").read_text()), time.perf_counter() - t0
+
+
+def bench(limit: int, k: int, iters: int, max_tokens: int, out: str | None, seed: int, ablations: str) -> None:
+    out = Path(out or tempfile.mkdtemp(prefix="bench_magicore_"))
+    settings = [f"--{name.replace('_', '-')}={value}" for name, value in
+                dict(limit=limit, k=k, iters=iters, max_tokens=max_tokens, seed=seed, concurrency=limit).items()]
     start = time.perf_counter()
-    summary = main("gsm8k", out, limit=limit, k=k, iters=iters, max_tokens=max_tokens,
-                   seed=seed, concurrency=limit)
-    wall = time.perf_counter() - start
-    print(f"\nwall {wall:.0f} s on {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-          f"torch threads; run directory {out}")
-    if summary is None:
-        raise SystemExit("some questions failed; see errors.jsonl in the run directory")
+    rows = [("none (MAgICoRE)", *run_magicore(out, settings))]
+    for name in [a for a in ablations.split(",") if a]:
+        if name not in ABLATIONS:
+            raise SystemExit(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
+        run_dir = out / f"ablation-{name}"
+        run_dir.mkdir(exist_ok=True)
+        if not (run_dir / "initial.jsonl").exists():
+            shutil.copy(out / "initial.jsonl", run_dir / "initial.jsonl")  # the same Solver chains
+        rows.append((name, *run_magicore(run_dir, [*settings, "--baselines=none", f"--ablation={name}"])))
+    print("\n| ablation | accuracy | classified hard at t=0 | calls / question | tokens / question | wall s |")
+    print("|---|---|---|---|---|---|")
+    for name, summary, wall in rows:
+        first, last = summary["iterations"][0], summary["iterations"][-1]
+        print(f"| {name} | {last['accuracy']:.3f} | {first['hard']:.2f} | {last['calls']:.1f} | "
+              f"{last['tokens']:.0f} | {wall:.0f} |")
+    print(f"\nwall {time.perf_counter() - start:.0f} s on {platform.processor() or platform.machine()}; "
+          f"run directory {out}")
 
 
 if __name__ == "__main__":
@@ -42,5 +69,7 @@ if __name__ == "__main__":
     ap.add_argument("--iters", type=int, default=2, help="maximum refinement iterations")
     ap.add_argument("--max-tokens", type=int, default=256, help="per Solver/Reviewer/Refiner call")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ablations", default=",".join(a for a in ABLATIONS if a != "none"),
+                    help="comma list of ablations to run on the same Solver chains (empty: none)")
     ap.add_argument("--out", help="run directory (default: a new temporary directory)")
     bench(**vars(ap.parse_args()))
