@@ -37,8 +37,8 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, D), cos/sin (B, T, D) -> (B, H, T, D); the rotation itself runs in fp32."""
-    xf = x.float()
+    """x (B, H, T, D), cos/sin (B, T, D) -> (B, H, T, D); the rotation runs in at least fp32."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
     x1, x2 = xf.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)
     return (xf * cos[:, None] + rotated * sin[:, None]).to(x.dtype)

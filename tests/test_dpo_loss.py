@@ -15,6 +15,7 @@ from scoreflow.dpo import (
     score_dpo_loss,
     theorem2_condition,
 )
+from scoreflow.dpo.loss import GroupedScoreDPOFunction, grouped_dpo_loss, grouped_score_dpo_loss
 
 DT = torch.float64
 BETA = 0.1
@@ -187,6 +188,67 @@ def test_influence_rejects_bad_pairs():
         influence(rewards, scores, torch.tensor([[0, 3]]), torch.ones(1, dtype=DT))
     with pytest.raises(ValueError, match=r"\(m, 2\)"):
         influence(rewards, scores, torch.tensor([0, 1]), torch.ones(1, dtype=DT))
+
+
+# ---------------------------------------------------------------- grouped form: Score-DPO by influence
+
+
+@pytest.mark.parametrize("f_name", ["identity", "sqrt", "callable", "dpo"])
+def test_grouped_loss_is_the_pairwise_loss_with_influence_as_its_gradient(f_name):
+    """One question's n responses: L, its gradient and I(z) equal the pairwise form's."""
+    rewards, scores, pairs, weights = random_pair_set(n=8, m=30, seed=9)
+    ref = -15 + 4 * torch.randn(8, dtype=DT, generator=torch.Generator().manual_seed(10))
+    policy = (ref + rewards / BETA).requires_grad_(True)  # (n,) so that β(policy − ref) = rewards
+    win, lose = pairs[:, 0], pairs[:, 1]
+    if f_name == "dpo":
+        ours, infl = grouped_dpo_loss(policy, ref, pairs, weights, BETA)
+        oracle = dpo_loss(policy[win], policy[lose], ref[win], ref[lose], BETA, weights=weights)
+    else:
+        f_lib, _ = F_CHOICES[f_name]
+        ours, infl = grouped_score_dpo_loss(policy, ref, scores, pairs, weights, BETA, f_lib)
+        oracle = score_dpo_loss(policy[win], policy[lose], ref[win], ref[lose], scores[win], scores[lose],
+                                BETA, f_lib, weights=weights)
+        torch.testing.assert_close(infl, influence(rewards, scores, pairs, weights, f_lib), rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(ours, oracle, rtol=1e-12, atol=1e-12)
+    (g_ours,), (g_oracle,) = grads(ours, [policy]), grads(oracle, [policy])
+    torch.testing.assert_close(g_ours, g_oracle, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(g_ours, -BETA * infl, rtol=1e-12, atol=1e-15)  # ∂L/∂logπθ(z) = −β I(z)
+
+
+def test_gradcheck_on_the_grouped_function():
+    rewards, scores, pairs, weights = random_pair_set(n=5, m=9, seed=11)
+    policy = (rewards / BETA).requires_grad_(True)
+    ref = torch.zeros(5, dtype=DT, requires_grad=True)
+    c_w, c_l = scores[pairs[:, 0]], 1 - scores[pairs[:, 1]]
+
+    def loss(pol, r):
+        return GroupedScoreDPOFunction.apply(pol, r, pairs, c_w, c_l, weights, BETA)[0]
+
+    assert torch.autograd.gradcheck(loss, (policy, ref), eps=1e-6, atol=1e-8)
+
+
+def test_grouped_loss_without_pairs_is_zero():
+    policy = torch.randn(3, dtype=DT, requires_grad=True)
+    no_pairs, no_weights = torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, dtype=DT)
+    loss, infl = grouped_score_dpo_loss(policy, torch.zeros(3, dtype=DT), torch.rand(3, dtype=DT), no_pairs,
+                                        no_weights, BETA)
+    loss.backward()
+    assert loss.item() == 0 and not infl.any() and not policy.grad.any()
+
+
+def test_grouped_loss_errors_name_the_problem():
+    logps, scores = torch.zeros(3, dtype=DT), torch.full((3,), 0.5, dtype=DT)
+    one_pair, one_weight = torch.tensor([[0, 1]]), torch.ones(1, dtype=DT)
+    with pytest.raises(ValueError, match="outside"):
+        grouped_dpo_loss(logps, logps, torch.tensor([[0, 3]]), one_weight)
+    with pytest.raises(ValueError, match=r"ref_logps \(2,\)"):
+        grouped_dpo_loss(logps, logps[:2], one_pair, one_weight)
+    with pytest.raises(ValueError, match=r"weights must have shape \(1,\)"):
+        grouped_score_dpo_loss(logps, logps, scores, one_pair, torch.ones(2, dtype=DT))
+    with pytest.raises(ValueError, match="not all zero"):
+        grouped_dpo_loss(logps, logps, one_pair, torch.zeros(1, dtype=DT))
+    with pytest.raises(ValueError, match=r"scores must lie in \[0, 1\]"):
+        grouped_score_dpo_loss(logps, logps, scores + 1, one_pair, one_weight)
 
 
 # ---------------------------------------------------------------- Theorem 2

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from scoreflow.dpo import trainer as trainer_mod
-from scoreflow.dpo.batch import PairExample, pack_pairs, pair_logps
+from scoreflow.dpo.batch import PairExample, pack, pair_logps
 from scoreflow.dpo.trainer import TrainConfig, train_dpo
 from scoreflow.llama import LlamaConfig, Transformer
 from scoreflow.lora import apply_lora
@@ -45,7 +45,7 @@ def test_shared_prompt_logps_equal_separate_sequences():
     model = tiny_lora_model().eval()
     pairs = tiny_pairs(3)
     with torch.no_grad():
-        chosen, rejected = pair_logps(model, pack_pairs(pairs))
+        chosen, rejected = pair_logps(model, pack(pairs))
         for i, p in enumerate(pairs):
             for resp, got in ((p.chosen_ids, chosen[i]), (p.rejected_ids, rejected[i])):
                 x = torch.tensor([p.prompt_ids + resp])
@@ -125,7 +125,7 @@ def test_score_dpo_raises_reward_margin_on_default_model(default_model_dir, defa
 
     def margins():
         with torch.no_grad():
-            pol_w, pol_l = pair_logps(model.eval(), pack_pairs(pairs))
+            pol_w, pol_l = pair_logps(model.eval(), pack(pairs))
         ref = json.loads((tmp_path / "ref_logps.json").read_text())
         from scoreflow.dpo.trainer import _key
         ref_w = torch.tensor([ref[_key(p.prompt_ids, p.chosen_ids)] for p in pairs])

@@ -1,9 +1,13 @@
-"""Score-DPO: the loss with its hand-derived backward (loss.py) and preference pairs (pairs.py)."""
+"""Score-DPO: the loss with its hand-derived backward (loss.py), per pair and per question
+(Score-DPO by influence, group.py), and preference pairs (pairs.py)."""
 
 from scoreflow.dpo.loss import (
     SCORE_MAPS,
+    GroupedScoreDPOFunction,
     ScoreDPOFunction,
     dpo_loss,
+    grouped_dpo_loss,
+    grouped_score_dpo_loss,
     implicit_reward,
     influence,
     reward_metrics,
@@ -26,8 +30,11 @@ from scoreflow.dpo.pairs import (
 
 __all__ = [
     "SCORE_MAPS",
+    "GroupedScoreDPOFunction",
     "ScoreDPOFunction",
     "dpo_loss",
+    "grouped_dpo_loss",
+    "grouped_score_dpo_loss",
     "implicit_reward",
     "influence",
     "reward_metrics",

@@ -19,6 +19,17 @@ Per-sample influence (Definition 1), I(z) = −∂L/∂r_z:
            − Σ_w P*(w,z) · (1 − f(s_z)) · σ(−Δ_{w,z})      (z as the loser)
 
 Theorem 2: I(z) is strictly increasing in s_z when −1/(1 − f(s_z)) ≤ r_z ≤ 1/f(s_z).
+
+Score-DPO by influence (the grouped form). L depends on θ only through the implicit rewards
+r_z of the distinct responses z, and ∂r_z/∂θ = β ∇θ log πθ(z|x), so by the chain rule
+
+    −∇θ L = Σ_z I(z) · β ∇θ log πθ(z | x)
+
+with I(z) the per-sample influence above: the paper's Definition 1 is exactly −∂L/∂r_z, the
+scalar through which Theorem 2 shows a higher score pushes its response up harder. Every pair of
+a question shares the question's prompt, so one pass over the prompt and its k distinct
+responses (batch.pack) gives the exact gradient of all its pairs — GroupedScoreDPOFunction
+below, used by group.py — instead of one pass per pair.
 """
 
 from __future__ import annotations
@@ -73,6 +84,39 @@ class ScoreDPOFunction(torch.autograd.Function):
         grad_policy_w = ctx.beta * c_w * grad_delta  # (M,)
         grad_policy_l = -ctx.beta * c_l * grad_delta  # (M,)
         return grad_policy_w, grad_policy_l, -grad_policy_w, -grad_policy_l, None, None, None, None
+
+
+class GroupedScoreDPOFunction(torch.autograd.Function):
+    """One question's L = Σ_m p_m softplus(−Δ_m) as a function of its n responses' log-probs.
+
+    Inputs: policy and reference log-probs (n,), one per distinct response; pairs (m, 2) long,
+    (winner, loser) indices into them; the coefficients c_w = f(s_w), c_l = 1 − f(s_l) (m,);
+    the pair weights λ (m,); the float β. Outputs: L (scalar; 0 when m = 0) and the influence
+    I (n,) = −∂L/∂r, non-differentiable. p = λ / Σλ, Δ_m = c_w,m r_w − c_l,m r_l.
+
+    Backward, by hand: ∂L/∂logπθ(z) = β ∂L/∂r_z = −β I(z), and ∂L/∂logπref(z) = +β I(z). The
+    gradient reaching the model is then Σ_z −β I(z) ∇θ log πθ(z|x): each response's score
+    gradient times its influence.
+    """
+
+    @staticmethod
+    def forward(ctx, policy: Tensor, ref: Tensor, pairs: Tensor, c_w: Tensor, c_l: Tensor,
+                weights: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+        r = implicit_reward(policy, ref, beta)  # (n,)
+        p = weights / weights.sum()  # (m,) P*(w,l) as realised by the weights; empty when m = 0
+        push, delta = _push(r, pairs, p, c_w, c_l)  # (m,), (m,)
+        infl = _scatter_influence(push, pairs, c_w, c_l, r)  # (n,)
+        ctx.mark_non_differentiable(infl)
+        ctx.save_for_backward(infl)
+        ctx.beta = beta
+        return (p * F.softplus(-delta)).sum(), infl
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss: Tensor, grad_influence: Tensor):
+        (infl,) = ctx.saved_tensors
+        grad_policy = -ctx.beta * infl * grad_loss  # (n,)
+        return grad_policy, -grad_policy, None, None, None, None, None
 
 
 def implicit_reward(policy_logps: Tensor, ref_logps: Tensor, beta: float) -> Tensor:
@@ -149,22 +193,46 @@ def influence(
     if rewards.dim() != 1 or scores.shape != rewards.shape:
         raise ValueError(f"rewards and scores must both be (n,); got rewards {tuple(rewards.shape)}, "
                          f"scores {tuple(scores.shape)}")
-    if pairs.dim() != 2 or pairs.shape[1] != 2 or pairs.dtype != torch.long:
-        raise ValueError(f"pairs must be a long tensor of shape (m, 2) holding (winner, loser) indices; "
-                         f"got {pairs.dtype} {tuple(pairs.shape)}")
-    if pairs.numel() and (pairs.min() < 0 or pairs.max() >= n):
-        raise ValueError(f"pairs holds indices outside [0, {n}) for {n} responses")
+    _check_pair_indices(pairs, n)
     weights = _pair_weights(weights, pairs.shape[0], rewards)  # (m,)
     p = weights / weights.sum()  # (m,) P*(w,l) as realised by the weights
     r = rewards.detach()  # (n,)
-    fs = apply_score_map(scores, f, "scores").to(r.dtype)  # (n,) f(s)
-    win, lose = pairs[:, 0], pairs[:, 1]  # (m,), (m,)
-    c_w, c_l = fs[win], 1 - fs[lose]  # (m,) f(s_w), 1 − f(s_l)
-    delta = c_w * r[win] - c_l * r[lose]  # (m,) Δ_{w,l}
-    push = p * torch.sigmoid(-delta)  # (m,) P*(w,l) σ(−Δ_{w,l})
-    return (torch.zeros_like(r)
-            .index_add_(0, win, push * c_w)  # z as the winner
-            .index_add_(0, lose, -push * c_l))  # z as the loser
+    c_w, c_l = _score_coefficients(scores, pairs, f, r.dtype)  # (m,), (m,)
+    push, _ = _push(r, pairs, p, c_w, c_l)
+    return _scatter_influence(push, pairs, c_w, c_l, r)
+
+
+def grouped_score_dpo_loss(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    scores: Tensor,
+    pairs: Tensor,
+    weights: Tensor,
+    beta: float = 0.1,
+    f: str | ScoreMap | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Score-DPO over all pairs of one question, by influence: (L, I).
+
+    policy_logps, ref_logps, scores (n,): per distinct response z, its summed log-probs under
+    πθ and πref and its score s_z. pairs (m, 2) long: (winner, loser) indices, s_w > s_l.
+    weights (m,) ≥ 0: λ, the exact P* or the drawn multiplicities. Returns the scalar
+    L = Σ_m λ_m ℓ_m / Σ_m λ_m (the same value as score_dpo_loss on the m pairs) and the
+    influence I(z) (n,), detached. Its backward sends −β I(z) to log πθ(z|x), so
+    L.backward() through one packed forward gives Σ_m λ_m ∇ℓ_m / Σλ exactly.
+    A question with no pair (m = 0) gives L = 0, I = 0 and zero gradients.
+    """
+    _check_group(policy_logps, ref_logps, pairs, weights, scores=scores)
+    c_w, c_l = _score_coefficients(scores, pairs, f, policy_logps.dtype)  # (m,), (m,)
+    return _apply_grouped(policy_logps, ref_logps, pairs, c_w, c_l, weights, beta)
+
+
+def grouped_dpo_loss(policy_logps: Tensor, ref_logps: Tensor, pairs: Tensor, weights: Tensor,
+                     beta: float = 0.1) -> tuple[Tensor, Tensor]:
+    """Plain DPO over all pairs of one question, by influence: grouped_score_dpo_loss with both
+    coefficients 1 (Δ = r_w − r_l); same inputs, no scores."""
+    _check_group(policy_logps, ref_logps, pairs, weights)
+    ones = torch.ones(pairs.shape[0], dtype=policy_logps.dtype, device=policy_logps.device)  # (m,)
+    return _apply_grouped(policy_logps, ref_logps, pairs, ones, ones, weights, beta)
 
 
 def theorem2_condition(rewards: Tensor, scores: Tensor, f: str | ScoreMap | None = None) -> Tensor:
@@ -218,6 +286,58 @@ def _apply(policy_w: Tensor, policy_l: Tensor, ref_w: Tensor, ref_l: Tensor,
     cast = dict(dtype=policy_w.dtype, device=policy_w.device)
     return ScoreDPOFunction.apply(policy_w, policy_l, ref_w, ref_l, c_w.to(**cast), c_l.to(**cast),
                                   w, float(beta))
+
+
+def _score_coefficients(scores: Tensor, pairs: Tensor, f: str | ScoreMap | None,
+                        dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(f(s_w), 1 − f(s_l)), each (m,), for the (winner, loser) index pairs (m, 2)."""
+    fs = apply_score_map(scores, f, "scores").to(dtype)  # (n,) f(s)
+    return fs[pairs[:, 0]], 1 - fs[pairs[:, 1]]
+
+
+def _push(r: Tensor, pairs: Tensor, p: Tensor, c_w: Tensor, c_l: Tensor) -> tuple[Tensor, Tensor]:
+    """(P*(w,l) σ(−Δ_{w,l}), Δ_{w,l}), each (m,), from the rewards r (n,)."""
+    delta = c_w * r[pairs[:, 0]] - c_l * r[pairs[:, 1]]  # (m,) Δ_{w,l}
+    return p * torch.sigmoid(-delta), delta
+
+
+def _scatter_influence(push: Tensor, pairs: Tensor, c_w: Tensor, c_l: Tensor, like: Tensor) -> Tensor:
+    """I (n,): Σ over the pairs z wins of push·f(s_z), minus Σ over those it loses of push·(1 − f(s_z))."""
+    return (torch.zeros_like(like)
+            .index_add_(0, pairs[:, 0], push * c_w)  # z as the winner
+            .index_add_(0, pairs[:, 1], -push * c_l))  # z as the loser
+
+
+def _apply_grouped(policy: Tensor, ref: Tensor, pairs: Tensor, c_w: Tensor, c_l: Tensor, weights: Tensor,
+                   beta: float) -> tuple[Tensor, Tensor]:
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0; got {beta}")
+    cast = dict(dtype=policy.dtype, device=policy.device)
+    return GroupedScoreDPOFunction.apply(policy, ref.to(**cast), pairs, c_w.to(**cast), c_l.to(**cast),
+                                         weights.detach().to(**cast), float(beta))
+
+
+def _check_group(policy: Tensor, ref: Tensor, pairs: Tensor, weights: Tensor, **per_response: Tensor) -> None:
+    """One question: (n,) log-probs (and scores), (m, 2) pairs into them, (m,) weights; m may be 0."""
+    if not policy.is_floating_point():
+        raise ValueError(f"log-probs must be floating point; got {policy.dtype}")
+    shapes = {name: tuple(t.shape) for name, t in dict(policy_logps=policy, ref_logps=ref, **per_response).items()}
+    if policy.dim() != 1 or len(set(shapes.values())) != 1:
+        raise ValueError(f"per-response inputs must be 1-D of the same shape (n,), one entry per distinct "
+                         f"response; got {', '.join(f'{name} {s}' for name, s in shapes.items())}")
+    _check_pair_indices(pairs, policy.shape[0])
+    if weights.shape != (pairs.shape[0],):
+        raise ValueError(f"weights must have shape ({pairs.shape[0]},), one per pair; got {tuple(weights.shape)}")
+    if not torch.isfinite(weights).all() or (weights < 0).any() or (weights.numel() and weights.sum() <= 0):
+        raise ValueError("weights must be finite, >= 0 and not all zero")
+
+
+def _check_pair_indices(pairs: Tensor, n: int) -> None:
+    if pairs.dim() != 2 or pairs.shape[1] != 2 or pairs.dtype != torch.long:
+        raise ValueError(f"pairs must be a long tensor of shape (m, 2) holding (winner, loser) indices; "
+                         f"got {pairs.dtype} {tuple(pairs.shape)}")
+    if pairs.numel() and (pairs.min() < 0 or pairs.max() >= n):
+        raise ValueError(f"pairs holds indices outside [0, {n}) for {n} responses")
 
 
 def _pair_weights(weights: Tensor | None, m: int, like: Tensor) -> Tensor:

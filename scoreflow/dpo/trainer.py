@@ -1,13 +1,20 @@
 """Score-DPO fine-tuning of the generator's LoRA (SPEC A4 step 5, A5).
 
-    for each optimizer step (batch_size x grad_accum x world_size pairs):
-        logπθ(y_w|x), logπθ(y_l|x)   one shared-prompt forward per pair (batch.py)
-        logπref                      adapter off, computed once per response, cached on disk
-        L = Σ w'ℓ / n,  ℓ = −log σ(f(s_w) r_w − (1 − f(s_l)) r_l)        (loss.py)
+    for each optimizer step (batch_size x grad_accum x world_size units):
+        logπθ(y|x) of the units' responses    one shared-prompt packed forward per micro-batch (batch.py)
+        logπref                               adapter off, computed once per response, cached on disk
+        L = Σ w'L_unit / n                    (loss.py)
         clip, AdamW over LoRA params only, LR schedule
 
-Pair weights are rescaled to mean 1 over the data set (w' = w M / Σw), so pairs drawn from P*
-(equal weights) give the plain mean and exact-mode pairs (weight P*) give the same expected step.
+A unit is what one step's share is made of (`dpo_grouping`):
+- "pair" (the paper's schedule; batch 1 = its SGD over the N drawn pairs): one pair, one row of
+  prompt + chosen + rejected, L_unit = ℓ = −log σ(f(s_w) r_w − (1 − f(s_l)) r_l);
+- "question" (Score-DPO by influence, group.py): all pairs of one question, one row of prompt +
+  its k distinct responses, L_unit = Σλℓ / Σλ over its pairs, whose exact gradient is
+  Σ_z −β I(z) ∇ logπθ(z|x); one optimizer step per question (or per grad_accum questions).
+Unit weights are rescaled to mean 1 over the data set (w' = w U / Σw; a question's w is the sum
+of its pairs' weights), so pairs drawn from P* (equal weights) give the plain mean and exact-mode
+pairs (weight P*) the same expected step, and both groupings optimise the same Σ_m λ_m ℓ_m.
 
 Everything a resumed run needs is in `out_dir`: metrics.jsonl (one line per step),
 ref_logps.json, checkpoint/ (LoRA weights, optimizer, scheduler, RNG, step). Killed at any
@@ -34,8 +41,11 @@ import torch.distributed as dist
 
 from ..cli import flag
 from ..lora import disable_adapter
-from .batch import PairExample, pack_pairs, pair_logps
+from .batch import PairExample, QuestionExample, pack, response_logps
+from .group import STATS, group_by_question, question_objective
 from .loss import SCORE_MAPS, dpo_loss, reward_metrics, score_dpo_loss, theorem2_condition
+
+Unit = PairExample | QuestionExample
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,7 @@ class TrainConfig:
     f: str = flag("identity", "Score-DPO's score map f (the paper: identity).", choices=tuple(SCORE_MAPS))
     lr: float = flag(1e-6, "AdamW learning rate of the LoRA weights.")
     epochs: int = flag(1, "Passes over the drawn pairs.")
-    batch_size: int = flag(1, "Pairs per micro-batch.")
+    batch_size: int = flag(1, "Pairs per micro-batch (questions, in question grouping).")
     grad_accum: int = flag(1, "Micro-batches per optimizer step (per process).")
     max_grad_norm: float = flag(1.0, "Gradient clipping norm.")
     warmup_steps: int = flag(0, "Linear learning-rate warm-up steps.")
@@ -59,10 +69,16 @@ class TrainConfig:
     gradient_checkpointing: bool = flag(False, "Recompute activations in the backward pass: less memory, "
                                                "more compute.")
     checkpoint_every: int = 50  # optimizer steps between checkpoints (and always at the end)
+    dpo_grouping: str = flag("pair", "What one micro-batch entry is: pair = one drawn pair, one pass each (the "
+                                     "paper's schedule); question = all pairs of a question from one packed pass "
+                                     "over its prompt and k responses, the exact weighted gradient (faster, no "
+                                     "sampling noise, one step per question).", choices=("pair", "question"))
 
     def __post_init__(self):
         if self.loss not in ("score_dpo", "dpo"):
             raise ValueError(f"loss must be 'score_dpo' or 'dpo', got {self.loss!r}")
+        if self.dpo_grouping not in ("pair", "question"):
+            raise ValueError(f"dpo_grouping must be 'pair' or 'question', got {self.dpo_grouping!r}")
         if self.schedule not in ("linear", "cosine", "constant"):
             raise ValueError(f"schedule must be linear, cosine or constant, got {self.schedule!r}")
         if min(self.batch_size, self.grad_accum, self.epochs, self.checkpoint_every) < 1:
@@ -84,28 +100,54 @@ def _atomic_write(path: Path, write) -> None:
 
 
 @torch.no_grad()
-def reference_logps(model, pairs: list[PairExample], cache_path: Path, batch_size: int = 1,
+def reference_logps(model, units: list[Unit], cache_path: Path, batch_size: int = 1,
                     save_every: int = 16) -> dict[str, float]:
-    """log πref(y|x) of every response, adapter disabled, memoised in `cache_path` (JSON)."""
+    """log πref(y|x) of every response of the units (pairs or questions), adapter disabled,
+    memoised in `cache_path` (JSON), one packed row per unit."""
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    todo = [p for p in pairs if _key(p.prompt_ids, p.chosen_ids) not in cache
-            or _key(p.prompt_ids, p.rejected_ids) not in cache]
-    todo = list({(p.prompt_ids, p.chosen_ids, p.rejected_ids): p for p in todo}.values())
+    todo = [u for u in units if any(_key(u.prompt_ids, r) not in cache for r in u.responses)]
+    todo = list({(u.prompt_ids, u.responses): u for u in todo}.values())
     device = model.embed_tokens.weight.device
     was_training = model.training
     model.eval()
     with disable_adapter(model):
         for i in range(0, len(todo), batch_size):
             chunk = todo[i: i + batch_size]
-            chosen, rejected = pair_logps(model, pack_pairs(chunk).to(device))
-            for p, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
-                cache[_key(p.prompt_ids, p.chosen_ids)] = c
-                cache[_key(p.prompt_ids, p.rejected_ids)] = r
+            logps = response_logps(model, pack(chunk).to(device)).tolist()
+            cache.update(zip((_key(u.prompt_ids, r) for u in chunk for r in u.responses), logps))
             if (i // batch_size + 1) % save_every == 0:
                 _atomic_write(cache_path, lambda t: t.write_text(json.dumps(cache)))
     _atomic_write(cache_path, lambda t: t.write_text(json.dumps(cache)))
     model.train(was_training)
     return cache
+
+
+def pair_objective(batch: list[PairExample], policy: torch.Tensor, reference: torch.Tensor,
+                   weights: torch.Tensor, loss: str, beta: float, f: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ w'ℓ, the group.STATS) for a micro-batch of pairs. policy, reference (2b,): chosen and
+    rejected log-probs alternating (as batch.pack lays them out); weights (b,): w'."""
+    pol_w, pol_l, ref_w, ref_l = policy[0::2], policy[1::2], reference[0::2], reference[1::2]  # (b,) each
+    s_w = torch.tensor([p.s_w for p in batch], device=policy.device)
+    s_l = torch.tensor([p.s_l for p in batch], device=policy.device)
+    if loss == "score_dpo":
+        value = score_dpo_loss(pol_w, pol_l, ref_w, ref_l, s_w, s_l, beta, f, weights=weights)
+    else:
+        value = dpo_loss(pol_w, pol_l, ref_w, ref_l, beta, weights=weights)
+    m = reward_metrics(pol_w, pol_l, ref_w, ref_l, beta)
+    r_w = (beta * (pol_w - ref_w)).detach()
+    r_l = (beta * (pol_l - ref_l)).detach()
+    inside = torch.cat([theorem2_condition(r_w, s_w, f), theorem2_condition(r_l, s_l, f)])
+    stats = torch.tensor([m["reward_margin"].sum().item(), m["reward_accuracy"].sum().item(), len(batch),
+                          inside.sum().item(), inside.numel(), len(batch)], dtype=torch.float64)
+    return value * weights.sum(), stats
+
+
+def _units(pairs: list[PairExample], grouping: str) -> tuple[list[Unit], list[float]]:
+    """What a micro-batch holds, and each one's weight before rescaling to mean 1."""
+    if grouping == "pair":
+        return pairs, [p.weight for p in pairs]
+    questions = group_by_question(pairs)
+    return questions, [sum(q.weights) for q in questions]
 
 
 def _lr_lambda(cfg: TrainConfig, total: int):
@@ -119,13 +161,13 @@ def _lr_lambda(cfg: TrainConfig, total: int):
     return factor
 
 
-def _step_groups(n_pairs: int, cfg: TrainConfig, world: int) -> list[list[list[int]]]:
-    """Per epoch, a seeded shuffle of pair indices cut into optimizer steps of micro-batches."""
+def _step_groups(n_units: int, cfg: TrainConfig, world: int) -> list[list[list[int]]]:
+    """Per epoch, a seeded shuffle of unit indices cut into optimizer steps of micro-batches."""
     steps = []
     per_step = cfg.batch_size * cfg.grad_accum * world
     for epoch in range(cfg.epochs):
-        order = torch.randperm(n_pairs, generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
-        for s in range(0, n_pairs, per_step):
+        order = torch.randperm(n_units, generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+        for s in range(0, n_units, per_step):
             chunk = order[s: s + per_step]
             steps.append([chunk[m: m + cfg.batch_size] for m in range(0, len(chunk), cfg.batch_size)])
     return steps
@@ -161,25 +203,18 @@ def train_dpo(model, pairs: list[PairExample], out_dir: str | Path, cfg: TrainCo
         raise ValueError("train_dpo trains LoRA parameters only: call scoreflow.lora.apply_lora(model) "
                          f"first (trainable now: {sorted(params)[:3]})")
     torch.manual_seed(cfg.seed + rank)
-    ref = reference_logps(model, pairs, out / ("ref_logps.json" if world == 1 else f"ref_logps.rank{rank}.json"),
+    units, unit_weights = _units(pairs, cfg.dpo_grouping)
+    ref = reference_logps(model, units, out / ("ref_logps.json" if world == 1 else f"ref_logps.rank{rank}.json"),
                           batch_size=cfg.batch_size)
-    weights = torch.tensor([p.weight for p in pairs], dtype=torch.float64)
-    weights = weights * len(pairs) / weights.sum()  # w' with mean 1
-    steps = _step_groups(len(pairs), cfg, world)
+    weights = torch.tensor(unit_weights, dtype=torch.float64)
+    weights = weights * len(units) / weights.sum()  # w' with mean 1
+    objective = question_objective if cfg.dpo_grouping == "question" else pair_objective
+    steps = _step_groups(len(units), cfg, world)
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, len(steps)))
     ckpt = out / "checkpoint" / f"state.rank{rank}.pt"
     metrics_path = out / "metrics.jsonl"
-    start = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        with torch.no_grad():
-            for n, t in state["lora"].items():
-                params[n].copy_(t)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        start = state["step"]
+    start = _resume(ckpt, params, optimizer, scheduler, cfg) if ckpt.exists() else 0
     history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
     history = [m for m in history if m["step"] <= start]  # drop steps logged after the checkpoint
     if rank == 0:
@@ -192,30 +227,18 @@ def train_dpo(model, pairs: list[PairExample], out_dir: str | Path, cfg: TrainCo
         t0 = time.perf_counter()
         micro = steps[step]
         n_step = sum(map(len, micro))
-        stats = torch.zeros(6, dtype=torch.float64)  # loss, margin, acc, in-condition, responses, tokens
+        stats = torch.zeros(2 + len(STATS), dtype=torch.float64)  # loss, tokens, then group.STATS
         for mb in micro[rank::world]:
-            batch = [pairs[i] for i in mb]
+            batch = [units[i] for i in mb]
             with autocast:
-                pol_w, pol_l = pair_logps(model, pack_pairs(batch).to(device))
-            ref_w = torch.tensor([ref[_key(p.prompt_ids, p.chosen_ids)] for p in batch], device=device)
-            ref_l = torch.tensor([ref[_key(p.prompt_ids, p.rejected_ids)] for p in batch], device=device)
+                policy = response_logps(model, pack(batch).to(device))  # (R,)
+            reference = torch.tensor([ref[_key(u.prompt_ids, r)] for u in batch for r in u.responses], device=device)
             w = weights[mb].to(device=device, dtype=torch.float32)
-            s_w = torch.tensor([p.s_w for p in batch], device=device)
-            s_l = torch.tensor([p.s_l for p in batch], device=device)
-            if cfg.loss == "score_dpo":
-                loss = score_dpo_loss(pol_w, pol_l, ref_w, ref_l, s_w, s_l, cfg.beta, cfg.f, weights=w)
-            else:
-                loss = dpo_loss(pol_w, pol_l, ref_w, ref_l, cfg.beta, weights=w)
-            loss = loss * w.sum() / n_step  # this micro-batch's share of Σ w'ℓ / n
+            loss, unit_stats = objective(batch, policy, reference, w, cfg.loss, cfg.beta, cfg.f)
+            loss = loss / n_step  # this micro-batch's share of Σ w'L / n
             loss.backward()
-            m = reward_metrics(pol_w, pol_l, ref_w, ref_l, cfg.beta)
-            r_w = (cfg.beta * (pol_w - ref_w)).detach()
-            r_l = (cfg.beta * (pol_l - ref_l)).detach()
-            inside = torch.cat([theorem2_condition(r_w, s_w, cfg.f), theorem2_condition(r_l, s_l, cfg.f)])
-            stats += torch.tensor([loss.item(), m["reward_margin"].sum().item(),
-                                   m["reward_accuracy"].sum().item(), inside.sum().item(), inside.numel(),
-                                   sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids)
-                                       for p in batch)], dtype=torch.float64)
+            stats += torch.cat([torch.tensor([loss.item(), sum(u.tokens for u in batch)], dtype=torch.float64),
+                                unit_stats])
         if world > 1:
             for p in params.values():
                 if p.grad is None:
@@ -227,11 +250,7 @@ def train_dpo(model, pairs: list[PairExample], out_dir: str | Path, cfg: TrainCo
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        record = {"step": step + 1, "epoch": step * cfg.epochs // len(steps), "loss": stats[0].item(),
-                  "reward_margin": stats[1].item() / n_step, "reward_accuracy": stats[2].item() / n_step,
-                  "theorem2_fraction": stats[3].item() / max(stats[4].item(), 1), "grad_norm": grad_norm,
-                  "lr": lr, "pairs": n_step, "tokens": int(stats[5].item()),
-                  "seconds": time.perf_counter() - t0}
+        record = _record(step, len(steps), cfg, stats, grad_norm, lr, n_step, time.perf_counter() - t0)
         history.append(record)
         if rank == 0:
             with open(metrics_path, "a") as fh:
@@ -242,6 +261,36 @@ def train_dpo(model, pairs: list[PairExample], out_dir: str | Path, cfg: TrainCo
             _report(step + 1, len(steps), start, record, time.perf_counter() - t_start)
     model.eval()
     return history
+
+
+def _record(step: int, total: int, cfg: TrainConfig, stats: torch.Tensor, grad_norm: float, lr: float,
+            n_step: int, seconds: float) -> dict:
+    """One metrics.jsonl line; reward margin and accuracy are means over the step's pairs
+    (weighted by their share of the step in question grouping)."""
+    loss, tokens, margin, accuracy, mass, inside, responses, n_pairs = stats.tolist()
+    record = {"step": step + 1, "epoch": step * cfg.epochs // total, "loss": loss,
+              "reward_margin": margin / mass, "reward_accuracy": accuracy / mass,
+              "theorem2_fraction": inside / max(responses, 1), "grad_norm": grad_norm, "lr": lr,
+              "pairs": int(n_pairs), "tokens": int(tokens), "seconds": seconds}
+    if cfg.dpo_grouping == "question":
+        record.update(questions=n_step, responses=int(responses))
+    return record
+
+
+def _resume(ckpt: Path, params: dict, optimizer, scheduler, cfg: TrainConfig) -> int:
+    """Load a checkpoint into the LoRA weights, optimizer, scheduler and RNGs; returns its step."""
+    state = torch.load(ckpt, weights_only=False)
+    saved = state["config"].get("dpo_grouping", "pair")
+    if saved != cfg.dpo_grouping:
+        raise ValueError(f"{ckpt} was written with dpo_grouping={saved!r}, not {cfg.dpo_grouping!r}: "
+                         "resume with the same grouping or use a new output directory")
+    with torch.no_grad():
+        for n, t in state["lora"].items():
+            params[n].copy_(t)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    return state["step"]
 
 
 def _save_checkpoint(path: Path, params, optimizer, scheduler, step: int, cfg: TrainConfig) -> None:
