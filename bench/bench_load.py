@@ -1,6 +1,6 @@
 """Load time and peak memory of the default model: ours vs transformers, each in a fresh process.
 
-    python bench/bench_load.py
+    python bench/bench_load.py [--model NAME_OR_DIR]   # default: the embedded default model
 
 Peak RSS is the process high-water mark (getrusage); "load delta" subtracts the RSS measured
 after the imports, so it counts what loading itself costs against the fp32 weight bytes.
@@ -10,6 +10,7 @@ the peak after one forward pass, when every weight has been read.
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import subprocess
@@ -49,11 +50,14 @@ def measure(kind: str, path: str) -> dict:
 def main() -> None:
     from scoreflow.llama.registry import DEFAULT_MODEL, resolve_model_dir
 
-    path = str(resolve_model_dir(DEFAULT_MODEL))  # converted once, outside the timing
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="known model name or HF-format directory")
+    model = ap.parse_args().model
+    path = str(resolve_model_dir(model))  # converted once, outside the timing
     rows = {kind: min((measure(kind, path) for _ in range(3)), key=lambda r: r["seconds"])
             for kind in ("scoreflow", "transformers")}
     gib = 1024**3
-    print(f"# {DEFAULT_MODEL} (fp32 safetensors, {rows['scoreflow']['weights'] / gib:.2f} GiB of weights), "
+    print(f"# {model} (fp32 safetensors, {rows['scoreflow']['weights'] / gib:.2f} GiB of weights), "
           f"CPU, best of 3 fresh processes; {platform.machine()}, Python {platform.python_version()}")
     print("| loader | load s | peak RSS GiB | load delta GiB | delta / weight bytes | peak RSS after 1st forward GiB |")
     print("|---|---|---|---|---|---|")

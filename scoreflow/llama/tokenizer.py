@@ -3,6 +3,8 @@ chat templates for the two families we serve, rendered in Python to exactly the 
 models' own jinja templates produce:
 
     ChatML (SmolLM2, Qwen):  <|im_start|>{role}\\n{content}<|im_end|>\\n ... <|im_start|>assistant\\n
+                             (after the template's default system turn when the first message is
+                             not a system message)
     Llama-3:                 <|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\\n\\n
                              {content.strip()}<|eot_id|> ... <|start_header_id|>assistant<|end_header_id|>\\n\\n
 """
@@ -16,7 +18,10 @@ from pathlib import Path
 
 from .registry import resolve_model_dir
 
-_CHATML_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system(?:\\n|\n)(.*?)<\|im_end\|>", re.S)
+# A ChatML template's default system turn: a literal string in it (SmolLM2's, Qwen2.5's "You are
+# Qwen, ..."); the content may not cross a quote or a jinja tag (Qwen2.5's tools branch opens a
+# system turn whose text is template code).
+_CHATML_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system(?:\\n|\n)([^'\"{}]*?)<\|im_end\|>")
 _LLAMA31_DATE = "26 Jul 2024"  # the Llama-3.1 template's default `date_string`
 
 
