@@ -62,18 +62,23 @@ def client(server):
     return OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
 
 
-@pytest.fixture(scope="session")
-def hf_gguf_oracle():
-    """transformers' own reading of the same GGUF file: (model, tokenizer). Oracle only."""
-    transformers = pytest.importorskip("transformers")
+def transformers_reading(name: str):
+    """transformers' own reading of a known model's GGUF file: (model, tokenizer). Oracle only."""
+    import transformers
+
     from scoreflow.llama.registry import embedded_gguf
 
-    gguf = embedded_gguf(DEFAULT_MODEL)
+    gguf = embedded_gguf(name)
     transformers.logging.set_verbosity_error()
     model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                               dtype=torch.float32).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    return model, tok
+    return model, transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+@pytest.fixture(scope="session")
+def hf_gguf_oracle():
+    """transformers' reading of the default model's GGUF."""
+    return transformers_reading(DEFAULT_MODEL)
 
 
 QWEN_MODEL = "qwen2.5-coder-0.5b-instruct"
@@ -104,14 +109,6 @@ def qwen_model(qwen_model_dir):
 
 @pytest.fixture(scope="module")
 def qwen_gguf_oracle():
-    """transformers' own reading of the assembled Qwen GGUF: (model, tokenizer), per test module
-    (2.5 GB; about a minute to dequantise and parse). Oracle only."""
-    transformers = pytest.importorskip("transformers")
-    from scoreflow.llama.registry import embedded_gguf
-
-    gguf = embedded_gguf(QWEN_MODEL)
-    transformers.logging.set_verbosity_error()
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                              dtype=torch.float32).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    return model, tok
+    """transformers' reading of the joined Qwen GGUF, per test module (2.5 GB; about a minute to
+    dequantise and parse)."""
+    return transformers_reading(QWEN_MODEL)
