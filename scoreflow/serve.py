@@ -7,13 +7,15 @@
 The port is bound before the model loads, so a taken port fails at once, and it answers while
 the model loads: GET /health says "loading" (503) until it is ready. Flags are checked first;
 a mistake is one line on stderr and exit status 2. The adapter is merged into the base weights
-once at start-up, so serving costs what the base model costs.
+once at start-up, so serving costs what the base model costs. SIGINT (Ctrl-C) and SIGTERM stop
+it cleanly, also when it was started in the background with SIGINT ignored.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import signal
 import threading
 from pathlib import Path
 
@@ -30,8 +32,11 @@ PROG = "python -m scoreflow.serve"
 def main(model: str = DEFAULT_MODEL, lora: str | None = None, host: str = "127.0.0.1", port: int = 8000,
          max_batch: int = 16, max_seq_len: int = 2048, served_model_name: str | None = None,
          api_key: str | None = None, max_connections: int = 128, idle_timeout: float = 60.0) -> None:
-    """Bind, load the model (a known name or an HF-format directory), serve it until Ctrl-C."""
+    """Bind, load the model (a known name or an HF-format directory), serve it until Ctrl-C or
+    SIGTERM."""
     check_flags(port, max_batch, max_seq_len, max_connections, idle_timeout, lora)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # even when started with SIGINT ignored (`cmd &` in a script)
+        signal.signal(sig, signal.default_int_handler)
     server = OpenAIServer(None, served_model_name or model, host, port, api_key, log_requests=True,
                           max_connections=max_connections, idle_timeout=idle_timeout)
     listen(server)

@@ -1,5 +1,6 @@
 """`python -m scoreflow.serve` as a user runs it: it answers on its port while the model loads,
-prints the URL and one-liners once ready, stops cleanly on Ctrl-C. (Its mistakes, one line and
+prints the URL and one-liners once ready, stops cleanly on Ctrl-C or SIGTERM, also when started
+in the background. (Its mistakes, one line and
 exit status 2 each, are cases of tests/test_cli_errors.py.)"""
 
 import signal
@@ -29,6 +30,23 @@ def test_starts_answers_while_loading_then_serves_and_stops_on_ctrl_c():
         r = httpx.post(f"{url}/chat/completions", json={"model": MODEL, "messages": ASK, "max_tokens": 2}, timeout=60)
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
         proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0 and "Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stops_cleanly_when_started_in_the_background(sig):
+    """`python -m scoreflow.serve &` from a script starts with SIGINT ignored (POSIX, for
+    background jobs): Ctrl-C's signal and SIGTERM must still stop it, exit status 0."""
+    ignore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+    proc = subprocess.Popen([*SERVE, "--port", "0", "--max-batch", "1", "--max-seq-len", "64"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ignore_sigint)
+    try:
+        assert "listening on" in proc.stdout.readline()
+        assert "serving" in proc.stdout.readline()  # loaded
+        proc.send_signal(sig)
         assert proc.wait(timeout=30) == 0 and "Traceback" not in proc.stderr.read()
     finally:
         proc.kill()
