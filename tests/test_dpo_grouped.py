@@ -11,10 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from crash_resume import crash_then_resume, metrics
 
-from scoreflow.dpo import trainer as trainer_mod
-from scoreflow.dpo.batch import (PairExample, QuestionExample, pack, pair_logps, response_logps,
-                                 token_logps)
+from scoreflow.dpo.batch import (
+    PairExample,
+    QuestionExample,
+    pack,
+    pair_logps,
+    response_logps,
+    token_logps,
+)
 from scoreflow.dpo.group import group_by_question, question_objective
 from scoreflow.dpo.loss import dpo_loss, score_dpo_loss
 from scoreflow.dpo.trainer import TrainConfig, train_dpo
@@ -223,22 +229,11 @@ def test_question_mode_resumes_bit_identically(tmp_path, monkeypatch):
     full = tiny_model(torch.float32, dropout=0.1)
     train_dpo(full, pairs, tmp_path / "full", cfg, progress=False)
 
-    class Crash(Exception):
-        pass
-
-    def crash_at_step_3(step, *args):
-        if step == 3:  # after step 3's metrics line, one step past the step-2 checkpoint
-            raise Crash
-
-    monkeypatch.setattr(trainer_mod, "_report", crash_at_step_3)
-    with pytest.raises(Crash):
-        train_dpo(tiny_model(torch.float32, dropout=0.1), pairs, tmp_path / "resumed", cfg, progress=True)
-    monkeypatch.undo()
-    resumed = tiny_model(torch.float32, dropout=0.1)
-    train_dpo(resumed, pairs, tmp_path / "resumed", cfg, progress=False)
+    # crash after step 3's metrics line, one step past the step-2 checkpoint
+    resumed = crash_then_resume(lambda: tiny_model(torch.float32, dropout=0.1), pairs, tmp_path / "resumed", cfg, 3,
+                                monkeypatch)
     assert all(torch.equal(a, b) for a, b in zip(full.parameters(), resumed.parameters()))
-    lines = lambda d: [{k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
-                       for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+    lines = lambda d: metrics(tmp_path / d)  # noqa: E731
     assert lines("full") == lines("resumed") and [m["step"] for m in lines("full")] == [1, 2, 3, 4, 5]
     assert all(0 <= m["theorem2_fraction"] <= 1 and m["questions"] == 1 for m in lines("full"))
     with pytest.raises(ValueError, match="dpo_grouping='question'"):

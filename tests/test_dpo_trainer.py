@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from crash_resume import crash_then_resume, metrics
 
-from scoreflow.dpo import trainer as trainer_mod
 from scoreflow.dpo.batch import PairExample, pack, pair_logps
 from scoreflow.dpo.trainer import TrainConfig, train_dpo
 from scoreflow.llama import LlamaConfig, Transformer
 from scoreflow.lora import apply_lora
-
 
 TINY = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2)
@@ -60,25 +59,13 @@ def test_resume_after_crash_is_bit_identical(tmp_path, monkeypatch):
     full = tiny_lora_model()
     train_dpo(full, tiny_pairs(12), tmp_path / "full", cfg, progress=False)
 
-    class Crash(Exception):
-        pass
-
-    def crash_at_step_5(step, *args):
-        if step == 5:  # after step 5's metrics line, two steps past the step-3 checkpoint
-            raise Crash
-
-    monkeypatch.setattr(trainer_mod, "_report", crash_at_step_5)
-    with pytest.raises(Crash):
-        train_dpo(tiny_lora_model(), tiny_pairs(12), tmp_path / "resumed", cfg, progress=True)
-    monkeypatch.undo()
-    resumed = tiny_lora_model()
-    train_dpo(resumed, tiny_pairs(12), tmp_path / "resumed", cfg, progress=False)
+    # crash after step 5's metrics line, two steps past the step-3 checkpoint
+    resumed = crash_then_resume(tiny_lora_model, tiny_pairs(12), tmp_path / "resumed", cfg, 5, monkeypatch)
     a, b = lora_params(full), lora_params(resumed)
     assert all(torch.equal(a[n], b[n]) for n in a)
-    lines = lambda d: [json.loads(l) for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa
-    strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]  # noqa
+    lines = lambda d: metrics(tmp_path / d)  # noqa: E731
     assert [m["step"] for m in lines("resumed")] == list(range(1, 7))
-    assert strip(lines("full")) == strip(lines("resumed"))
+    assert lines("full") == lines("resumed")
 
 
 def test_two_process_gloo_matches_gradient_accumulation(tmp_path):
