@@ -1,6 +1,7 @@
 """A controlled experiment of the optimisation itself: Score-DPO vs plain DPO vs no training.
 
-    python bench/bench_learning.py [--limit 16 --k 4 --pairs 32 --iterations 3] --out runs/bench-learning
+    python bench/bench_learning.py [--generator qwen2.5-coder-0.5b-instruct --limit 32 --k 4 --pairs 64
+                                    --iterations 2 --grouping question --epochs 2] --out runs/bench-learning
 
 The executor is replaced by a scorer whose expected score for a workflow is a known function
 of its structure, observed with the noise of a real executor: each of 3 runs solves with
@@ -11,17 +12,21 @@ probability p(w) (a Bernoulli draw), and the workflow's score is the mean, as in
                      + 0.04 min(calls, 6))             otherwise
 
 ([Op]: run_workflow awaits that operator somewhere; calls: awaited operator call sites.)
-The real generator (the default model with its LoRA) and the real stages of
-`scoreflow.train` run unchanged: k workflows per question, pairs, P*, Score-DPO. Three arms on
-the same questions, seeds and budget:
+The real generator (an embedded model with its LoRA) and the real stages of `scoreflow.train`
+run unchanged: k workflows per question, pairs, P*, Score-DPO. Three arms on the same
+questions, seeds and budget:
 
     score_dpo   P* ∝ (s_w − s_l)^3, Score-DPO loss      (the paper)
     dpo         P* = P (uniform), plain DPO loss          (the paper's ablation)
     none        no training                               (noise floor)
 
 After each iteration the updated generator samples fresh workflows (the next iteration's
-samples), and the table reports their mean TRUE p(w), valid rate and observed score.
-Iteration 0 is the same for every arm (same base policy, same seeds). Resumable: rerun the
+samples). Iteration i samples with the same seeds in every arm, and iteration 0 is the same
+policy, so each arm is compared with "none" question by question. Per arm and iteration the
+table gives the mean true p(w) with its 95% interval, the valid rate, the operator-use rate
+(workflows whose run_workflow awaits an operator, valid or not) and the paired difference to
+"none". Intervals treat the question as the unit (the k samples of one question share its
+prompt): mean ± t(0.975, n−1) · sd / √n over the n per-question means. Resumable: rerun the
 same command.
 """
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import platform
 import random
 import shutil
@@ -46,26 +52,37 @@ from scoreflow.optimize.generator import LocalGenerator
 from scoreflow.tasks import load_task
 
 RUNS = 3
-ARMS = {"score_dpo": dict(loss="score_dpo", pair_gap="cubic"), "dpo": dict(loss="dpo", pair_gap="uniform"),
+ARMS = {"score_dpo": {"loss": "score_dpo", "pair_gap": "cubic"}, "dpo": {"loss": "dpo", "pair_gap": "uniform"},
         "none": None}
 BASE, PER_CALL, CAP = 0.3, 0.04, 0.95
 BONUS = {"ScEnsemble": 0.2, "Review": 0.15, "Programmer": 0.1}
 
 
-def true_score(workflow: dict) -> float:
-    """p(w) of the module docstring, read off the workflow's AST."""
-    if not workflow["valid"]:
-        return 0.0
-    tree = ast.parse(workflow["code"])
+def operators_awaited(code: str | None) -> list[str] | None:
+    """Operator class names that run_workflow awaits, one per call site (self.<attr>(...) with
+    self.<attr> = operator.<Name>(...) in the class); None when the code has no run_workflow."""
+    try:
+        tree = ast.parse(code or "")
+    except SyntaxError:
+        return None
     bound = {}  # self.<attr> = operator.<Name>(config)
     for node in ast.walk(tree):
         if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
                 and isinstance(node.value.func, ast.Attribute) and isinstance(node.targets[0], ast.Attribute)):
             bound[node.targets[0].attr] = node.value.func.attr
-    run = next(n for n in ast.walk(tree) if isinstance(n, ast.AsyncFunctionDef) and n.name == "run_workflow")
+    run = next((n for n in ast.walk(tree) if isinstance(n, ast.AsyncFunctionDef) and n.name == "run_workflow"), None)
+    if run is None:
+        return None
     used = [bound.get(n.value.func.attr) for n in ast.walk(run) if isinstance(n, ast.Await)
             and isinstance(n.value, ast.Call) and isinstance(n.value.func, ast.Attribute)]
-    used = [u for u in used if u is not None]
+    return [u for u in used if u is not None]
+
+
+def true_score(workflow: dict) -> float:
+    """p(w) of the module docstring, read off the workflow's AST."""
+    used = operators_awaited(workflow["code"]) if workflow["valid"] else None
+    if used is None:
+        return 0.0
     p = BASE + sum(bonus for name, bonus in BONUS.items() if name in used) + PER_CALL * min(len(used), 6)
     return min(CAP, p)
 
@@ -76,9 +93,30 @@ def observed_runs(workflow: dict, seed: int) -> list[float]:
     return [float(rng.random() < p) for _ in range(RUNS)]
 
 
-def run_arm(arm: str, cfg: RunConfig, task, out: Path) -> list[dict]:
-    """Iterations 0..T of one arm; a row per iteration about its freshly sampled workflows."""
-    rows = []
+def t_quantile(df: int) -> float:
+    """t(0.975, df) by the Cornish-Fisher expansion around the normal quantile (error < 2e-3 for df >= 5)."""
+    z = statistics.NormalDist().inv_cdf(0.975)
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def interval(per_question: list[float]) -> tuple[float, float]:
+    """Mean and 95% half-width over per-question values (the question is the unit)."""
+    n = len(per_question)
+    mean = statistics.fmean(per_question)
+    return mean, (t_quantile(n - 1) * statistics.stdev(per_question) / math.sqrt(n) if n > 1 else math.inf)
+
+
+def by_question(workflows: list[dict], value) -> dict[str, float]:
+    """Per-question mean of value(workflow)."""
+    groups: dict[str, list[float]] = {}
+    for w in workflows:
+        groups.setdefault(w["question_id"], []).append(float(value(w)))
+    return {q: statistics.fmean(v) for q, v in groups.items()}
+
+
+def run_arm(arm: str, cfg: RunConfig, task, out: Path) -> dict[int, list[dict]]:
+    """Iterations 0..T of one arm: the workflows each iteration sampled, keyed by iteration."""
+    sampled = {}
     for i in range(cfg.iterations + 1):
         trained = out / arm / f"iter_{i - 1}" / "adapter" if i and ARMS[arm] is not None else None
         generator = LocalGenerator(cfg, trained)  # base + the adapter the previous iteration wrote
@@ -88,60 +126,83 @@ def run_arm(arm: str, cfg: RunConfig, task, out: Path) -> list[dict]:
             it.dir.mkdir(parents=True, exist_ok=True)  # iteration 0 is the same policy and seeds for every arm
             shutil.copy(shared, it.dir / "workflows.jsonl")
         t0 = time.monotonic()
-        workflows = stages.generate(it, generator)
-        t_gen = time.monotonic() - t0
-        executions = [{"workflow_id": w["id"], "question_id": w["question_id"], "run": r, "score": s}
-                      for w in workflows if w["valid"] for r, s in enumerate(observed_runs(w, cfg.seed))]
-        scores = stages.score(it, workflows, executions)
-        row = {"arm": arm, "iteration": i, "true": statistics.fmean(true_score(w) for w in workflows),
-               "valid": statistics.fmean(w["valid"] for w in workflows),
-               "observed": statistics.fmean(s["score"] for s in scores), "generate_s": round(t_gen, 1)}
+        workflows = sampled[i] = stages.generate(it, generator)
+        row = {"arm": arm, "iteration": i, "true": statistics.fmean(map(true_score, workflows)),
+               "valid": statistics.fmean(w["valid"] for w in workflows), "generate_s": round(time.monotonic() - t0, 1)}
         if i < cfg.iterations and ARMS[arm] is not None:
+            executions = [{"workflow_id": w["id"], "question_id": w["question_id"], "run": r, "score": s}
+                          for w in workflows if w["valid"] for r, s in enumerate(observed_runs(w, cfg.seed))]
+            scores = stages.score(it, workflows, executions)
             t0 = time.monotonic()
             pairs = stages.pairs(it, workflows, scores)
             history = stages.train(it, generator, workflows, pairs)
-            row |= {"pairs": len(pairs), "loss": statistics.fmean(m["loss"] for m in history) if history else None,
+            row |= {"pairs": len(pairs), "distinct_pairs": len({(p["winner_id"], p["loser_id"]) for p in pairs}),
+                    "loss": statistics.fmean(m["loss"] for m in history) if history else None,
                     "train_s": round(time.monotonic() - t0, 1)}
-        rows.append(row)
         print(json.dumps(row), flush=True)
+        del generator
+    return sampled
+
+
+def summarise(sampled: dict[str, dict[int, list[dict]]]) -> list[dict]:
+    """One row per (arm, iteration): true p, valid and operator-use rates, paired difference to none."""
+    rows = []
+    for arm, iterations in sampled.items():
+        for i, workflows in iterations.items():
+            true = by_question(workflows, true_score)
+            mean, half = interval(list(true.values()))
+            row = {"arm": arm, "iteration": i, "n": len(workflows), "questions": len(true), "true": mean,
+                   "true_ci": half, "valid": statistics.fmean(w["valid"] for w in workflows),
+                   "operator_use": statistics.fmean(bool(operators_awaited(w["code"])) for w in workflows)}
+            base = sampled.get("none", {}).get(i)
+            if base is not None and arm != "none":
+                none = by_question(base, true_score)
+                row["diff"], row["diff_ci"] = interval([true[q] - none[q] for q in true])
+            rows.append(row)
     return rows
 
 
-def table(rows: list[dict], iterations: int) -> str:
-    cell = {(r["arm"], r["iteration"]): r for r in rows}
-    lines = ["| iteration | " + " | ".join(f"{a}: true p (valid, observed)" for a in ARMS) + " |",
-             "|---|" + "---|" * len(ARMS)]
-    for i in range(iterations + 1):
-        cells = [f"{c['true']:.3f} ({c['valid']:.2f}, {c['observed']:.3f})" if (c := cell.get((a, i))) else "-"
-                 for a in ARMS]
-        lines.append(f"| {i} | " + " | ".join(cells) + " |")
+def table(rows: list[dict]) -> str:
+    lines = ["| arm | iteration | mean true p ± 95% | valid | operator use | paired diff to none ± 95% |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["iteration"], list(ARMS).index(r["arm"]))):
+        diff = f"{r['diff']:+.3f} ± {r['diff_ci']:.3f}" if "diff" in r else "-"
+        lines.append(f"| {r['arm']} | {r['iteration']} | {r['true']:.3f} ± {r['true_ci']:.3f} | {r['valid']:.2f} | "
+                     f"{r['operator_use']:.2f} | {diff} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--limit", type=int, default=16, help="GSM8K validation questions")
+    ap.add_argument("--generator", default="qwen2.5-coder-0.5b-instruct", help="embedded model name or HF folder")
+    ap.add_argument("--limit", type=int, default=32, help="GSM8K validation questions")
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--pairs", type=int, default=32)
-    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=64)
+    ap.add_argument("--iterations", type=int, default=2)
+    ap.add_argument("--grouping", default="question", choices=("pair", "question"))
+    ap.add_argument("--epochs", type=int, default=2, help="passes over each iteration's pairs (the preset: 1)")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--out", default="runs/bench-learning")
     args = ap.parse_args()
     out = Path(args.out)
     task = load_task("gsm8k", "validate")
     task = replace(task, questions=task.questions[: args.limit])
-    base = replace(RunConfig(**{k: v for k, v in EMBEDDED.items() if k != "dpo"}), limit=args.limit, k=args.k,
-                   pairs=args.pairs, iterations=args.iterations, valid_floor=0.0)
-    print(f"# bench_learning: {args.limit} GSM8K questions, k={args.k}, {RUNS} runs, {args.pairs} pairs, "
-          f"{args.iterations} iterations, generator temperature {base.temperature}, lr {EMBEDDED['dpo'].lr}; "
-          f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    rows, start = [], time.monotonic()
+    base = replace(RunConfig(**{k: v for k, v in EMBEDDED.items() if k != "dpo"}), generator=args.generator,
+                   limit=args.limit, k=args.k, pairs=args.pairs, iterations=args.iterations, valid_floor=0.0)
+    print(f"# bench_learning: {args.generator}, {args.limit} GSM8K questions, k={args.k}, {RUNS} runs, "
+          f"{args.pairs} pairs, {args.iterations} iterations, {args.grouping} grouping, {args.epochs} epochs, "
+          f"generator temperature "
+          f"{base.temperature}, lr {EMBEDDED['dpo'].lr}; {platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    sampled, start = {}, time.monotonic()
     for arm in args.arms:
         settings = ARMS[arm] or {}
-        dpo = replace(EMBEDDED["dpo"], loss=settings.get("loss", "score_dpo"))
+        dpo = replace(EMBEDDED["dpo"], loss=settings.get("loss", "score_dpo"), dpo_grouping=args.grouping,
+                      epochs=args.epochs)
         cfg = replace(base, dpo=dpo, pair_gap=settings.get("pair_gap", "cubic"))
-        rows += run_arm(arm, cfg, task, out)
-    print(f"\n{table(rows, args.iterations)}\n\nwall {time.monotonic() - start:.0f} s")
+        sampled[arm] = run_arm(arm, cfg, task, out)
+    rows = summarise(sampled)
+    print(f"\n{table(rows)}\n\nwall {time.monotonic() - start:.0f} s")
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
