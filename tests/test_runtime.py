@@ -171,6 +171,7 @@ def test_extract_graph():
         == "class Workflow:\n    pass"
     assert extract_graph("<graph>\nclass Workflow:\n    pass\n") == "class Workflow:\n    pass"  # stopped at </graph>
     assert extract_graph("<graph>\n    class Workflow:\n        pass\n</graph>") == "class Workflow:\n    pass"
+    assert extract_graph("<graph>\nclass Workflow:\n    pass\n\n<graph>\nprose") == "class Workflow:\n    pass"  # closed by a stray <graph>
     assert extract_graph("no graph here") is None and extract_graph("<graph>\n```\n```</graph>") is None
 
 

@@ -54,7 +54,7 @@ __all__ = ["MAX_ANSWER_CHARS", "MAX_PRINT_CHARS", "STATUSES", "WorkerStartError"
            "run_workflow", "validate_workflow"]
 STATUSES = ("ok", "invalid", "error", "timeout", "executor_error", "empty")
 
-_GRAPH = re.compile(r"<graph>(.*?)(?:</graph>|\Z)", re.DOTALL)
+_GRAPH = re.compile(r"<graph>(.*?)(?:</?graph>|\Z)", re.DOTALL)
 _FENCE_LINE = re.compile(r"^[ \t]*```[\w+-]*[ \t]*$", re.MULTILINE)
 
 
@@ -92,7 +92,7 @@ class WorkflowResult:
 
 def extract_graph(text: str) -> str | None:
     """The workflow code between <graph> and </graph> (the closing tag may be missing, as
-    when sampling stops at it), without Markdown code-fence lines and common indentation;
+    when sampling stops at it, or written as a second <graph>, a slip of small generators), without Markdown code-fence lines and common indentation;
     None if there is none."""
     found = _GRAPH.search(text)
     code = textwrap.dedent(_FENCE_LINE.sub("", found.group(1))).strip("\n") if found else ""
