@@ -33,7 +33,7 @@ from pathlib import Path
 from .cli import add_flags, flag, given, run_cli
 from .executor import ExecutorClient
 from .executor.reachable import require_reachable
-from .llama.registry import DEFAULT_MODEL
+from .llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL, is_embedded
 from .lora import CONFIG_FILE
 from .optimize import stages
 from .optimize.config import EMBEDDED as TRAIN_EMBEDDED
@@ -73,7 +73,7 @@ class EvalConfig:
     split: str = flag("test", "Split whose questions are evaluated.", choices=("validate", "test"))
     data_dir: str | None = None
     limit: int | None = None  # only the first N questions
-    generator: str = DEFAULT_MODEL
+    generator: str = DEFAULT_GENERATOR
     adapter: str | None = flag(None, "The trained LoRA adapter (PEFT layout), e.g. RUN/iter_2/adapter.")
     untrained: bool = True  # also evaluate the generator without the adapter (--no-untrained)
     generator_url: str | None = None
@@ -122,7 +122,7 @@ class EvalConfig:
         return untrained + trained + [Method(f"baseline {b}", f"baseline-{b}", baseline=b) for b in self.baselines]
 
 
-# The no-flag run (embedded default model as generator and executor): 10 questions, and the
+# An embedded generator (the no-flag run): 10 questions, and the
 # generation settings of scoreflow.train's embedded preset, so it evaluates what that run trained.
 EMBEDDED = {"limit": 10, **{k: TRAIN_EMBEDDED[k] for k in ("max_new_tokens", "temperature", "executor_max_tokens",
                                                             "executor_concurrency")}}
@@ -252,7 +252,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, Path, str | N
     given_flags = given(a, EvalConfig)
     if a["no_untrained"]:
         given_flags["untrained"] = False
-    embedded = given_flags.get("generator", DEFAULT_MODEL) == DEFAULT_MODEL and "generator_url" not in given_flags
+    embedded = is_embedded(given_flags.get("generator", DEFAULT_GENERATOR)) and "generator_url" not in given_flags
     cfg = EvalConfig(**{**(EMBEDDED if embedded else {}), **given_flags})
     out = Path(a["out"] or f"runs/evaluate-{cfg.task}-{cfg.split}")
     return cfg, out, a["api_key"]

@@ -9,10 +9,11 @@ times by the executor and scored -> pairs with s_w > s_l, N drawn from P* ∝ (s
 Score-DPO on the generator's LoRA -> the next iteration samples from the updated generator.
 Rerun the same command after a crash or kill: finished work is read back, not redone.
 
-Defaults are the paper's (SPEC A4). With no --generator and no --generator-url, the embedded
-preset applies instead where it differs (shown as "embedded preset" below): the embedded
-SmolLM2-135M as generator and executor, 4 GSM8K questions, 2 iterations, 32 pairs. Any flag
-you give wins over both.
+Defaults are the paper's (SPEC A4). With an embedded generator (a known model name; by default
+Qwen2.5-Coder-0.5B-Instruct) and no --generator-url, the embedded preset applies instead where
+it differs (shown as "embedded preset" below): 4 GSM8K questions, 2 iterations, 32 pairs, one
+Score-DPO step per question. Without --executor-url the embedded SmolLM2-135M runs the operators,
+served on loopback. Any flag you give wins over both.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def test_command_line_defaults_and_baseline_names():
     assert cfg.judged and cfg.temperature == 0.2 and cfg.limit is None  # paper settings, judge for MATH
     assert str(out) == "runs/evaluate-math-test"
     embedded, _, _ = parse_args([])
-    assert not embedded.judged and embedded.limit == 10  # the 135M default: no judge, a small run
+    assert not embedded.judged and embedded.limit == 10  # the embedded models: no judge, a small run
     with pytest.raises(ValueError, match="unknown baseline"):
         EvalConfig(baselines=("debate",))
     with pytest.raises(FileNotFoundError, match="no adapter_config.json there"):

@@ -21,12 +21,13 @@ def test_main_job_runs_outside_the_repository(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "SCOREFLOW_DATA"}
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "scoreflow.train", "--limit", "1", "--k", "2", "--iterations", "1",
-                           "--runs", "1", "--pairs", "2", "--out", str(out)],
+                           "--runs", "1", "--pairs", "2", "--max-new-tokens", "96", "--out", str(out)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| iter | mean workflow score |" in proc.stdout  # the per-iteration table
     config = json.loads((out / "config.json").read_text())
     assert (config["task"], config["k"], config["data_dir"]) == ("gsm8k", 2, None)  # the packaged data
+    assert (config["generator"], config["dpo"]["dpo_grouping"]) == ("qwen2.5-coder-0.5b-instruct", "question")
     workflows = (out / "iter_0" / "workflows.jsonl").read_text().splitlines()
     assert len(workflows) == 2 and (out / "summary.jsonl").is_file()
 

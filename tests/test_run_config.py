@@ -1,6 +1,7 @@
 """The settings of `python -m scoreflow.train`: paper defaults, the embedded preset, and a
 --help that shows both."""
 
+from scoreflow.llama.registry import DEFAULT_MODEL, QWEN_CODER
 from scoreflow.optimize.config import EMBEDDED, RunConfig, resolve
 from scoreflow.train import parse_args
 
@@ -21,6 +22,14 @@ def test_flags_resolve_to_paper_settings_or_the_preset():
     assert str(out) == "runs/scoreflow-math"
     embedded = resolve(*parse_args([])[:2])
     assert (embedded.k, embedded.temperature, embedded.iterations, embedded.dpo.lr) == (8, 0.7, 2, 1e-4)
+    assert (embedded.generator, embedded.dpo.dpo_grouping) == (QWEN_CODER, "question")
+
+
+def test_every_embedded_generator_gets_the_preset_and_a_folder_does_not():
+    for name in (QWEN_CODER, DEFAULT_MODEL, DEFAULT_MODEL.upper()):
+        assert resolve({"generator": name}).k == EMBEDDED["k"] and resolve({"generator": name}).limit == 4
+    assert resolve({"generator": "/models/llama"}).limit is None
+    assert resolve({"generator": QWEN_CODER, "generator_url": "http://x/v1"}).limit is None  # a remote generator
 
 
 def test_help_shows_paper_default_and_preset_with_choices(capsys):

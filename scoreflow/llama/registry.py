@@ -16,8 +16,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_MODEL = "smollm2-135m-instruct"  # the embedded executor, server and MAgICoRE solver
 QWEN_CODER = "qwen2.5-coder-0.5b-instruct"
+# The embedded ScoreFlow generator: it writes valid workflows where the 135M model rarely does
+# (bench/RESULTS.md, "The no-flag run's choice").
+DEFAULT_GENERATOR = QWEN_CODER
 
 
 @dataclass(frozen=True)
@@ -100,10 +103,15 @@ def embedded_gguf(name: str) -> Path:
     return out if out.is_file() else _assemble(name, source, parts, out)
 
 
+def is_embedded(name: str | os.PathLike) -> bool:
+    """Whether `name` is a model this package knows by name (its GGUF from an installed package)."""
+    return str(name).lower() in _EMBEDDED
+
+
 def resolve_model_dir(path_or_name: str | os.PathLike) -> Path:
     """A known name (converted on first use) or an HF-format directory."""
     key = str(path_or_name)
-    if key.lower() in _EMBEDDED:
+    if is_embedded(key):
         from .gguf import convert_gguf
 
         out = cache_dir() / key.lower()

@@ -1,8 +1,9 @@
 """RunConfig: every setting of a ScoreFlow run, defaults equal to the paper's (SPEC A4).
 
-With no generator or executor given, the run uses the embedded default model for both and
-the EMBEDDED preset below: a small but real optimisation that finishes on a 2-core CPU. Any
-flag the user sets wins over the preset.
+With an embedded generator (a model known by name, Qwen2.5-Coder-0.5B by default) and no
+generator URL, the run uses the EMBEDDED preset below, and with no executor URL the embedded
+SmolLM2-135M serves the operators on loopback: a small but real optimisation that finishes on
+a 2-core CPU. Any flag the user sets wins over the preset.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ..cli import flag
 from ..dpo.pairs import GAPS
 from ..dpo.trainer import TrainConfig
 from ..executor.reachable import require_reachable
-from ..llama.registry import DEFAULT_MODEL, resolve_model_dir
+from ..llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL, is_embedded, resolve_model_dir
 from ..tasks.registry import TASK_NAMES
 from ..workflow.prompts import EXTRA_OPERATORS
 from .rundir import save_or_check_settings
@@ -32,8 +33,8 @@ class RunConfig:
                                       "copy shipped in the package).")
     limit: int | None = flag(None, "Use only the first N questions (default: all).")
     # generator G: our engine in-process on a local model, or an OpenAI /v1/completions endpoint
-    generator: str = flag(DEFAULT_MODEL, "Generator G: a known model name or an HF-format directory, run by our "
-                                         "engine in this process.")
+    generator: str = flag(DEFAULT_GENERATOR, "Generator G: a known model name or an HF-format directory, run by "
+                                             "our engine in this process.")
     generator_url: str | None = flag(None, "Use an OpenAI-compatible /v1/completions endpoint (e.g. vLLM) as the "
                                            "generator instead.")
     generator_model: str | None = flag(None, "Model name at --generator-url.")
@@ -97,7 +98,7 @@ class RunConfig:
 
     @property
     def embedded(self) -> bool:
-        return self.generator_url is None and self.generator == DEFAULT_MODEL
+        return self.generator_url is None and is_embedded(self.generator)
 
     def to_json(self) -> str:
         """The settings that decide the results (the API key is a credential, not a setting)."""
@@ -113,18 +114,20 @@ class RunConfig:
         return cls(**d)
 
 
-# The no-flag run: 4 GSM8K questions, 8 workflows each (the paper's k), 1 run each (our greedy executor would
-# repeat itself exactly: more runs cost time and add no information), 2 iterations; invalid workflows kept with
-# score 0 and valid ones lifted to >= 0.1, so the 135M generator first learns to write valid
-# ones; a larger learning rate and sampling temperature than the paper so that a few dozen
-# pairs move the policy visibly. It shows the mechanism, not the paper's accuracy.
+# The preset of an embedded generator (the no-flag run): 4 GSM8K questions, 8 workflows each (the
+# paper's k), 1 run each (our greedy executor would repeat itself exactly: more runs cost time
+# and add no information), 2 iterations; invalid workflows kept with score 0 and valid ones
+# lifted to >= 0.1, so a small generator first learns to write valid ones; a larger learning
+# rate and sampling temperature than the paper so that a few dozen pairs move the policy
+# visibly; one Score-DPO step per question (the same objective, ~15x less compute than a step
+# per pair). It shows the mechanism, not the paper's accuracy.
 EMBEDDED = dict(limit=4, k=8, runs=1, pairs=32, iterations=2, invalid="zero", valid_floor=0.1, max_new_tokens=384,
                 temperature=0.7, executor_max_tokens=256, executor_concurrency=8,
-                dpo=TrainConfig(lr=1e-4, warmup_steps=2))
+                dpo=TrainConfig(lr=1e-4, warmup_steps=2, dpo_grouping="question"))
 
 
 def resolve(overrides: dict, dpo_overrides: dict | None = None) -> RunConfig:
-    """Paper defaults, then the embedded preset (if no generator given), then the user's flags
+    """Paper defaults, then the embedded preset (if the generator is an embedded model), then the user's flags
     (`dpo_overrides` are TrainConfig fields)."""
     base = RunConfig(**{k: v for k, v in overrides.items() if k in ("generator", "generator_url")})
     cfg = RunConfig(**{**(EMBEDDED if base.embedded else {}), **overrides})  # fields derived anew (pairs)
@@ -133,13 +136,16 @@ def resolve(overrides: dict, dpo_overrides: dict | None = None) -> RunConfig:
 
 def check_endpoints(cfg: RunConfig) -> None:
     """Fail now, in one line, on a generator or executor the run could not use: an unknown model
-    name, a folder without config.json, a URL nothing answers at."""
+    name, a missing package, a folder without config.json, a URL nothing answers at. The
+    executor first: converting the generator takes a minute the executor's error should not wait for."""
+    if cfg.executor_url:
+        require_reachable(cfg.executor_url, "--executor-url")
+    else:
+        resolve_model_dir(DEFAULT_MODEL)  # served on loopback
     if cfg.generator_url:
         require_reachable(cfg.generator_url, "--generator-url")
     else:
         resolve_model_dir(cfg.generator)
-    if cfg.executor_url:
-        require_reachable(cfg.executor_url, "--executor-url")
 
 
 def save_or_check(cfg: RunConfig, run_dir: Path) -> None:
