@@ -1,14 +1,16 @@
-"""MAgICoRE end to end on the default model: a handful of GSM8K questions through MAgICoRE and
-through every baseline on the same Solver chains, then each ablation on those same chains.
+"""MAgICoRE end to end on an embedded model: GSM8K questions through MAgICoRE and through
+every baseline on the same Solver chains, then each ablation on those same chains.
 
-    python bench/bench_magicore.py [--limit 5] [--k 4] [--iters 2] [--max-tokens 256] [--out DIR]
+    python bench/bench_magicore.py [--model smollm2-135m-instruct] [--rm MODEL] [--limit 5] [--k 4]
+                                   [--iters 2] [--max-tokens 256] [--self-refine-rounds N] [--out DIR]
                                    [--ablations refine-all,cond1-only,cond2-only,no-review]
 
-Solver, Reviewer and Refiner are SmolLM2-135M-Instruct behind our own OpenAI-compatible server
-(scoreflow.engine.server, started on loopback); ORM and PRM are the same model as a local
-causal-LM reward model (reward.LocalLMRewardModel), a weak stand-in for trained reward models.
-So the numbers show that the pipeline runs and what it costs, not what MAgICoRE can do: a
-135M model solves almost no GSM8K problems, and its reward signal is close to noise.
+Solver, Reviewer and Refiner are --model behind our own OpenAI-compatible server
+(scoreflow.engine.server, started on loopback); ORM and PRM are --rm (default: the same model)
+as a local causal-LM reward model (reward.LocalLMRewardModel), a weak stand-in for trained
+reward models. With SmolLM2-135M the numbers show that the pipeline runs and what it costs, not
+what MAgICoRE can do: a 135M model solves almost no GSM8K problems. Qwen2.5-Coder-0.5B
+(`--model qwen2.5-coder-0.5b-instruct`) solves some.
 Each ablation runs in OUT/ablation-NAME, seeded with the full run's Solver chains
 (initial.jsonl), so the ablations differ from MAgICoRE only in what they change.
 Prints the results tables (also in OUT/results.md); rerunning with the same --out resumes.
@@ -26,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from scoreflow.llama.registry import DEFAULT_MODEL
+from scoreflow.magicore.baselines import SELF_REFINE_ROUNDS
 from scoreflow.magicore.loop import ABLATIONS
 
 
@@ -38,10 +42,13 @@ def run_magicore(out: Path, settings: list[str]) -> tuple[dict, float]:
     return json.loads((out / "summary.json").read_text()), time.perf_counter() - t0
 
 
-def bench(limit: int, k: int, iters: int, max_tokens: int, out: str | None, seed: int, ablations: str) -> None:
+def bench(model: str, rm: str | None, limit: int, k: int, iters: int, max_tokens: int, self_refine_rounds: int,
+          concurrency: int, out: str | None, seed: int, ablations: str) -> None:
     out = Path(out or tempfile.mkdtemp(prefix="bench_magicore_"))
     settings = [f"--{name.replace('_', '-')}={value}" for name, value in
-                dict(limit=limit, k=k, iters=iters, max_tokens=max_tokens, seed=seed, concurrency=limit).items()]
+                dict(model=model, orm=rm or model, prm=rm or model, limit=limit, k=k, iters=iters,
+                     max_tokens=max_tokens, seed=seed, concurrency=concurrency,
+                     self_refine_rounds=self_refine_rounds).items()]
     start = time.perf_counter()
     rows = [("none (MAgICoRE)", *run_magicore(out, settings))]
     for name in [a for a in ablations.split(",") if a]:
@@ -64,11 +71,15 @@ def bench(limit: int, k: int, iters: int, max_tokens: int, out: str | None, seed
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="Solver, Reviewer and Refiner: an embedded name or HF folder")
+    ap.add_argument("--rm", help="ORM and PRM stand-in (default: --model)")
     ap.add_argument("--limit", type=int, default=5, help="first N GSM8K test questions")
     ap.add_argument("--k", type=int, default=4, help="Solver chains per question")
     ap.add_argument("--iters", type=int, default=2, help="maximum refinement iterations")
     ap.add_argument("--max-tokens", type=int, default=256, help="per Solver/Reviewer/Refiner call")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--self-refine-rounds", type=int, default=SELF_REFINE_ROUNDS, help="rounds of the Self-Refine baselines")
+    ap.add_argument("--concurrency", type=int, default=5, help="questions in flight at once")
     ap.add_argument("--ablations", default=",".join(a for a in ABLATIONS if a != "none"),
                     help="comma list of ablations to run on the same Solver chains (empty: none)")
     ap.add_argument("--out", help="run directory (default: a new temporary directory)")
