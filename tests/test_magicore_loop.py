@@ -213,8 +213,9 @@ class OperatorServer(FakeOpenAIServer):
 
 
 def test_magicore_refine_operator_refines_hard_candidates_through_the_run():
-    from scoreflow.magicore.operator import MagicoreRefine
-    from scoreflow.workflow.operators import RunContext, WorkflowConfig
+    from scoreflow.workflow.context import WorkflowConfig
+    from scoreflow.workflow.magicore_refine import MagicoreRefine
+    from scoreflow.workflow.run_context import RunContext
 
     candidates = ["p\n\n\\boxed{1}", "q\n\n\\boxed{1}", "r\n\n\\boxed{2}", "s\n\n\\boxed{3}", "t\n\n\\boxed{4}"]
 

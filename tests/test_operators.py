@@ -8,9 +8,11 @@ import pytest
 from fake_openai_server import FakeOpenAIServer, Reply, completion
 from scoreflow.executor import AuthenticationError, ExecutorClient
 from scoreflow.tasks import load_task
-from scoreflow.workflow.operators import (OPERATORS, Extract, RunAborted, RunContext, WorkflowConfig,
-                                          as_text, chosen_letter, code_block, extraction_kind, parameter_list,
-                                          sanitize_code)
+from scoreflow.workflow.context import RunAborted, WorkflowConfig, as_text
+from scoreflow.workflow.host import OPERATORS
+from scoreflow.workflow.operators import Extract, extraction_kind, parameter_list
+from scoreflow.workflow.replies import chosen_letter, code_block, sanitize_code
+from scoreflow.workflow.run_context import RunContext
 from scoreflow.workflow.prompts import ATTRIBUTES, FAMILY_OPERATORS, OPERATOR_GUIDES
 
 PROBLEM = "What is 6 * 7?"

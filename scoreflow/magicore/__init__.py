@@ -8,15 +8,8 @@
     loop.py        classify -> (vote | review + refine + rescore + top-k), T iterations
     baselines.py   Best-of-k, self-consistency, weighted SC, Self-Refine, Self-Refine + SC
     runner.py      a resumable run over a dataset;  report.py  its results table
-    operator.py    MagicoreRefine, the loop as a ScoreFlow math operator (registered in
-                   workflow.operators.OPERATORS, offered to math workflows by the guide)
     __main__.py    python -m scoreflow.magicore
 """
-
-# Import order: MagicoreRefine (operator.py) subclasses workflow.operators.Operator, and
-# workflow.operators imports it at its end to register it. Loading that module first makes
-# both entry points (this package, or scoreflow.workflow.operators) free of an import cycle.
-import scoreflow.workflow.operators  # noqa: F401,I001
 
 from .agents import Agents, Ledger, Sampling
 from .answers import DATASETS, FORMATS, OPEN_MATH, AnswerFormat, answer_format

@@ -2,7 +2,7 @@
 
 The workflow worker (worker.py) imports only this module's kind of code: nothing here
 pulls in the executor client, the tasks or torch, so the worker template stays small and
-forks fast. The parent's RunContext (operators.py) extends `RunLimits` with the executor,
+forks fast. The parent's RunContext (run_context.py) extends `RunLimits` with the executor,
 the trace and the operator-call budget.
 """
 

@@ -16,13 +16,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from scoreflow.workflow import operators
 from scoreflow.workflow.context import RunAborted, WorkflowConfig, clip
-from scoreflow.workflow.operators import OPERATORS, RunContext
+from scoreflow.workflow.magicore_refine import MagicoreRefine
+from scoreflow.workflow.operators import Operator
 from scoreflow.workflow.prompts import FAMILY_OPERATORS
+from scoreflow.workflow.run_context import RunContext
 from scoreflow.workflow.stubs import decode_argument
 from scoreflow.workflow.wire import ProtocolError
 
 MAX_MESSAGE_CHARS = 2000
+# Every operator a workflow may call, by name: the paper's (SPEC A2) and ours, MagicoreRefine,
+# which a run offers only with --operators +MagicoreRefine (prompts.FAMILY_OPERATORS, validate.py).
+OPERATORS: dict[str, type[Operator]] = {**operators.OPERATORS, MagicoreRefine.name: MagicoreRefine}
 
 
 class OperatorHost:

@@ -1,4 +1,4 @@
-"""LLM-backed operators (SPEC A2), the per-run state they share, and the extraction step.
+"""LLM-backed operators (SPEC A2) and the extraction step after every workflow.
 
 A workflow builds its operators from the `config` it is given and calls them:
 
@@ -15,139 +15,30 @@ Every call returns a dict of plain values (one shape per operator):
     Review(pre_solution, problem=None)                    -> {"review": str, "solution": str}
     CustomCodeGenerate(instruction, problem=None, entry_point=None) -> {"response": str}
     Test(solution, problem=None, entry_point=None)        -> {"result": bool, "solution": str}
-    MagicoreRefine(solutions, problem=None)               -> {"response": str}   (math; magicore/operator.py)
+    MagicoreRefine(solutions, problem=None)               -> {"response": str}   (math; magicore_refine.py)
 
 `input`/`problem` left out mean the run's problem (operators are bound to it, as in the
 reference); `entry_point` left out means the code question's. Where text is expected, an
 operator's result dict may be passed: `as_text` takes its main field. Programs the
 operators obtain (Programmer's `solve()`, Test's candidate code) run only in the sandbox.
 
-Each call goes through `RunContext.invoke`, which enforces the run's budgets and appends a
+Each call goes through `RunContext.invoke` (run_context.py), which enforces the run's budgets and appends a
 `TraceEntry`. Executor errors propagate as the client's typed `ExecutorError`s and are
 recorded, never turned into "".
 """
 
 from __future__ import annotations
 
-import ast
 import inspect
-import math
-import re
-import time
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, ClassVar
+from typing import Any, ClassVar
 
-from scoreflow.executor import ExecutorClient, ExecutorError
-from scoreflow.tasks.base import Question, Task
-from scoreflow.tasks.gsm8k import extract_number
-from scoreflow.tasks.math import last_boxed
 from scoreflow.workflow import prompts
-from scoreflow.workflow.context import MAX_LOOP_STEPS, RunLimits, WorkflowConfig, as_text, clip
-from scoreflow.workflow.context import RunAborted  # noqa: F401 - operators' own errors, re-exported
-from scoreflow.workflow.sandbox import SandboxResult, run_python_async
+from scoreflow.workflow.context import WorkflowConfig, as_text
+from scoreflow.workflow.replies import (LETTERS, answer_in_form, chosen_letter, code_block, failure_text, sanitize_code,
+                                        tagged)
+from scoreflow.workflow.run_context import Call
 
-MAX_OPERATOR_CALLS = 50       # per run: a runaway loop of LLM calls ends with status "error"
 MAX_TRIES = 3                 # Programmer attempts; Test repair rounds (ref)
-PROGRAM_TIMEOUT_S = 30.0      # one sandboxed solve() run (ref)
-PROGRAM_MEMORY_MB = 1024
-FAILURE_CHARS = 1500          # tail of a failed program's output fed back to the executor
-CONCISE_WORDS = 6             # a QA answer this short (one line) needs no extraction call
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-@dataclass(frozen=True)
-class TraceEntry:
-    """One operator call: inputs and output as clipped text, what it used, how it ended."""
-
-    operator: str
-    inputs: dict[str, str]
-    output: str | None
-    error: str | None
-    latency_s: float
-    llm_calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    sandbox_runs: int = 0
-
-
-class RunContext(RunLimits):
-    """What one workflow run shares in the parent process: the executor and problem (and,
-    for code, the task and question) the operators are bound to, the trace they append to,
-    and the run's limits.
-
-    Sticky (see RunLimits): after `abort`, or after any executor call failed, every later
-    check and budgeted operator call raises again, so workflow code cannot carry on past a
-    failure it caught.
-    """
-
-    def __init__(self, executor: ExecutorClient, problem: str, family: str, *, task: Task | None = None,
-                 question: Question | None = None, temperature: float = 0.0, max_calls: int = MAX_OPERATOR_CALLS,
-                 max_steps: int = MAX_LOOP_STEPS, deadline: float = math.inf):
-        super().__init__(max_steps=max_steps, deadline=deadline)
-        self.executor, self.problem, self.family = executor, problem, family
-        self.task, self.question, self.temperature = task, question, temperature
-        self.max_calls = max_calls
-        self.trace: list[TraceEntry] = []
-        self.calls = 0
-        self.executor_error: ExecutorError | None = None
-
-    @property
-    def entry_point(self) -> str | None:
-        return self.question.row.get("entry_point") if self.question is not None else None
-
-    def stopped(self) -> tuple[str, str] | None:
-        if self.aborted is None and self.executor_error is not None:
-            return "executor_error", f"{type(self.executor_error).__name__}: {self.executor_error}"
-        return super().stopped()
-
-    async def invoke(self, name: str, inputs: dict[str, Any], run: Callable[[Call], Awaitable[dict]], *,
-                     budgeted: bool = True) -> dict:
-        """Run one operator call under the budgets and append its TraceEntry."""
-        if budgeted:
-            self.check()
-            self.calls += 1
-            if self.calls > self.max_calls:
-                self.abort("error", f"more than {self.max_calls} operator calls")
-        call, start = Call(self), time.monotonic()
-        output, error = None, None
-        try:
-            output = await run(call)
-            return output
-        except BaseException as e:  # executor and workflow errors, cancellation, aborts: traced, passed on
-            if isinstance(e, ExecutorError) and self.executor_error is None:
-                self.executor_error = e
-            error = f"{type(e).__name__}: {e}"
-            raise
-        finally:
-            self.trace.append(TraceEntry(
-                name, {k: clip(_shown(v)) for k, v in inputs.items()}, None if output is None else clip(_shown(output)),
-                error, time.monotonic() - start, call.llm_calls, call.prompt_tokens, call.completion_tokens,
-                call.sandbox_runs))
-
-
-class Call:
-    """One operator call's access to the executor and the sandbox; counts what it used."""
-
-    def __init__(self, ctx: RunContext):
-        self.ctx = ctx
-        self.llm_calls = self.prompt_tokens = self.completion_tokens = self.sandbox_runs = 0
-
-    async def chat(self, messages: list[dict[str, str]], *, temperature: float | None = None) -> str:
-        """The executor's reply text; generation uses the run's temperature unless given."""
-        result = await self.ctx.executor.chat(messages, temperature=self.ctx.temperature if temperature is None
-                                              else temperature)
-        self.llm_calls += 1
-        self.prompt_tokens += result.prompt_tokens
-        self.completion_tokens += result.completion_tokens
-        return result.text
-
-    async def ask(self, prompt: str, *, temperature: float | None = None) -> str:
-        return await self.chat([{"role": "user", "content": prompt}], temperature=temperature)
-
-    async def run_program(self, code: str, *, call: str | None = None, timeout_s: float = PROGRAM_TIMEOUT_S,
-                          memory_mb: int = PROGRAM_MEMORY_MB) -> SandboxResult:
-        self.sandbox_runs += 1
-        return await run_python_async(code, call=call, timeout_s=timeout_s, memory_mb=memory_mb)
 
 
 class Operator:
@@ -322,96 +213,8 @@ class Extract(Operator):
     async def _run(self, call: Call, raw: str, kind: str) -> dict:
         if kind == "code":
             return {"answer": sanitize_code(code_block(raw, self._ctx.entry_point))}
-        ready = _in_form(raw, kind)
+        ready = answer_in_form(raw, kind)
         if ready is not None:
             return {"answer": ready}
         reply = await call.ask(_EXTRACT_PROMPTS[kind].format(problem=self._problem, solution=raw), temperature=0.0)
-        return {"answer": _in_form(reply, kind) or reply.strip()}
-
-
-_BARE_NUMBER = re.compile(r"[-+]?\$?\s*(?:\d[\d,]*(?:\.\d+)?|\.\d+)\s*\.?")
-_ANSWER_PREFIX = re.compile(r"^(?i:(?:the\s+)?(?:final\s+)?answer(?:\s+is)?)\b\s*[:\-]?\s*")
-
-
-def _in_form(text: str, kind: str) -> str | None:
-    """The answer when `text` already states it in `kind`'s form, else None."""
-    stripped = text.strip()
-    if kind == "boxed":
-        boxed = last_boxed(text)
-        return f"\\boxed{{{boxed.strip()}}}" if boxed and boxed.strip() else None
-    if kind == "number":
-        if not (_BARE_NUMBER.fullmatch(stripped) or last_boxed(text) is not None):
-            return None
-        number = extract_number(text)
-        return None if number is None else (str(int(number)) if number.is_integer() else repr(number))
-    short = _ANSWER_PREFIX.sub("", stripped)
-    return short if short and "\n" not in short and len(short.split()) <= CONCISE_WORDS else None
-
-
-# --------------------------------------------------------------------------- text helpers
-
-def _shown(value: Any) -> str:
-    return value if isinstance(value, str) else repr(value)
-
-
-def tagged(text: str, tag: str) -> str | None:
-    """Content of the last <tag>...</tag> (an unclosed last tag runs to the end), stripped."""
-    found = re.findall(rf"<{tag}>(.*?)(?:</{tag}>|\Z)", text, flags=re.DOTALL)
-    return found[-1].strip() if found else None
-
-
-_CHOICE = re.compile(r"(?i:choice|answer|solution|candidate|option|pick|select(?:ed)?|best)\W{0,5}"
-                     r"(?:(?i:is)\W{1,5})?\(?([A-Z])\)?(?![A-Za-z])")
-_LONE_LETTER = re.compile(r"\W*([A-Z])\W*")
-
-
-def chosen_letter(reply: str, count: int) -> int | None:
-    """Index of the candidate a reply picks: the last explicit "Choice: X" ("answer is
-    (X)", "candidate X", ...) naming one of `count` candidates, else a reply that is just
-    a letter; None when it names none."""
-    letters = [m.group(1) for m in _CHOICE.finditer(reply)]
-    if not letters and (lone := _LONE_LETTER.fullmatch(reply)):
-        letters = [lone.group(1)]
-    return next((LETTERS.index(x) for x in reversed(letters) if LETTERS.index(x) < count), None)
-
-
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
-_DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign,
-                ast.AnnAssign)
-
-
-def code_block(text: str, entry_point: str | None = None) -> str:
-    """The code in a reply: the last Python code block that defines `entry_point`, else
-    the last Python code block, else the whole text (already bare code)."""
-    blocks = [body for lang, body in _FENCE.findall(text) if lang.lower() in ("", "python", "py", "python3")]
-    if entry_point:
-        defining = re.compile(rf"\bdef\s+{re.escape(entry_point)}\s*\(")
-        blocks = [b for b in blocks if defining.search(b)] or blocks
-    return (blocks[-1] if blocks else text).strip()
-
-
-def sanitize_code(code: str) -> str:
-    """Keep only imports, definitions and assignments at the top level (drops example
-    calls, prints, asserts and `if __name__ == "__main__":` blocks); unparsable code is
-    returned unchanged (it fails the tests on its own)."""
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return code
-    kept = [node for node in tree.body if isinstance(node, _DEFINITIONS)]
-    return code if len(kept) == len(tree.body) else ast.unparse(ast.Module(kept, type_ignores=[]))
-
-
-def failure_text(result: SandboxResult) -> str:
-    """What to tell the executor about a failed program run: the tail of its output."""
-    detail = (result.stderr.strip() or result.stdout.strip())[-FAILURE_CHARS:]
-    if result.status == "timeout":
-        return "the program did not finish in time" + (f"; its output:\n{detail}" if detail else "")
-    return detail or f"the program failed ({result.status}, exit status {result.returncode})"
-
-
-# MAgICoRE's refinement as a math operator (SPEC B inside SPEC A). It subclasses Operator, so it
-# is imported once everything above exists; scoreflow.magicore imports this module first.
-from scoreflow.magicore.operator import MagicoreRefine  # noqa: E402,I001
-
-OPERATORS[MagicoreRefine.name] = MagicoreRefine
+        return {"answer": answer_in_form(reply, kind) or reply.strip()}

@@ -42,11 +42,12 @@ from scoreflow.executor import ExecutorClient
 from scoreflow.tasks.base import Question, Task
 from scoreflow.workflow.host import OperatorHost
 from scoreflow.workflow.isolation import WorkerStartError, run_isolated
-from scoreflow.workflow.operators import (MAX_OPERATOR_CALLS, Extract, RunContext, TraceEntry, WorkflowConfig,
-                                          extraction_kind)
+from scoreflow.workflow.context import WorkflowConfig
+from scoreflow.workflow.operators import Extract, extraction_kind
 from scoreflow.workflow.prompts import FAMILY_OPERATORS
 from scoreflow.workflow.restricted import (MAX_ANSWER_CHARS, MAX_PRINT_CHARS, Outcome, describe, guarded,
                                            run_restricted)
+from scoreflow.workflow.run_context import MAX_OPERATOR_CALLS, RunContext, TraceEntry
 from scoreflow.workflow.stubs import stub_operators
 from scoreflow.workflow.validate import validate_workflow
 

@@ -31,7 +31,7 @@ Code nested too deeply for the checks themselves is rejected as such, not raised
 
 Loops, `while True` included, are allowed: `instrument` puts a tick call at every loop
 iteration, function entry and comprehension element, and the tick ends the run when the
-time limit or the loop-step budget is spent (operators.RunContext.tick).
+time limit or the loop-step budget is spent (context.RunLimits.tick).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
     candidates = [...]                                              # e.g. from Custom calls
     best = await self.magicore_refine(solutions=candidates)         # -> {"response": str}
 
-The run's executor plays every part: judge ORM and PRM (judge.JudgeRewardModel), Reviewer and
-Refiner (agents.Agents). The n candidates are scored; an easy question (difficulty.py, with
+It uses `scoreflow.magicore` as a library (which knows nothing of workflows). The run's
+executor plays every part: judge ORM and PRM (JudgeRewardModel), Reviewer and Refiner (Agents). The n candidates are scored; an easy question (difficulty.py, with
 per-question normalisation: a workflow has no dataset statistics) is answered by the
 RM-weighted vote at once, a hard one gets ITERATIONS rounds of review + rewrite per candidate,
 rescoring and top-n (loop.refine_until_easy). The response is the highest-reward chain that
@@ -19,13 +19,11 @@ final number, so GSM8K and MATH workflows both work.
 from __future__ import annotations
 
 from scoreflow.executor import ChatResult
-from scoreflow.workflow.operators import Call, Operator, as_text
-
-from .agents import Agents, Ledger, Sampling
-from .answers import OPEN_MATH
-from .judge import JudgeRewardModel
-from .loop import MagicoreConfig, refine_until_easy, score_chains
-from .reward import RewardModels
+from scoreflow.magicore import (OPEN_MATH, Agents, JudgeRewardModel, Ledger, MagicoreConfig, RewardModels, Sampling,
+                                refine_until_easy, score_chains)
+from scoreflow.workflow.context import as_text
+from scoreflow.workflow.operators import Operator
+from scoreflow.workflow.run_context import Call
 
 MAX_CANDIDATES = 8
 ITERATIONS = 1
