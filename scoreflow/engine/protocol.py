@@ -21,13 +21,10 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .generate import Engine, TokenLogprob
 from .sampling import SamplingParams
-
-if TYPE_CHECKING:
-    from .server import OpenAIServer
 
 _NUMBER = (int, float)
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
@@ -111,6 +108,14 @@ def _parse_int(text: str) -> int:
     return int(text) if len(text) <= _LONGEST_INT else _HugeInt(text)
 
 
+class Served(Protocol):
+    """What an exchange reads of the server that received it (server.OpenAIServer)."""
+
+    engine: Engine
+    model_name: str
+    limits: Limits
+
+
 def parse_body(raw: bytes) -> dict:
     """The request body as a JSON object. NaN and Infinity parse (Python's json reads them) and
     fail the range check of their field later, which names it."""
@@ -175,7 +180,7 @@ class Exchange:
     FIELDS: dict = {}
     OBJECT = CHUNK_OBJECT = ID_PREFIX = PROMPT_FIELD = ""
 
-    def __init__(self, body: dict, server: OpenAIServer):
+    def __init__(self, body: dict, server: Served):
         self.engine, self.tokenizer, self.limits = server.engine, server.engine.tokenizer, server.limits
         f = check_fields(body, {**_SAMPLING_FIELDS, **self.FIELDS})
         self.model = f.get("model", server.model_name)
@@ -253,7 +258,7 @@ class ChatExchange(Exchange):
     _ASSISTANT = {**_MESSAGE, "refusal": str, "annotations": list, "tool_calls": list, "audio": dict,
                   "function_call": dict}
 
-    def __init__(self, body: dict, server: OpenAIServer):
+    def __init__(self, body: dict, server: Served):
         self._started: set[int] = set()  # stream: choices whose first delta (with the role) went out
         super().__init__(body, server)
 
@@ -314,7 +319,7 @@ class CompletionExchange(Exchange):
     OBJECT = CHUNK_OBJECT = "text_completion"
     ID_PREFIX, PROMPT_FIELD = "cmpl", "prompt"
 
-    def __init__(self, body: dict, server: OpenAIServer):
+    def __init__(self, body: dict, server: Served):
         self._offsets: defaultdict[int, int] = defaultdict(int)  # text_offset reached per choice
         super().__init__(body, server)
 

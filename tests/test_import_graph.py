@@ -1,0 +1,87 @@
+"""The packages import one another in one direction only: the import graph of scoreflow/ and
+kernels/, read from the source with `ast` (imports inside functions and under TYPE_CHECKING
+count too), has no cycle."""
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the two packages."""
+    found = {}
+    for top in ("scoreflow", "kernels"):
+        for path in (REPO / top).rglob("*.py"):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def imported(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The package modules `name` imports. `from a.b import c` counts a.b.c when it is a module,
+    else a.b. Importing a.b.c also runs a/__init__ and a/b/__init__, unless `name` is inside them."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[: len(package) - node.level + 1] + [node.module or ""]).strip(".") \
+                if node.level else node.module
+            targets |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names}
+    edges = set()
+    for target in targets:
+        parts = target.split(".")
+        for k in range(1, len(parts) + 1):
+            ancestor = ".".join(parts[:k])
+            if ancestor in known and (k == len(parts) or not (name + ".").startswith(ancestor + ".")):
+                edges.add(ancestor)
+    return edges - {name}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected component of more than one module (Tarjan's algorithm)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imported(name, path, known) for name, path in known.items()}
+
+
+def test_no_import_cycle():
+    assert cycles(graph()) == []
+
+
+def test_the_graph_sees_real_edges_and_would_catch_a_cycle():
+    g = graph()
+    assert "scoreflow.magicore" in g["scoreflow.workflow.magicore_refine"]  # a from-package import
+    assert "scoreflow.engine.protocol" in g["scoreflow.engine.server"]  # a relative import
+    assert "scoreflow.engine" in g["scoreflow.optimize.endpoint"]  # a.b.c runs a/b/__init__ first
+    assert "scoreflow.engine" not in g["scoreflow.engine.server"]  # ... unless inside a/b
+    g["scoreflow.engine.protocol"].add("scoreflow.engine.server")
+    assert cycles(g) == [["scoreflow.engine.protocol", "scoreflow.engine.server"]]
