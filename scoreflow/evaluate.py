@@ -40,7 +40,7 @@ from .optimize.config import EMBEDDED as TRAIN_EMBEDDED
 from .optimize.config import RunConfig, check_endpoints
 from .optimize.endpoint import executor_endpoint
 from .optimize.generator import make_generator
-from .optimize.rundir import JsonlLog, save_or_check_settings
+from .rundir import JsonlLog, save_or_check_settings
 from .tasks import load_task
 from .tasks.judge import JUDGED_TASKS, AnswerJudge, JudgedTask
 from .workflow.baselines import BASELINES, EXECUTOR_TEMPERATURES, baseline_workflow

@@ -33,7 +33,7 @@ from .optimize import stages
 from .optimize.config import EMBEDDED, RunConfig, check_endpoints, resolve, save_or_check
 from .optimize.endpoint import executor_endpoint
 from .optimize.generator import make_generator
-from .optimize.rundir import JsonlLog, stage_info
+from .rundir import JsonlLog, stage_info
 from .tasks import load_task
 
 

@@ -31,7 +31,7 @@ from scoreflow.magicore import RunConfig as MagicoreRunConfig
 from scoreflow.magicore.reward import split_steps
 from scoreflow.optimize import stages
 from scoreflow.optimize.config import RunConfig
-from scoreflow.optimize.rundir import JsonlLog
+from scoreflow.rundir import JsonlLog
 from scoreflow.tasks.base import AnswerTask, Question
 from scoreflow.workflow.prompts import workflow_source
 from scoreflow.workflow.runtime import STATUSES, run_workflow, validate_workflow

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import scoreflow
-from scoreflow.workflow.sandbox import MAX_PROCESSES, run_python, run_python_async
+from scoreflow.sandbox import MAX_PROCESSES, run_python, run_python_async
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_programs_see_neither_the_project_nor_other_processes(audit_hook, os_iso
     if not os_isolated:
         pytest.skip("no namespaces on this machine: programs see the caller's files")
     package = Path(scoreflow.__file__).resolve().parent
-    secrets = [package / "workflow" / "sandbox.py", Path(__file__).resolve(), Path.cwd(), Path.home() / ".cache",
+    secrets = [package / "sandbox" / "child.py", Path(__file__).resolve(), Path.cwd(), Path.home() / ".cache",
                *sorted((package / "data").glob("*/*.json*"))[:1]]
     assert all(os.access(p, os.R_OK) and p.stat().st_mode & 0o004 for p in secrets)  # control: readable here
     code = f"""
@@ -227,7 +227,7 @@ def test_without_namespaces_the_audit_hook_still_blocks(marker):
         script = f"""
 import json, sys, warnings
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-from scoreflow.workflow.sandbox import run_python
+from scoreflow.sandbox import run_python
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     net = run_python("import socket; socket.create_connection(('127.0.0.1', {listener.getsockname()[1]}), timeout=2)")

@@ -14,7 +14,7 @@ from scoreflow.tasks.f1 import token_f1
 from scoreflow.tasks.gsm8k import extract_number
 from scoreflow.tasks.hotpotqa import split_of
 from scoreflow.tasks.magicore import extract_option
-from scoreflow.workflow.sandbox import run_python_async
+from scoreflow.sandbox import run_python_async
 
 AFLOW_SPLITS = ["validate", "test"]
 

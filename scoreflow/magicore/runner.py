@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from scoreflow.executor import ExecutorError
-from scoreflow.optimize.rundir import save_or_check_settings
+from scoreflow.rundir import save_or_check_settings
 from scoreflow.tasks import Question, Task
 from scoreflow.workflow.restricted import gather
 

@@ -19,7 +19,7 @@ from ..executor.reachable import require_reachable
 from ..llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL, is_embedded, resolve_model_dir
 from ..tasks.registry import TASK_NAMES
 from ..workflow.prompts import EXTRA_OPERATORS
-from .rundir import save_or_check_settings
+from ..rundir import save_or_check_settings
 
 
 PAPER_PAIRS = {"humaneval": 600}  # N per task in the reference code; 2000 for every other task

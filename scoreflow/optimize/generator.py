@@ -21,7 +21,7 @@ from ..llama import load_model, load_tokenizer
 from ..lora import apply_lora, load_adapter
 from ..workflow.prompts import generator_prompt
 from .config import RunConfig
-from .progress import Progress
+from ..progress import Progress
 
 STOP = "</graph>"
 # The assistant turn starts with the opening tag (part of the prompt): the policy writes the

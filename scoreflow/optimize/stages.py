@@ -36,8 +36,8 @@ from ..workflow.runtime import WorkerStartError, extract_graph, run_workflow, va
 from .config import RunConfig
 from .dry_run import dry_run
 from .generator import RESPONSE_PREFIX
-from .progress import Progress
-from .rundir import JsonlLog, mark_done, stage_done
+from ..progress import Progress
+from ..rundir import JsonlLog, mark_done, stage_done
 
 GENERATE_ROWS = 32  # samples decoded together: GENERATE_ROWS // k questions per chunk (written together)
 MAX_ABRUPT_ENDS = 2  # a run during which the process died this often is recorded as crashed, not started again

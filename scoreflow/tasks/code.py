@@ -1,7 +1,7 @@
 """HumanEval and MBPP: a code answer scores 1.0 iff the hidden tests pass in the sandbox.
 
 The answer is complete code (the function and anything it needs). The program run in an
-isolated process (workflow/sandbox.py) is preamble + answer + `candidate = <entry_point>`
+isolated process (scoreflow/sandbox) is preamble + answer + `candidate = <entry_point>`
 + hidden tests:
 
 - HumanEval: preamble = the task prompt, so helpers the tests call (`poly`,
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from scoreflow.workflow.sandbox import run_python, run_python_async
+from scoreflow.sandbox import run_python, run_python_async
 
 from .base import Question, Task
 from .data import aflow_rows, check_split, read_jsonl

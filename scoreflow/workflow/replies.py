@@ -10,7 +10,7 @@ import re
 
 from scoreflow.tasks.gsm8k import extract_number
 from scoreflow.tasks.math import last_boxed
-from scoreflow.workflow.sandbox import SandboxResult
+from scoreflow.sandbox import SandboxResult
 
 FAILURE_CHARS = 1500          # tail of a failed program's output fed back to the executor
 CONCISE_WORDS = 6             # a QA answer this short (one line) needs no extraction call

@@ -18,7 +18,7 @@ from typing import Any
 from scoreflow.executor import ExecutorClient, ExecutorError
 from scoreflow.tasks.base import Question, Task
 from scoreflow.workflow.context import MAX_LOOP_STEPS, RunLimits, clip
-from scoreflow.workflow.sandbox import SandboxResult, run_python_async
+from scoreflow.sandbox import SandboxResult, run_python_async
 
 MAX_OPERATOR_CALLS = 50       # per run: a runaway loop of LLM calls ends with status "error"
 PROGRAM_TIMEOUT_S = 30.0      # one sandboxed solve() run (ref)

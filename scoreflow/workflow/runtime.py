@@ -28,7 +28,7 @@ calls come back here as plain requests and run with the real operators (host.py)
 executor client (API keys, cache, concurrency limit), the sandbox for programs and the
 task's tests stay in this process; calls in flight when the worker ends are cancelled.
 The answer extraction runs here, on the returned text. Programs the operators obtain run
-in the sandbox (sandbox.py), never in the worker or here.
+in the sandbox (scoreflow/sandbox), never in the worker or here.
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@ from typing import NoReturn
 from scoreflow.workflow.context import RunLimits, WorkflowConfig
 from scoreflow.workflow.prompts import FAMILY_OPERATORS
 from scoreflow.workflow.restricted import run_restricted
-from scoreflow.workflow.sandbox import (CLONE_NEWNET, CLONE_NEWNS, NOBODY, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG,
-                                        enter_empty_root, libc, unshare)
+from scoreflow.sandbox.child import (CLONE_NEWNET, CLONE_NEWNS, NOBODY, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG,
+                                     enter_empty_root, libc, unshare)
 from scoreflow.workflow.stubs import stub_operators
 from scoreflow.workflow.wire import frame, read_message
 

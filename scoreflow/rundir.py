@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ..cli import UserError
+from .cli import UserError
 
 
 class JsonlLog:

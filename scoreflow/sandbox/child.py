@@ -1,65 +1,22 @@
-"""Run untrusted generated Python in a separate, locked-down process.
-
-The reference code `exec`s generated programs in-process behind a bypassable import
-blocklist (SPEC Part C). Here every run is a fresh `python -I` process:
-
-    parent (this module)                     child (this file run as a script)
-    ------------------------------------     ---------------------------------------------
-    temp dir, program.py, report file   -->  stage A, as the caller's user:
-    new session (own process group)            unshare net + mount + PID namespaces
-    stdout/stderr drained, capped              a new root (a tmpfs), read-only: the system
-    wall-clock timeout -> SIGKILL group          library dirs, the interpreter's prefix
-    temp dir removed                             (stdlib, site-packages) with any scoreflow
-                                                 package dir hidden, a few /etc files and
-                                                 /dev nodes; the work dir, a fresh tmpfs
-                                               fork -> program process = PID 1 of the new
-                                                 namespace (stage A waits and mirrors its end)
-                                             program process:
-                                               a fresh /proc of its PID namespace, chroot
-                                                 into the new root
-                                               rlimits (AS, CPU, NPROC, FSIZE, NOFILE, CORE=0)
-                                               drop to nobody, no_new_privs, parent-death kill
-                                               audit hook (defence in depth), exec the program
-
-Real isolation is the process, the uid, the rlimits and the namespaces: no network (the new
-network namespace has only a downed loopback), nothing of the project, the benchmark data,
-run directories, home or cache directories to read (they are not in the new root), no
-writes outside the work dir, no other processes to see (the /proc is the namespace's own),
-nothing outlives the run (when PID 1 of a namespace dies the kernel kills the rest, setsid
-or not), no signals to other sandboxes (they live in other PID namespaces).
-
-Fallbacks, reported in `SandboxResult.isolated` and warned about once:
-- not root: unshare(user + net) only; the program keeps the caller's uid and files and no
-  RLIMIT_NPROC is set (it would count every process of that user).
-- unshare refused (a container's seccomp, or unprivileged user namespaces disabled): no
-  namespaces at all; sockets and writes outside the work dir are then blocked by the audit
-  hook alone, and leftovers are killed through the process group only.
-
-Known limits: the program is PID 1 of its namespace, so signals it sends *itself* with the
-default action (os.kill(os.getpid(), SIGTERM), raise(SIGSEGV)) are ignored by the kernel;
-exceptions, real faults, rlimits and the timeout still end it. RLIMIT_AS is per process: a
-program that forks (possible only past the audit hook) can use up to MAX_PROCESSES times
-memory_mb; a cgroup would bound the total but is not available everywhere.
-"""
+"""The child side of the sandbox (see __init__.py), run as `python -I child.py CONFIG`: it
+imports the standard library only. Stage A enters the namespaces and builds the new root;
+the program process (PID 1 of the new PID namespace) drops privileges, sets the rlimits and
+the audit hook, and execs the program. The kernel calls (libc, mount, unshare) are also what
+the workflow worker uses to lock itself down (workflow/worker.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import json
 import math
 import os
 import resource
-import shutil
 import signal
 import sys
 import sysconfig
 import tempfile
-import time
 import traceback
 import types
-import warnings
-from dataclasses import dataclass
 from typing import Any
 
 NOBODY = 65534                    # uid/gid the program runs as when we start as root
@@ -67,7 +24,6 @@ MAX_PROCESSES = 64                # RLIMIT_NPROC for uid nobody (shared by concu
 MAX_OPEN_FILES = 64
 MAX_FILE_BYTES = 32 << 20         # RLIMIT_FSIZE: one file written by the program
 WORKDIR_TMPFS = "size=64m,nr_inodes=4096"   # bounds the work dir in total, not per file
-DRAIN_GRACE_S = 1.0               # after the process ends, wait this long for pipes to close
 # What a program sees besides the interpreter's own directories (sys.prefix, ...) and its
 # work dir: system libraries and tools, and the few files the C library and Python read.
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -80,163 +36,6 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 
-
-class SandboxError(RuntimeError):
-    """The sandbox itself could not be set up (not a failure of the program)."""
-
-
-@dataclass(frozen=True)
-class SandboxResult:
-    """Outcome of one run.
-
-    status: "ok" (exit 0), "error" (exception or non-zero exit; traceback in stderr),
-    "timeout" (we killed it at timeout_s), "killed" (died from any other signal, e.g. a
-    segfault or the CPU limit). `value` is str() of the `call` expression, None without one.
-    `isolated` is True when the run had its own network, mount and PID namespaces and an
-    unprivileged uid; False means part of that was unavailable (see the module docstring).
-    """
-
-    status: str
-    stdout: str
-    stderr: str
-    value: str | None
-    returncode: int
-    duration_s: float
-    isolated: bool
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-def run_python(code: str, **options: Any) -> SandboxResult:
-    """Blocking form of `run_python_async` (same keyword options); not for use inside a
-    running event loop."""
-    return asyncio.run(run_python_async(code, **options))
-
-
-async def run_python_async(code: str, *, call: str | None = None, timeout_s: float = 10.0,
-                           memory_mb: int = 1024, max_output_bytes: int = 64 * 1024,
-                           audit_hook: bool = True) -> SandboxResult:
-    """Run `code` as a module in a fresh sandboxed process; if `call` is given (e.g.
-    "solve()"), evaluate it in the module's namespace afterwards and return str() of it.
-
-    stdout, stderr and the value are each cut to `max_output_bytes` with a marker.
-    `audit_hook=False` leaves out the in-process defence layer; it exists so tests can show
-    the OS-level isolation holds on its own — keep it on in real use.
-    """
-    workdir = tempfile.mkdtemp(prefix="scoreflow_sandbox_")
-    try:
-        with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as f:
-            f.write(code)
-        with tempfile.TemporaryFile() as report:
-            config = dict(workdir=workdir, report_fd=report.fileno(), call=call, timeout_s=timeout_s,
-                          memory_mb=memory_mb, max_output_bytes=max_output_bytes, audit_hook=audit_hook)
-            return await _supervise(config, report)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-# ----------------------------------------------------------------------------- parent side
-
-async def _supervise(config: dict, report) -> SandboxResult:
-    limit = config["max_output_bytes"]
-    start = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-I", "-u", "-B", "-X", "utf8", os.path.abspath(__file__), json.dumps(config),
-        cwd=config["workdir"], env=_child_env(config["workdir"]), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True, pass_fds=(config["report_fd"],))
-    out, err = _Capture(limit), _Capture(limit)
-    readers = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr))
-    timed_out = False
-    try:
-        await asyncio.wait_for(proc.wait(), config["timeout_s"])
-    except asyncio.TimeoutError:  # builtin TimeoutError only from 3.11 on
-        timed_out = True
-    finally:  # also on cancellation: never leave the group running or unreaped
-        _kill_group(proc.pid)
-        await proc.wait()
-        try:
-            await asyncio.wait_for(readers, DRAIN_GRACE_S)
-        except asyncio.TimeoutError:
-            pass  # a fallback-mode escapee keeps a pipe open; keep what was read
-    duration = time.monotonic() - start
-
-    facts = _read_report(report, limit)
-    if "setup_error" in facts:
-        raise SandboxError(f"could not set up the sandbox: {facts['setup_error']}")
-    if facts.get("isolated") is False:
-        warnings.warn(f"sandbox runs with reduced isolation: {facts.get('note', 'unknown reason')}",
-                      RuntimeWarning, stacklevel=2)
-    code, stderr, value = proc.returncode, err.text(), facts.get("value")
-    if timed_out:
-        status = "timeout"
-    elif code < 0:
-        status = "killed"
-    elif code != 0:
-        status = "error"
-    elif config["call"] is not None and value is None:
-        status = "error"
-        stderr += f"\n[sandbox: the program exited before `{config['call']}` returned]"
-    else:
-        status = "ok"
-    return SandboxResult(status, out.text(), stderr, value, code, duration, facts.get("isolated", False))
-
-
-def _child_env(workdir: str) -> dict[str, str]:
-    """A minimal environment: nothing of ours (API keys!) leaks into generated code."""
-    single_thread = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    # (BLAS thread pools would count against RLIMIT_NPROC and RLIMIT_AS)
-    return {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LC_ALL": "C.UTF-8", **single_thread}
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-class _Capture:
-    """Keeps the first `limit` bytes of a stream and keeps draining (and counting) the rest,
-    so the child never blocks on a full pipe and the parent never holds more than `limit`."""
-
-    def __init__(self, limit: int):
-        self.limit, self.kept, self.total = limit, bytearray(), 0
-
-    async def drain(self, stream: asyncio.StreamReader) -> None:
-        while chunk := await stream.read(1 << 16):
-            self.kept += chunk[: self.limit - len(self.kept)]
-            self.total += len(chunk)
-
-    def text(self) -> str:
-        return _clipped(bytes(self.kept), self.total)
-
-
-def _clipped(kept: bytes, total: int) -> str:
-    text = kept.decode("utf-8", "replace")
-    return text if total <= len(kept) else f"{text}\n[sandbox: {total - len(kept)} more bytes truncated]"
-
-
-def _read_report(report, limit: int) -> dict:
-    """Facts the child wrote as JSON lines: setup facts first, then (from the program's own
-    process, which can write anything there) only the value is believed."""
-    report.seek(0)
-    facts: dict = {}
-    believed = {"setup_error", "isolated", "note"}
-    for line in report.read(2 * limit + 4096).splitlines():  # value (<= limit + marker) + small facts
-        try:
-            fact = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(fact, dict):
-            facts.update((k, v) for k, v in fact.items() if k in believed)
-            believed = {"value"} if "isolated" in fact else believed
-    return facts
-
-
-# ----------------------------------------------------------------------------- child side
 
 def _child_main(config: dict) -> None:
     fd, workdir = config["report_fd"], config["workdir"]
@@ -464,11 +263,16 @@ def _run_program(config: dict, source: str) -> None:
         traceback.print_exception(type(e), e, e.__traceback__.tb_next)  # drop this frame
         sys.exit(1)
     limit = config["max_output_bytes"]
-    _report(config["report_fd"], value=_clipped(value[:limit], len(value)))
+    _report(config["report_fd"], value=clipped(value[:limit], len(value)))
 
 
 def _report(fd: int, **facts: Any) -> None:
     os.write(fd, json.dumps(facts, ensure_ascii=False).encode() + b"\n")
+
+
+def clipped(kept: bytes, total: int) -> str:
+    text = kept.decode("utf-8", "replace")
+    return text if total <= len(kept) else f"{text}\n[sandbox: {total - len(kept)} more bytes truncated]"
 
 
 if __name__ == "__main__":
