@@ -83,7 +83,7 @@ def gsm8k_rows() -> list[dict]:
 
 def build_pairs(tok, n: int) -> list[dict]:
     """n pairs of real text; each pair's prompt starts at a different GSM8K question."""
-    from scoreflow.workflow.baselines import baseline_workflow
+    from scoreflow.workflow.static_baselines import baseline_workflow
 
     rows = gsm8k_rows()
     system = ("You design workflows: small Python programs that call LLM-backed operators (Custom, "
@@ -310,7 +310,7 @@ def build_questions(tok, n: int, k: int) -> list[dict]:
     import random
 
     from scoreflow.optimize.generator import RESPONSE_PREFIX
-    from scoreflow.workflow.baselines import baseline_workflow
+    from scoreflow.workflow.static_baselines import baseline_workflow
     from scoreflow.workflow.prompts import generator_prompt
 
     rng = random.Random(0)

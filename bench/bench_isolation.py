@@ -38,7 +38,7 @@ from scoreflow.llama.registry import DEFAULT_MODEL  # noqa: E402
 from scoreflow.optimize.config import EMBEDDED  # noqa: E402
 from scoreflow.optimize.endpoint import executor_endpoint  # noqa: E402
 from scoreflow.tasks import load_task  # noqa: E402
-from scoreflow.workflow.baselines import baseline_workflow  # noqa: E402
+from scoreflow.workflow.static_baselines import baseline_workflow  # noqa: E402
 from scoreflow.workflow.prompts import template_workflow, workflow_source  # noqa: E402
 from scoreflow.workflow.runtime import run_workflow  # noqa: E402
 

@@ -76,7 +76,7 @@ def generate(n_prompts: int) -> None:
 
 
 def build_pairs(n: int) -> list[dict]:
-    from scoreflow.workflow.baselines import baseline_workflow
+    from scoreflow.workflow.static_baselines import baseline_workflow
 
     tok = load_tokenizer(QWEN_CODER)
     end = "</graph><|im_end|>"

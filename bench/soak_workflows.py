@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from scoreflow.executor import ExecutorClient
 from scoreflow.llama.registry import DEFAULT_MODEL
 from scoreflow.optimize.endpoint import executor_endpoint
-from scoreflow.workflow.baselines import baseline_workflow
+from scoreflow.workflow.static_baselines import baseline_workflow
 from scoreflow.workflow.isolation import MAX_WORKERS
 from scoreflow.workflow.prompts import template_workflow, workflow_source
 from scoreflow.workflow.runtime import run_workflow

@@ -10,7 +10,7 @@ Inference as in the paper (SPEC A4): one workflow per test question from the gen
 question left without a valid workflow scores 0), executed --runs times and scored; the
 method's score is the mean over questions of the mean over runs. The static baselines
 (SPEC A6) run through the same runtime on the same questions. At test time the paper asks an
-LLM judge for MATH, DROP and HotpotQA (tasks/judge.py: the judge can rescue an answer the
+LLM judge for MATH, DROP and HotpotQA (tasks/answer_judge.py: the judge can rescue an answer the
 rules reject); `--judge auto` does so when the executor is a real endpoint, not the embedded
 135M model, whose verdicts would be noise.
 
@@ -42,8 +42,8 @@ from .optimize.endpoint import executor_endpoint
 from .optimize.generator import make_generator
 from .rundir import JsonlLog, save_or_check_settings
 from .tasks import load_task
-from .tasks.judge import JUDGED_TASKS, AnswerJudge, JudgedTask
-from .workflow.baselines import BASELINES, EXECUTOR_TEMPERATURES, baseline_workflow
+from .tasks.answer_judge import JUDGED_TASKS, AnswerJudge, JudgedTask
+from .workflow.static_baselines import BASELINES, EXECUTOR_TEMPERATURES, baseline_workflow
 
 
 

@@ -208,7 +208,7 @@ def test_worker_survives_a_failing_step(default_model, default_tokenizer, prompt
 def test_incremental_detokenization_equals_full_decode(default_tokenizer):
     """Token by token, the deltas add up to the full decode, also across multi-byte characters
     that span several byte-level tokens (no half character is ever emitted)."""
-    from scoreflow.engine.generate import incremental_text
+    from scoreflow.engine.engine import incremental_text
 
     text = "naïve café 😀 日本語 — done.\n\n  def f(x):\n\treturn x**2  # ok 🎉🎉"
     ids = default_tokenizer.encode(text)

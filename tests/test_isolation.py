@@ -27,7 +27,7 @@ from fake_openai_server import FakeOpenAIServer
 from scoreflow.executor import ExecutorClient
 from scoreflow.magicore import (FORMATS, Agents, MagicoreConfig, OutcomeRewardModel, ProcessRewardModel,
                                 RewardModels, Runner, Sampling)
-from scoreflow.magicore import RunConfig as MagicoreRunConfig
+from scoreflow.magicore import MagicoreRunConfig
 from scoreflow.magicore.reward import split_steps
 from scoreflow.optimize import stages
 from scoreflow.optimize.config import RunConfig

@@ -9,7 +9,7 @@ import pytest
 from scoreflow.magicore import (FORMATS, Chain, RewardStats, best_by_orm, classify, confidence, dataset_stats,
                                 majority, top_k, weighted_vote)
 from scoreflow.tasks.base import AnswerTask, Question
-from scoreflow.tasks.magicore import check_option
+from scoreflow.tasks.magicore_sets import check_option
 
 
 def chain(answer, orm, *prm, text=""):

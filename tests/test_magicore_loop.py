@@ -10,7 +10,7 @@ import pytest
 from fake_openai_server import FakeOpenAIServer, Reply, completion
 from scoreflow.executor import ExecutorClient
 from scoreflow.magicore import (FORMATS, Agents, Ledger, MagicoreConfig, OutcomeRewardModel, ProcessRewardModel,
-                                RewardModels, RewardStats, RunConfig, Runner, Sampling, refine_until_easy, solve)
+                                RewardModels, RewardStats, MagicoreRunConfig, Runner, Sampling, refine_until_easy, solve)
 from scoreflow.magicore.agents import NO_REVIEW
 from scoreflow.tasks.base import AnswerTask, Question
 from scoreflow.tasks.gsm8k import check_number
@@ -163,7 +163,7 @@ def test_easy_question_is_answered_without_refinement(server):
 def test_run_writes_resumable_results_with_baselines_on_the_same_chains(server, tmp_path):
     questions = [Question("hard", "a hard question", "7", {}), Question("easy", "an easy question", "5", {})]
     task = AnswerTask("magicore-gsm8k", "math", questions, check_number)
-    config = RunConfig("gsm8k", 2, MagicoreConfig(k=4, iterations=1), Sampling(seed=0), self_refine_rounds=1)
+    config = MagicoreRunConfig("gsm8k", 2, MagicoreConfig(k=4, iterations=1), Sampling(seed=0), self_refine_rounds=1)
 
     async def main(run_config):
         async with ExecutorClient(server.base_url, "fake", api_key="k") as executor:
@@ -193,7 +193,7 @@ def test_run_writes_resumable_results_with_baselines_on_the_same_chains(server, 
     sent = server.request_count
     assert asyncio.run(main(config)) == summary and server.request_count == sent  # resumed: nothing redone
     with pytest.raises(ValueError, match=r"other settings \(magicore\.iterations: stored 1, given 2; self_refine_rounds: stored 1, given 2\)"):
-        asyncio.run(main(RunConfig("gsm8k", 2, MagicoreConfig(k=4, iterations=2), Sampling(seed=0))))
+        asyncio.run(main(MagicoreRunConfig("gsm8k", 2, MagicoreConfig(k=4, iterations=2), Sampling(seed=0))))
 
 
 class OperatorServer(FakeOpenAIServer):

@@ -12,7 +12,7 @@ import torch
 from fake_openai_server import FakeOpenAIServer, Reply, completion
 from scoreflow.executor import ExecutorClient
 from scoreflow.magicore import JudgeRewardModel, LocalLMRewardModel, RewardLayout, split_steps
-from scoreflow.magicore.judge import NEUTRAL, parse_score, parse_step_scores
+from scoreflow.magicore.judge_rm import NEUTRAL, parse_score, parse_step_scores
 
 transformers = pytest.importorskip("transformers")
 

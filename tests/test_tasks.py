@@ -13,7 +13,7 @@ from scoreflow.tasks.data import ENV_VAR, packaged_data_dir
 from scoreflow.tasks.f1 import token_f1
 from scoreflow.tasks.gsm8k import extract_number
 from scoreflow.tasks.hotpotqa import split_of
-from scoreflow.tasks.magicore import extract_option
+from scoreflow.tasks.magicore_sets import extract_option
 from scoreflow.sandbox import run_python_async
 
 AFLOW_SPLITS = ["validate", "test"]

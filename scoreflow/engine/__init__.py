@@ -1,6 +1,6 @@
 """Inference engine: KV cache, sampling, batched generation, OpenAI-compatible server."""
 
-from .generate import Completion, Engine, TokenLogprob
+from .engine import Completion, Engine, TokenLogprob
 from .kv_cache import KVCache
 from .sampling import SamplingParams
 

@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Protocol
 
-from .generate import Engine, TokenLogprob
+from .engine import Engine, TokenLogprob
 from .sampling import SamplingParams
 
 _NUMBER = (int, float)

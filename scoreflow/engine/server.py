@@ -41,7 +41,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 
 from .bounded_http import BoundedHTTPServer
-from .generate import Completion, Engine, TokenLogprob
+from .engine import Completion, Engine, TokenLogprob
 from .protocol import APIError, ChatExchange, CompletionExchange, Exchange, Limits, parse_body
 from .sampling import SamplingParams
 

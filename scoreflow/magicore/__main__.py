@@ -33,10 +33,10 @@ from scoreflow.tasks import Question, Task, load_task
 from .agents import Agents, Sampling
 from .answers import DATASETS, answer_format
 from .baselines import BASELINES, SELF_REFINE_ROUNDS
-from .judge import JudgeRewardModel
+from .judge_rm import JudgeRewardModel
 from .loop import ABLATIONS, MagicoreConfig
 from .reward import LocalLMRewardModel, RewardModels
-from .runner import RunConfig, Runner
+from .runner import MagicoreRunConfig, Runner
 
 LOCAL_TIMEOUT_S = 3600.0   # a CPU server may take minutes per long completion; never retry those early
 LOCAL_CONTEXT = 4096       # Refiner prompts hold the question, a chain and its feedback
@@ -105,7 +105,7 @@ def main(dataset: str, out: str | os.PathLike, limit: int | None = None, k: int 
         require_reachable(solver_url, "--solver-url")
     for name in {model if solver_url is None else None, orm, prm} - {None, "judge"}:
         resolve_model_dir(name)  # an unknown model fails now, in one line, not after the server started
-    config = RunConfig(dataset, len(questions), MagicoreConfig(k, iters, normalization, ablation),
+    config = MagicoreRunConfig(dataset, len(questions), MagicoreConfig(k, iters, normalization, ablation),
                        Sampling(temperature, top_p, max_tokens, seed), parse_baselines(baselines),
                        self_refine_rounds, solver_model or str(model), orm, prm)
     with contextlib.ExitStack() as stack:
@@ -120,7 +120,7 @@ def main(dataset: str, out: str | os.PathLike, limit: int | None = None, k: int 
     return summary
 
 
-async def _run(task: Task, questions: list[Question], config: RunConfig, url: str, model: str, api_key: str | None,
+async def _run(task: Task, questions: list[Question], config: MagicoreRunConfig, url: str, model: str, api_key: str | None,
                loaded: dict[str, tuple], out: Path, concurrency: int, timeout: float) -> dict | None:
     async with ExecutorClient(url, model, api_key, max_concurrency=16, timeout=timeout) as executor:
         rms = reward_models(config.orm, config.prm, executor, loaded)

@@ -4,7 +4,7 @@ benchmark scorers in `scoreflow.tasks`, so a chain's answer means what the score
 
     GSM8K, SVAMP  the final number (tasks.gsm8k.extract_number), compared as numbers
     MATH          the last \\boxed{} (tasks.math.last_boxed), compared with MATH equivalence
-    SAT, MMLU     the option letter (tasks.magicore.extract_option)
+    SAT, MMLU     the option letter (tasks.magicore_sets.extract_option)
 
 An answer key is a short string; `\\boxed{key}` is how a key is handed to the scorer.
 Chains whose text states no answer have key None: they are kept and ranked like any chain,
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from scoreflow.tasks.gsm8k import extract_number
-from scoreflow.tasks.magicore import extract_option
+from scoreflow.tasks.magicore_sets import extract_option
 from scoreflow.tasks.math import is_equiv, last_boxed
 from scoreflow.tasks.numeric import same_number
 

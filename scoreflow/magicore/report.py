@@ -25,7 +25,7 @@ def _mean(values: list[float]) -> float:
 
 
 def summarize(rows: list[dict], config: Any, errors: int = 0) -> dict[str, Any]:
-    """Aggregate per-question rows (runner.py) into tables; `config` is the RunConfig."""
+    """Aggregate per-question rows (runner.py) into tables; `config` is the MagicoreRunConfig."""
     T, k = config.magicore.iterations, config.magicore.k
     iterations = [{"iteration": t,
                    "accuracy": _mean([r["magicore"]["correct"][t] for r in rows]),

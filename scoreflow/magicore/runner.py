@@ -41,7 +41,7 @@ from .reward import RewardModels
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class MagicoreRunConfig:
     """Everything that decides a run's results (concurrency does not, and is not stored)."""
 
     dataset: str
@@ -96,7 +96,7 @@ class Runner:
     """Runs the two phases for `questions` of `task` into `out` (see the module docstring)."""
 
     def __init__(self, task: Task, questions: list[Question], agents: Agents, rms: RewardModels,
-                 config: RunConfig, out: Path, concurrency: int = 4, log: Callable[[str], None] = print):
+                 config: MagicoreRunConfig, out: Path, concurrency: int = 4, log: Callable[[str], None] = print):
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.task, self.questions, self.agents, self.rms = task, questions, agents, rms

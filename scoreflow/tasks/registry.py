@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from . import code, drop, gsm8k, hotpotqa, magicore, math
+from . import code, drop, gsm8k, hotpotqa, magicore_sets, math
 from .base import Task
 from .data import resolve_data_dir
 
@@ -18,7 +18,7 @@ LOADERS: dict[str, Callable[[str, Path], Task]] = {  # name -> load(split, data_
     "mbpp": code.load_mbpp,
     "drop": drop.load,
     "hotpotqa": hotpotqa.load,
-    **{name: functools.partial(magicore.load, name) for name in magicore.SETS},
+    **{name: functools.partial(magicore_sets.load, name) for name in magicore_sets.SETS},
 }
 TASK_NAMES = tuple(LOADERS)
 
