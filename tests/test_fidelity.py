@@ -8,8 +8,8 @@ from scoreflow.executor import ExecutorClient
 from scoreflow.optimize import stages
 from scoreflow.optimize.config import RunConfig
 from scoreflow.tasks import load_task
-from scoreflow.workflow.prompts import SIMILARITY_THRESHOLDS, TEMPLATE_BODIES, template_workflow, workflow_source
-from scoreflow.workflow.validate import NO_OPERATOR_CALL, calls_an_operator, template_similarity
+from scoreflow.workflow.prompts import TEMPLATE_BODIES, template_workflow, workflow_source
+from scoreflow.workflow.validate import SIMILARITY_THRESHOLDS, NO_OPERATOR_CALL, calls_an_operator, template_similarity
 
 ENSEMBLE = """\
 solutions = []

@@ -11,7 +11,8 @@ from fake_openai_server import FakeOpenAIServer, Reply, completion
 from scoreflow.executor import ExecutorClient
 from scoreflow.tasks import load_task
 from scoreflow.workflow.run_context import MAX_OPERATOR_CALLS
-from scoreflow.workflow.prompts import SIMILARITY_THRESHOLDS, TIME_LIMITS_S, template_workflow, workflow_source
+from scoreflow.workflow.prompts import template_workflow, workflow_source
+from scoreflow.workflow.validate import SIMILARITY_THRESHOLDS, TIME_LIMITS_S
 from scoreflow.workflow.runtime import (MAX_ANSWER_CHARS, MAX_PRINT_CHARS, STATUSES, extract_graph, run_workflow,
                                         validate_workflow)
 from scoreflow.workflow.validate import MAX_WORKFLOW_CHARS

@@ -29,8 +29,9 @@ from ..dpo.trainer import train_dpo
 from ..engine.sampling import splitmix64
 from ..lora import save_adapter
 from ..tasks.base import Question, Task
-from ..workflow.prompts import SIMILARITY_THRESHOLDS, TIME_LIMITS_S, search_operators
-from ..workflow.validate import NO_OPERATOR_CALL, calls_an_operator, operators_built, template_similarity
+from ..workflow.prompts import search_operators
+from ..workflow.validate import (NO_OPERATOR_CALL, SIMILARITY_THRESHOLDS, TIME_LIMITS_S, calls_an_operator,
+                                operators_built, template_similarity)
 from ..workflow.restricted import describe
 from ..workflow.runtime import WorkerStartError, extract_graph, run_workflow, validate_workflow
 from .config import RunConfig

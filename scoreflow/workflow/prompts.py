@@ -11,27 +11,12 @@ Written for this project (not the reference's wording). Two audiences:
   question)` puts the guide in a system message that is the same for every question of a
   family, so all k samples and all questions share that prefix (SPEC A4), and the question
   last.
-
-Also the validity knobs of SPEC A3 read by the validator and the pairs module:
-SIMILARITY_THRESHOLDS, FORBIDDEN_SNIPPETS, TIME_LIMITS_S.
 """
 
 from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass
-
-# --------------------------------------------------------------------------- SPEC A3 knobs
-
-# difflib ratio against the template at or above which a workflow counts as "near the
-# template" and is dropped from pairs (ref); None: the check is off for that task.
-SIMILARITY_THRESHOLDS: dict[str, float | None] = {
-    "math": 0.75, "gsm8k": 0.8, "drop": 0.75, "hotpotqa": 0.75, "humaneval": None, "mbpp": None,
-}
-# Text a workflow may not contain (ref): both turn free LLM text into brittle structure.
-# The validator matches `int(` as a whole word (so `print(` is fine) and either quote style.
-FORBIDDEN_SNIPPETS: tuple[str, ...] = (".split(' ')", "int(")
-TIME_LIMITS_S: dict[str, float] = {"math": 120.0, "qa": 120.0, "code": 240.0}  # per run (ref)
 
 # --------------------------------------------------------------------------- operators
 

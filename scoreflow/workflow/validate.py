@@ -40,7 +40,7 @@ import ast
 import difflib
 import re
 
-from scoreflow.workflow.prompts import FAMILY_OPERATORS, FORBIDDEN_SNIPPETS, template_workflow
+from scoreflow.workflow.prompts import FAMILY_OPERATORS, template_workflow
 
 MAX_WORKFLOW_CHARS = 20_000
 MAX_PROBLEMS = 20
@@ -56,6 +56,17 @@ DENIED_ATTRIBUTES = frozenset({"format", "format_map", "mro", "send", "throw", "
 DENIED_ATTRIBUTE_PREFIXES = ("_", "cr_", "gi_", "ag_", "f_", "tb_", "co_")
 _TOP_LEVEL = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef, ast.Assign, ast.AnnAssign)
 _HUGE_OPS = {ast.Pow: "**", ast.LShift: "<<"}
+
+# SPEC A3's validity knobs.
+# difflib ratio against the template at or above which a workflow counts as "near the
+# template" and is dropped from pairs (ref); None: the check is off for that task.
+SIMILARITY_THRESHOLDS: dict[str, float | None] = {
+    "math": 0.75, "gsm8k": 0.8, "drop": 0.75, "hotpotqa": 0.75, "humaneval": None, "mbpp": None,
+}
+# Text a workflow may not contain (ref): both turn free LLM text into brittle structure.
+# The validator matches `int(` as a whole word (so `print(` is fine) and either quote style.
+FORBIDDEN_SNIPPETS: tuple[str, ...] = (".split(' ')", "int(")
+TIME_LIMITS_S: dict[str, float] = {"math": 120.0, "qa": 120.0, "code": 240.0}  # per run (ref)
 
 
 def validate_workflow(code: str, family: str) -> list[str]:
