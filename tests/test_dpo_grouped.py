@@ -21,8 +21,9 @@ from scoreflow.dpo.batch import (
     response_logps,
     token_logps,
 )
-from scoreflow.dpo.group import group_by_question, question_objective
+from scoreflow.dpo.group import group_by_question
 from scoreflow.dpo.loss import dpo_loss, score_dpo_loss
+from scoreflow.dpo.objective import question_objective
 from scoreflow.dpo.trainer import TrainConfig, train_dpo
 from scoreflow.llama import LlamaConfig, Transformer
 from scoreflow.lora import apply_lora
@@ -86,7 +87,7 @@ def lora_grads(model) -> torch.Tensor:
 
 @pytest.mark.parametrize("loss", ["score_dpo", "dpo"])
 def test_grouped_gradient_equals_sum_over_pairs_one_at_a_time(loss):
-    """One packed pass per question: the gradient of Σ_q Σλ_q L_q is Σ_pairs λ ∇ℓ_pair."""
+    """One packed pass per question: the gradient of Σ_q Σ_m λ_q,m ℓ_q,m is Σ_pairs λ ∇ℓ_pair."""
     model, pairs = tiny_model(), drawn_pairs()
     ref = ref_table(pairs)
     for p in pairs:  # oracle: one pass per drawn pair
@@ -95,15 +96,14 @@ def test_grouped_gradient_equals_sum_over_pairs_one_at_a_time(loss):
         s_w, s_l = torch.tensor([p.s_w], dtype=DT), torch.tensor([p.s_l], dtype=DT)
         ell = (score_dpo_loss(pol_w, pol_l, ref_w, ref_l, s_w, s_l, BETA) if loss == "score_dpo"
                else dpo_loss(pol_w, pol_l, ref_w, ref_l, BETA))
-        (p.weight * ell).backward()
+        (p.weight * ell).sum().backward()
     oracle = lora_grads(model)
 
     questions = group_by_question(pairs)
     assert len(questions) == 2 and sum(len(q.pairs) for q in questions) < len(pairs)  # repeats were merged
     policy = response_logps(model, pack(questions))  # both questions in one micro-batch (one row padded)
     reference = torch.tensor([ref[q.prompt_ids, r] for q in questions for r in q.responses], dtype=DT)
-    mass = torch.tensor([sum(q.weights) for q in questions], dtype=DT)  # Σλ_q undoes L_q's normalisation
-    total, _ = question_objective(questions, policy, reference, mass, loss, BETA, "identity")
+    total, _ = question_objective(questions, policy, reference, loss, BETA, "identity")
     total.backward()
     grouped = lora_grads(model)
     assert oracle.norm() > 0
@@ -120,8 +120,7 @@ def test_question_with_one_response_or_no_pair_contributes_nothing():
     def loss_and_grads(batch):
         policy = response_logps(model, pack(batch))
         reference = policy.detach() - 1.0
-        total, stats = question_objective(batch, policy, reference, torch.ones(len(batch), dtype=DT),
-                                          "score_dpo", BETA, "identity")
+        total, stats = question_objective(batch, policy, reference, "score_dpo", BETA, "identity")
         total.backward()
         return total, stats, lora_grads(model)
 
@@ -129,7 +128,8 @@ def test_question_with_one_response_or_no_pair_contributes_nothing():
     mixed, stats_mixed, grads_mixed = loss_and_grads([lonely, question, tied])
     torch.testing.assert_close(mixed, alone, rtol=1e-12, atol=0)
     torch.testing.assert_close(grads_mixed, grads_alone, rtol=1e-10, atol=1e-14)
-    assert stats_mixed[:3].tolist() == pytest.approx(stats_alone[:3].tolist(), rel=1e-12)  # margin, acc, mass
+    assert [stats_mixed.margin, stats_mixed.accuracy, stats_mixed.mass] == pytest.approx(
+        [stats_alone.margin, stats_alone.accuracy, stats_alone.mass], rel=1e-12)
     empty, _, grads_empty = loss_and_grads([lonely, tied])
     assert empty.item() == 0 and not grads_empty.any()
 

@@ -10,9 +10,11 @@ import torch
 from scoreflow.dpo import (
     ScoreDPOFunction,
     dpo_loss,
+    implicit_reward,
     influence,
     reward_metrics,
     score_dpo_loss,
+    score_dpo_loss_reference,
     theorem2_condition,
 )
 from scoreflow.dpo.loss import GroupedScoreDPOFunction, grouped_dpo_loss, grouped_score_dpo_loss
@@ -60,24 +62,33 @@ def grads(loss, tensors):
     return torch.autograd.grad(loss, tensors)
 
 
+def weighted_mean(ell, weights=None):
+    """The paper's L = Σλℓ/Σλ over per-pair losses (uniform λ when None), as the trainer forms it."""
+    weights = torch.ones_like(ell) if weights is None else weights
+    return (weights * ell).sum() / weights.sum()
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("f_name", list(F_CHOICES))
 def test_score_dpo_backward_matches_autograd_of_plain_formula(f_name, weighted):
     f_lib, f_plain = F_CHOICES[f_name]
     logps, s_w, s_l, weights = random_batch(9, seed=1)
     weights = weights if weighted else None
-    ours = score_dpo_loss(*logps, s_w, s_l, beta=BETA, f=f_lib, weights=weights)
+    ours = weighted_mean(score_dpo_loss(*logps, s_w, s_l, beta=BETA, f=f_lib), weights)
     oracle = plain_score_dpo(*logps, s_w, s_l, BETA, f_plain, weights)
+    reference = weighted_mean(score_dpo_loss_reference(*logps, s_w, s_l, beta=BETA, f=f_lib), weights)
     torch.testing.assert_close(ours, oracle, rtol=1e-12, atol=1e-12)
-    for g_ours, g_oracle in zip(grads(ours, logps), grads(oracle, logps)):
+    torch.testing.assert_close(reference, oracle, rtol=1e-12, atol=1e-12)
+    for g_ours, g_oracle, g_ref in zip(grads(ours, logps), grads(oracle, logps), grads(reference, logps)):
         torch.testing.assert_close(g_ours, g_oracle, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("weighted", [False, True])
 def test_dpo_backward_matches_autograd_of_plain_formula(weighted):
     logps, _, _, weights = random_batch(9, seed=2)
     weights = weights if weighted else None
-    ours = dpo_loss(*logps, beta=BETA, weights=weights)
+    ours = weighted_mean(dpo_loss(*logps, beta=BETA), weights)
     pc, pr, rc, rr = logps
     ell = -torch.log(torch.sigmoid(BETA * (pc - rc) - BETA * (pr - rr)))
     w = torch.ones_like(ell) if weights is None else weights
@@ -89,15 +100,18 @@ def test_dpo_backward_matches_autograd_of_plain_formula(weighted):
 
 def test_gradcheck_on_the_function():
     logps, s_w, s_l, weights = random_batch(6, seed=3)
-    inputs = (*logps, s_w, 1 - s_l, weights, 0.3)
-    assert torch.autograd.gradcheck(ScoreDPOFunction.apply, inputs, eps=1e-6, atol=1e-8)
+    inputs = (*logps, s_w, 1 - s_l, 0.3)
+    assert torch.autograd.gradcheck(lambda *x: weighted_mean(ScoreDPOFunction.apply(*x), weights), inputs,
+                                    eps=1e-6, atol=1e-8)
+    torch.testing.assert_close(ScoreDPOFunction.apply(*inputs), score_dpo_loss_reference(*logps, s_w, s_l, 0.3),
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_stable_for_huge_margins_in_float32():
     # Δ = ±1000: −log σ(Δ) is 0 or 1000; the naive form gives inf / nan here.
     pc = torch.tensor([1e4, -1e4], requires_grad=True)
     zeros = torch.zeros(2)
-    loss = dpo_loss(pc, zeros, zeros, zeros, beta=0.1)
+    loss = weighted_mean(dpo_loss(pc, zeros, zeros, zeros, beta=0.1))
     loss.backward()
     torch.testing.assert_close(loss, torch.tensor(500.0))  # mean of 0 and 1000
     torch.testing.assert_close(pc.grad, torch.tensor([0.0, -0.05]))  # −β σ(−Δ) / M
@@ -106,7 +120,7 @@ def test_stable_for_huge_margins_in_float32():
 def test_gradients_reach_policy_only_when_ref_is_detached():
     logps, s_w, s_l, _ = random_batch(5, seed=4, requires_grad=False)
     pc = logps[0].clone().requires_grad_(True)
-    score_dpo_loss(pc, *logps[1:], s_w, s_l).backward()
+    score_dpo_loss(pc, *logps[1:], s_w, s_l).sum().backward()
     assert pc.grad is not None and pc.grad.abs().sum() > 0
 
 
@@ -122,10 +136,11 @@ def test_errors_name_the_problem():
         score_dpo_loss(*logps, s_w, s_l, f="cube")
     with pytest.raises(ValueError, match=r"f\(chosen_scores\) must lie in \[0, 1\]"):
         score_dpo_loss(*logps, s_w, s_l, f=lambda s: 2 * s + 0.1)
-    with pytest.raises(ValueError, match="weights"):
-        dpo_loss(*logps, weights=-torch.ones(4, dtype=DT))
+    rewards, pairs = implicit_reward(logps[0], logps[2], BETA), torch.stack([torch.arange(4)] * 2, 1)
+    with pytest.raises(ValueError, match="weights"):  # the pair weights λ enter through influence (and the trainer)
+        influence(rewards, s_w, pairs, -torch.ones(4, dtype=DT))
     with pytest.raises(ValueError, match=r"weights must have shape \(4,\)"):
-        dpo_loss(*logps, weights=torch.ones(5, dtype=DT))
+        influence(rewards, s_w, pairs, torch.ones(5, dtype=DT))
     with pytest.raises(ValueError, match="beta"):
         dpo_loss(*logps, beta=0.0)
     empty = torch.zeros(0, dtype=DT)
@@ -136,7 +151,7 @@ def test_errors_name_the_problem():
 def test_reward_metrics():
     pc, pr = torch.tensor([3.0, 1.0]), torch.tensor([1.0, 2.0])
     zeros = torch.zeros(2)
-    metrics = reward_metrics(pc, pr, zeros, zeros, beta=0.5)
+    metrics = reward_metrics(implicit_reward(pc, zeros, 0.5), implicit_reward(pr, zeros, 0.5))
     torch.testing.assert_close(metrics["reward_margin"], torch.tensor([1.0, -0.5]))
     torch.testing.assert_close(metrics["reward_accuracy"], torch.tensor([1.0, 0.0]))
 
@@ -176,8 +191,8 @@ def test_influence_is_minus_gradient_of_the_weighted_loss(f_name):
     # Same through score_dpo_loss's explicit backward: logπ = r/β, logπref = 0.
     r = rewards.clone().requires_grad_(True)
     zeros = torch.zeros(len(pairs), dtype=DT)
-    loss = score_dpo_loss(r[win] / BETA, r[lose] / BETA, zeros, zeros, scores[win], scores[lose],
-                          beta=BETA, f=f_lib, weights=weights)
+    loss = weighted_mean(score_dpo_loss(r[win] / BETA, r[lose] / BETA, zeros, zeros, scores[win], scores[lose],
+                                        beta=BETA, f=f_lib), weights)
     (grad_r,) = torch.autograd.grad(loss, r)
     torch.testing.assert_close(ours, -grad_r, rtol=1e-10, atol=1e-14)
 
@@ -201,14 +216,16 @@ def test_grouped_loss_is_the_pairwise_loss_with_influence_as_its_gradient(f_name
     policy = (ref + rewards / BETA).requires_grad_(True)  # (n,) so that β(policy − ref) = rewards
     win, lose = pairs[:, 0], pairs[:, 1]
     if f_name == "dpo":
-        ours, infl = grouped_dpo_loss(policy, ref, pairs, weights, BETA)
-        oracle = dpo_loss(policy[win], policy[lose], ref[win], ref[lose], BETA, weights=weights)
+        ours = weighted_mean(grouped_dpo_loss(policy, ref, pairs, BETA), weights)
+        oracle = weighted_mean(dpo_loss(policy[win], policy[lose], ref[win], ref[lose], BETA), weights)
+        push = weights / weights.sum() * torch.sigmoid(-(rewards[win] - rewards[lose]))  # Definition 1, c_w = c_l = 1
+        infl = torch.zeros_like(rewards).index_add(0, win, push).index_add(0, lose, -push)
     else:
         f_lib, _ = F_CHOICES[f_name]
-        ours, infl = grouped_score_dpo_loss(policy, ref, scores, pairs, weights, BETA, f_lib)
-        oracle = score_dpo_loss(policy[win], policy[lose], ref[win], ref[lose], scores[win], scores[lose],
-                                BETA, f_lib, weights=weights)
-        torch.testing.assert_close(infl, influence(rewards, scores, pairs, weights, f_lib), rtol=1e-10, atol=1e-14)
+        ours = weighted_mean(grouped_score_dpo_loss(policy, ref, scores, pairs, BETA, f_lib), weights)
+        oracle = weighted_mean(score_dpo_loss(policy[win], policy[lose], ref[win], ref[lose], scores[win],
+                                              scores[lose], BETA, f_lib), weights)
+        infl = influence(rewards, scores, pairs, weights, f_lib)
     torch.testing.assert_close(ours, oracle, rtol=1e-12, atol=1e-12)
     (g_ours,), (g_oracle,) = grads(ours, [policy]), grads(oracle, [policy])
     torch.testing.assert_close(g_ours, g_oracle, rtol=1e-10, atol=1e-14)
@@ -222,33 +239,33 @@ def test_gradcheck_on_the_grouped_function():
     c_w, c_l = scores[pairs[:, 0]], 1 - scores[pairs[:, 1]]
 
     def loss(pol, r):
-        return GroupedScoreDPOFunction.apply(pol, r, pairs, c_w, c_l, weights, BETA)[0]
+        return weighted_mean(GroupedScoreDPOFunction.apply(pol, r, pairs, c_w, c_l, BETA), weights)
 
     assert torch.autograd.gradcheck(loss, (policy, ref), eps=1e-6, atol=1e-8)
 
 
 def test_grouped_loss_without_pairs_is_zero():
     policy = torch.randn(3, dtype=DT, requires_grad=True)
-    no_pairs, no_weights = torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, dtype=DT)
-    loss, infl = grouped_score_dpo_loss(policy, torch.zeros(3, dtype=DT), torch.rand(3, dtype=DT), no_pairs,
-                                        no_weights, BETA)
+    no_pairs = torch.zeros(0, 2, dtype=torch.long)
+    ell = grouped_score_dpo_loss(policy, torch.zeros(3, dtype=DT), torch.rand(3, dtype=DT), no_pairs, BETA)
+    loss = ell.sum()
     loss.backward()
-    assert loss.item() == 0 and not infl.any() and not policy.grad.any()
+    assert loss.item() == 0 and ell.shape == (0,) and not policy.grad.any()
 
 
 def test_grouped_loss_errors_name_the_problem():
     logps, scores = torch.zeros(3, dtype=DT), torch.full((3,), 0.5, dtype=DT)
-    one_pair, one_weight = torch.tensor([[0, 1]]), torch.ones(1, dtype=DT)
+    one_pair = torch.tensor([[0, 1]])
     with pytest.raises(ValueError, match="outside"):
-        grouped_dpo_loss(logps, logps, torch.tensor([[0, 3]]), one_weight)
+        grouped_dpo_loss(logps, logps, torch.tensor([[0, 3]]))
     with pytest.raises(ValueError, match=r"ref_logps \(2,\)"):
-        grouped_dpo_loss(logps, logps[:2], one_pair, one_weight)
-    with pytest.raises(ValueError, match=r"weights must have shape \(1,\)"):
-        grouped_score_dpo_loss(logps, logps, scores, one_pair, torch.ones(2, dtype=DT))
+        grouped_dpo_loss(logps, logps[:2], one_pair)
+    with pytest.raises(ValueError, match=r"weights must have shape \(1,\)"):  # λ enters through influence
+        influence(logps, scores, one_pair, torch.ones(2, dtype=DT))
     with pytest.raises(ValueError, match="not all zero"):
-        grouped_dpo_loss(logps, logps, one_pair, torch.zeros(1, dtype=DT))
+        influence(logps, scores, one_pair, torch.zeros(1, dtype=DT))
     with pytest.raises(ValueError, match=r"scores must lie in \[0, 1\]"):
-        grouped_score_dpo_loss(logps, logps, scores + 1, one_pair, one_weight)
+        grouped_score_dpo_loss(logps, logps, scores + 1, one_pair)
 
 
 # ---------------------------------------------------------------- Theorem 2
@@ -371,7 +388,7 @@ def trl_sigmoid_dpo_loss(pc, pr, rc, rr, beta):
 def test_dpo_loss_matches_trl_sigmoid_loss():
     pytest.importorskip("trl")
     logps, _, _, _ = random_batch(8, seed=8)
-    ours = dpo_loss(*logps, beta=BETA)
+    ours = dpo_loss(*logps, beta=BETA).mean()
     theirs = trl_sigmoid_dpo_loss(*logps, beta=BETA)
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
     for g_ours, g_theirs in zip(grads(ours, logps[:2]), grads(theirs, logps[:2])):

@@ -12,6 +12,7 @@ from scoreflow.dpo.loss import (
     influence,
     reward_metrics,
     score_dpo_loss,
+    score_dpo_loss_reference,
     theorem2_condition,
 )
 from scoreflow.dpo.pairs import (
@@ -39,6 +40,7 @@ __all__ = [
     "influence",
     "reward_metrics",
     "score_dpo_loss",
+    "score_dpo_loss_reference",
     "theorem2_condition",
     "GAPS",
     "PreferencePair",

@@ -8,8 +8,8 @@
        weight 1/N — or keep every pair once with weight P*(w, l). Both give the same
        expected Score-DPO gradient; the weights of a returned list always sum to 1.
 
-Exact mode needs the weights inside the loss: score_dpo_loss normalises the weights of
-each batch, so a batch of one pair ignores its weight (a batch of all pairs does not).
+The weights reach training as λ in the trainer's Σλℓ (the losses return ℓ per pair), so a
+batch of one pair keeps its weight.
 No input, or no valid pair, gives an empty list, never an error.
 """
 

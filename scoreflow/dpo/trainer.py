@@ -3,18 +3,19 @@
     for each optimizer step (batch_size x grad_accum x world_size units):
         logπθ(y|x) of the units' responses    one shared-prompt packed forward per micro-batch (batch.py)
         logπref                               adapter off, computed once per response, cached on disk
-        L = Σ w'L_unit / n                    (loss.py)
+        L = Σ_m λ_m ℓ_m / (n λ̄)               over the step's pairs (objective.py, loss.py)
         clip, AdamW over LoRA params only, LR schedule
 
 A unit is what one step's share is made of (`dpo_grouping`):
 - "pair" (the paper's schedule; batch 1 = its SGD over the N drawn pairs): one pair, one row of
-  prompt + chosen + rejected, L_unit = ℓ = −log σ(f(s_w) r_w − (1 − f(s_l)) r_l);
+  prompt + chosen + rejected, ℓ = −log σ(f(s_w) r_w − (1 − f(s_l)) r_l);
 - "question" (Score-DPO by influence, group.py): all pairs of one question, one row of prompt +
-  its k distinct responses, L_unit = Σλℓ / Σλ over its pairs, whose exact gradient is
-  Σ_z −β I(z) ∇ logπθ(z|x); one optimizer step per question (or per grad_accum questions).
-Unit weights are rescaled to mean 1 over the data set (w' = w U / Σw; a question's w is the sum
-of its pairs' weights), so pairs drawn from P* (equal weights) give the plain mean and exact-mode
-pairs (weight P*) the same expected step, and both groupings optimise the same Σ_m λ_m ℓ_m.
+  its k distinct responses; the exact gradient of its Σλℓ is Σ_z −β I(z) ∇ logπθ(z|x); one
+  optimizer step per question (or per grad_accum questions).
+The one normalisation: n is the step's number of units and λ̄ the mean unit weight over the data
+set (a question's weight is the sum of its pairs' λ). So pairs drawn from P* (equal λ) give the
+plain mean of ℓ, exact-mode pairs (λ = P*) the same expected step, and both groupings optimise
+the same Σ_m λ_m ℓ_m.
 
 Everything a resumed run needs is in `out_dir`: metrics.jsonl (one line per step),
 ref_logps.json, checkpoint/ (LoRA weights, optimizer, scheduler, RNG, step). Killed at any
@@ -42,8 +43,9 @@ import torch.distributed as dist
 from ..cli import flag
 from ..lora import disable_adapter
 from .batch import PairExample, QuestionExample, pack, response_logps
-from .group import STATS, group_by_question, question_objective
-from .loss import SCORE_MAPS, dpo_loss, reward_metrics, score_dpo_loss, theorem2_condition
+from .group import group_by_question
+from .loss import SCORE_MAPS
+from .objective import StepStats, pair_objective, question_objective
 
 Unit = PairExample | QuestionExample
 
@@ -122,28 +124,8 @@ def reference_logps(model, units: list[Unit], cache_path: Path, batch_size: int 
     return cache
 
 
-def pair_objective(batch: list[PairExample], policy: torch.Tensor, reference: torch.Tensor,
-                   weights: torch.Tensor, loss: str, beta: float, f: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ w'ℓ, the group.STATS) for a micro-batch of pairs. policy, reference (2b,): chosen and
-    rejected log-probs alternating (as batch.pack lays them out); weights (b,): w'."""
-    pol_w, pol_l, ref_w, ref_l = policy[0::2], policy[1::2], reference[0::2], reference[1::2]  # (b,) each
-    s_w = torch.tensor([p.s_w for p in batch], device=policy.device)
-    s_l = torch.tensor([p.s_l for p in batch], device=policy.device)
-    if loss == "score_dpo":
-        value = score_dpo_loss(pol_w, pol_l, ref_w, ref_l, s_w, s_l, beta, f, weights=weights)
-    else:
-        value = dpo_loss(pol_w, pol_l, ref_w, ref_l, beta, weights=weights)
-    m = reward_metrics(pol_w, pol_l, ref_w, ref_l, beta)
-    r_w = (beta * (pol_w - ref_w)).detach()
-    r_l = (beta * (pol_l - ref_l)).detach()
-    inside = torch.cat([theorem2_condition(r_w, s_w, f), theorem2_condition(r_l, s_l, f)])
-    stats = torch.tensor([m["reward_margin"].sum().item(), m["reward_accuracy"].sum().item(), len(batch),
-                          inside.sum().item(), inside.numel(), len(batch)], dtype=torch.float64)
-    return value * weights.sum(), stats
-
-
 def _units(pairs: list[PairExample], grouping: str) -> tuple[list[Unit], list[float]]:
-    """What a micro-batch holds, and each one's weight before rescaling to mean 1."""
+    """What a micro-batch holds, and each one's weight (a question's: the sum of its pairs' λ)."""
     if grouping == "pair":
         return pairs, [p.weight for p in pairs]
     questions = group_by_question(pairs)
@@ -197,83 +179,112 @@ def train_dpo(model, pairs: list[PairExample], out_dir: str | Path, cfg: TrainCo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rank, world = _world()
-    device = model.embed_tokens.weight.device
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if not params or not all("lora_" in n for n in params):
-        raise ValueError("train_dpo trains LoRA parameters only: call scoreflow.lora.apply_lora(model) "
-                         f"first (trainable now: {sorted(params)[:3]})")
+    params = _lora_params(model)
     torch.manual_seed(cfg.seed + rank)
     units, unit_weights = _units(pairs, cfg.dpo_grouping)
     ref = reference_logps(model, units, out / ("ref_logps.json" if world == 1 else f"ref_logps.rank{rank}.json"),
                           batch_size=cfg.batch_size)
-    weights = torch.tensor(unit_weights, dtype=torch.float64)
-    weights = weights * len(units) / weights.sum()  # w' with mean 1
-    objective = question_objective if cfg.dpo_grouping == "question" else pair_objective
+    mean_weight = sum(unit_weights) / len(units)  # λ̄
     steps = _step_groups(len(units), cfg, world)
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, len(steps)))
     ckpt = out / "checkpoint" / f"state.rank{rank}.pt"
-    metrics_path = out / "metrics.jsonl"
     start = _resume(ckpt, params, optimizer, scheduler, cfg) if ckpt.exists() else 0
-    history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
-    history = [m for m in history if m["step"] <= start]  # drop steps logged after the checkpoint
-    if rank == 0:
-        _atomic_write(metrics_path, lambda t: t.write_text("".join(json.dumps(m) + "\n" for m in history)))
-    model.train()
-    model.gradient_checkpointing = cfg.gradient_checkpointing
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    history = _metrics_until(out / "metrics.jsonl", start, rank)
+    model.train().gradient_checkpointing = cfg.gradient_checkpointing
     t_start = time.perf_counter()
     for step in range(start, len(steps)):
         t0 = time.perf_counter()
-        micro = steps[step]
-        n_step = sum(map(len, micro))
-        stats = torch.zeros(2 + len(STATS), dtype=torch.float64)  # loss, tokens, then group.STATS
-        for mb in micro[rank::world]:
-            batch = [units[i] for i in mb]
-            with autocast:
-                policy = response_logps(model, pack(batch).to(device))  # (R,)
-            reference = torch.tensor([ref[_key(u.prompt_ids, r)] for u in batch for r in u.responses], device=device)
-            w = weights[mb].to(device=device, dtype=torch.float32)
-            loss, unit_stats = objective(batch, policy, reference, w, cfg.loss, cfg.beta, cfg.f)
-            loss = loss / n_step  # this micro-batch's share of Σ w'L / n
-            loss.backward()
-            stats += torch.cat([torch.tensor([loss.item(), sum(u.tokens for u in batch)], dtype=torch.float64),
-                                unit_stats])
-        if world > 1:
-            for p in params.values():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-            dist.all_reduce(stats)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm).item()
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        n_step = sum(map(len, steps[step]))
+        stats = StepStats()
+        for mb in steps[step][rank::world]:
+            stats += _micro_batch(model, [units[i] for i in mb], ref, n_step * mean_weight, cfg)
+        stats = _all_reduce(params, stats) if world > 1 else stats
+        grad_norm, lr = _optimizer_step(params, optimizer, scheduler, cfg)
         record = _record(step, len(steps), cfg, stats, grad_norm, lr, n_step, time.perf_counter() - t0)
         history.append(record)
-        if rank == 0:
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == len(steps):
-            _save_checkpoint(ckpt, params, optimizer, scheduler, step + 1, cfg)
+        _log(out, rank, step, len(steps), cfg, record, (params, optimizer, scheduler), ckpt)
         if progress and rank == 0:
             _report(step + 1, len(steps), start, record, time.perf_counter() - t_start)
     model.eval()
     return history
 
 
-def _record(step: int, total: int, cfg: TrainConfig, stats: torch.Tensor, grad_norm: float, lr: float,
+def _lora_params(model) -> dict[str, torch.nn.Parameter]:
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not params or not all("lora_" in n for n in params):
+        raise ValueError("train_dpo trains LoRA parameters only: call scoreflow.lora.apply_lora(model) "
+                         f"first (trainable now: {sorted(params)[:3]})")
+    return params
+
+
+def _metrics_until(path: Path, step: int, rank: int) -> list[dict]:
+    """The metrics logged up to `step` (a resumed run drops those logged after its checkpoint)."""
+    history = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    history = [m for m in history if m["step"] <= step]
+    if rank == 0:
+        _atomic_write(path, lambda t: t.write_text("".join(json.dumps(m) + "\n" for m in history)))
+    return history
+
+
+def _micro_batch(model, batch: list[Unit], ref: dict[str, float], normaliser: float, cfg: TrainConfig) -> StepStats:
+    """Forward and backward of one micro-batch: its share Σλℓ / (n λ̄) of the step's loss."""
+    device = model.embed_tokens.weight.device
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        policy = response_logps(model, pack(batch).to(device))  # (R,)
+    reference = torch.tensor([ref[_key(u.prompt_ids, r)] for u in batch for r in u.responses], device=device)
+    if cfg.dpo_grouping == "question":
+        weighted_sum, stats = question_objective(batch, policy, reference, cfg.loss, cfg.beta, cfg.f)
+    else:
+        lam = torch.tensor([u.weight for u in batch], dtype=policy.dtype, device=device)  # (b,)
+        weighted_sum, stats = pair_objective(batch, policy, reference, lam, cfg.loss, cfg.beta, cfg.f)
+    loss = weighted_sum / normaliser
+    loss.backward()
+    stats.loss, stats.tokens = loss.item(), sum(u.tokens for u in batch)
+    return stats
+
+
+def _optimizer_step(params: dict, optimizer, scheduler, cfg: TrainConfig) -> tuple[float, float]:
+    """Clip, step and zero the LoRA gradients; (the norm before clipping, the lr that was used)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm).item()
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, lr
+
+
+def _all_reduce(params: dict, stats: StepStats) -> StepStats:
+    """Sum the LoRA gradients and the step's stats over the ranks."""
+    for p in params.values():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+    summed = stats.as_tensor()
+    dist.all_reduce(summed)
+    return StepStats.from_tensor(summed)
+
+
+def _log(out: Path, rank: int, step: int, total: int, cfg: TrainConfig, record: dict, state: tuple,
+         ckpt: Path) -> None:
+    """Append the step's metrics line (rank 0) and checkpoint every checkpoint_every steps and at the end."""
+    if rank == 0:
+        with open(out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+    if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
+        _save_checkpoint(ckpt, *state, step + 1, cfg)
+
+
+def _record(step: int, total: int, cfg: TrainConfig, stats: StepStats, grad_norm: float, lr: float,
             n_step: int, seconds: float) -> dict:
     """One metrics.jsonl line; reward margin and accuracy are means over the step's pairs
-    (weighted by their share of the step in question grouping)."""
-    loss, tokens, margin, accuracy, mass, inside, responses, n_pairs = stats.tolist()
-    record = {"step": step + 1, "epoch": step * cfg.epochs // total, "loss": loss,
-              "reward_margin": margin / mass, "reward_accuracy": accuracy / mass,
-              "theorem2_fraction": inside / max(responses, 1), "grad_norm": grad_norm, "lr": lr,
-              "pairs": int(n_pairs), "tokens": int(tokens), "seconds": seconds}
+    (weighted by λ in question grouping)."""
+    record = {"step": step + 1, "epoch": step * cfg.epochs // total, "loss": stats.loss,
+              "reward_margin": stats.margin / stats.mass, "reward_accuracy": stats.accuracy / stats.mass,
+              "theorem2_fraction": stats.inside / max(stats.responses, 1), "grad_norm": grad_norm, "lr": lr,
+              "pairs": int(stats.pairs), "tokens": int(stats.tokens), "seconds": seconds}
     if cfg.dpo_grouping == "question":
-        record.update(questions=n_step, responses=int(responses))
+        record.update(questions=n_step, responses=int(stats.responses))
     return record
 
 
