@@ -80,7 +80,9 @@ def _summary(it, workflows, scores, history, usage, seconds) -> dict:
     valued = [s["score"] for s in scores if s["score"] is not None]
     info = stage_info(it.dir, "pairs")
     last = history[-max(1, len(history) // 4):] if history else []
-    mean = lambda key: sum(m[key] for m in last) / len(last) if last else None  # noqa: E731
+    def mean(key: str) -> float | None:
+        return sum(m[key] for m in last) / len(last) if last else None
+
     return {"iteration": it.index, "workflows": len(workflows),
             "valid_rate": sum(w["valid"] for w in workflows) / max(1, len(workflows)),
             "mean_score": sum(valued) / len(valued) if valued else None,
@@ -92,7 +94,9 @@ def _summary(it, workflows, scores, history, usage, seconds) -> dict:
 
 
 def _table(rows: list[dict]) -> str:
-    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    def fmt(v, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
     lines = ["| iter | mean workflow score | valid rate | pairs (candidates) | loss (last quarter) | reward margin "
              "| executor tokens (this process) | time gen/exec/train s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:

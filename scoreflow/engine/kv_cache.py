@@ -120,7 +120,9 @@ class KVCache(nn.Module):
         seg, pos, n, Tmax = extra  # packed: q/k/v are (1, H, ΣT, D)
         self.k[layer][rows, :, cols] = k[0].transpose(0, 1)  # (ΣT, Hkv, D)
         self.v[layer][rows, :, cols] = v[0].transpose(0, 1)
-        pad = lambda x: x[0].transpose(0, 1).new_zeros(n, Tmax, *x.shape[1:2], x.shape[-1])  # noqa: E731
+        def pad(x: torch.Tensor) -> torch.Tensor:
+            return x[0].transpose(0, 1).new_zeros(n, Tmax, *x.shape[1:2], x.shape[-1])
+
         qp, kp, vp = pad(q), pad(k), pad(v)  # (n, Tmax, H, D)
         qp[seg, pos], kp[seg, pos], vp[seg, pos] = q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1)
         out = attention(qp.transpose(1, 2), kp.transpose(1, 2), vp.transpose(1, 2), mask)  # (n, Hq, Tmax, D)

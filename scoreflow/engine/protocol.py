@@ -325,7 +325,9 @@ class CompletionExchange(Exchange):
 
     def _prompts(self, f: dict) -> tuple[list[list[int]], int | None, int | None]:
         prompt, vocab = f.get("prompt"), self.limits.vocab_size
-        is_ids = lambda p: isinstance(p, list) and all(type(t) in (int, _HugeInt) for t in p)  # noqa: E731
+        def is_ids(p) -> bool:
+            return isinstance(p, list) and all(type(t) in (int, _HugeInt) for t in p)
+
         prompt = [prompt] if isinstance(prompt, str) or is_ids(prompt) else prompt
         if not prompt or not all(isinstance(p, str) or is_ids(p) for p in prompt):
             raise APIError("prompt is required: a string, an array of strings, an array of token ids or an "

@@ -125,7 +125,9 @@ def _metadata(reader) -> dict:
 
 
 def _config(meta: dict, arch: Architecture, tied: bool, n_vocab: int) -> dict:
-    a = lambda key, default=None: meta.get(f"{arch.model_type}.{key}", default)  # noqa: E731
+    def a(key: str, default=None):
+        return meta.get(f"{arch.model_type}.{key}", default)
+
     n_heads = a("attention.head_count")
     hidden = a("embedding_length")
     return {
@@ -182,7 +184,9 @@ def _tokenizer(reader, meta: dict, path: Path):
                             for t, ty in zip(tokens, types) if ty == _TOKEN_CONTROL])
     tok.add_tokens([AddedToken(t, normalized=False) for t, ty in zip(tokens, types)
                     if ty == _TOKEN_USER_DEFINED])
-    special = lambda key: tokens[meta[key]] if key in meta else None  # noqa: E731
+    def special(key: str) -> str | None:
+        return tokens[meta[key]] if key in meta else None
+
     tok_cfg = {"chat_template": meta.get("tokenizer.chat_template"),
                "bos_token": special("tokenizer.ggml.bos_token_id"),
                "eos_token": special("tokenizer.ggml.eos_token_id"),

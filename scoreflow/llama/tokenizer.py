@@ -92,7 +92,9 @@ def _render_chatml(messages, add_generation_prompt, template) -> str:
 
 
 def _render_llama3(messages, add_generation_prompt, template, bos) -> str:
-    head = lambda role: f"<|start_header_id|>{role}<|end_header_id|>\n\n"  # noqa: E731
+    def head(role: str) -> str:
+        return f"<|start_header_id|>{role}<|end_header_id|>\n\n"
+
     out = bos
     if "Cutting Knowledge Date" in template:  # Llama-3.1+: a system turn is always emitted
         system = messages[0]["content"].strip() if messages and messages[0]["role"] == "system" else ""

@@ -147,7 +147,9 @@ class LocalLMRewardModel(OutcomeRewardModel, ProcessRewardModel):
         Positions are found by tokenizing the text through each tag: exact whatever else in
         the text shares the tag's token. The tag text is removed from question and steps first."""
         tag = self.layout.step_tag
-        clean = lambda text: text.replace(tag.strip(), "")  # noqa: E731
+        def clean(text: str) -> str:
+            return text.replace(tag.strip(), "")
+
         tagged = [clean(step) + tag for step in split_steps(solution)]
         body = "\n".join(tagged)
         head = (PRM_INSTRUCTION.format(tag=tag, good=self.layout.good, bad=self.layout.bad, question=clean(question))

@@ -161,5 +161,5 @@ def describe(error: BaseException) -> str:
         if isinstance(error, MemoryError):
             return f"memory: the workflow ran out of memory{where}"
         return clip(f"{type(error).__name__}: {error}{where}", MAX_ERROR_CHARS)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - str(error) itself raised: show the type alone
         return f"{type(error).__name__} (its message could not be shown)"
