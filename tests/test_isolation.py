@@ -189,6 +189,19 @@ def worker_templates() -> list[int]:
     return found
 
 
+def test_an_operator_call_never_awaited_leaves_the_callers_stderr_clean(server):
+    """Python's own reports about a workflow's objects (a RuntimeWarning for a coroutine never
+    awaited, an "Exception ignored" when it is finalised where the restricted builtins have no
+    __import__) would reach the stderr the worker shares with the calling process."""
+    code = workflow_source("math", 'pending = self.custom(instruction="never awaited")\nreturn "42"')
+    request = {"base_url": server.base_url, "concurrency": 1, "linger_s": 0.5,
+               "jobs": [{"code": code, "problem": "What is 6 * 7?", "family": "math", "timeout_s": 10.0}]}
+    proc = subprocess.run([sys.executable, str(HERE / "isolated_runs.py")], input=json.dumps(request),
+                          capture_output=True, text=True, timeout=120, cwd=HERE.parent)
+    assert proc.returncode == 0 and json.loads(proc.stdout.splitlines()[0])["status"] == "ok", proc.stderr
+    assert "never awaited" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+
+
 def test_a_dead_worker_template_ends_its_runs_and_is_replaced(server):
     """As if the OOM killer took the template: the run under way ends at once with an error,
     and the next run starts a new template."""

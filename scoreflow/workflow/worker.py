@@ -38,6 +38,7 @@ import socket
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass
 from typing import NoReturn
 
@@ -221,6 +222,7 @@ def _child(channel_fd: int, zygote: int) -> NoReturn:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         _confine(zygote)
+        _silence_workflow_noise()
         _warm_up()  # the copy-on-write faults of a run, taken before it is waited for
         channel = socket.socket(fileno=CHANNEL_FD)
         message, fds, _, _ = socket.recv_fds(channel, 4096, 1)
@@ -251,6 +253,16 @@ def _confine(zygote: int) -> None:
     if os.getppid() != zygote:
         os._exit(CRASH_EXIT)  # the zygote died before the line above
     sys.setrecursionlimit(RECURSION_LIMIT)
+
+
+def _silence_workflow_noise() -> None:
+    """What Python prints on its own about the workflow's objects would reach the host's stderr,
+    which this process shares: a RuntimeWarning for an operator call never awaited, an
+    "Exception ignored" when such a coroutine is finalised where the restricted builtins have no
+    __import__. The workflow's failures are outcomes, so these are dropped; our own crashes
+    still print their traceback (_child)."""
+    warnings.simplefilter("ignore")
+    sys.unraisablehook = lambda unraisable: None
 
 
 def _limit(spawn: Spawn) -> None:
