@@ -19,14 +19,13 @@ import asyncio
 import contextlib
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from scoreflow.cli import run_cli
-from scoreflow.engine import Engine
-from scoreflow.engine.server import OpenAIServer
+from scoreflow.engine.local import serve_locally
 from scoreflow.executor import ExecutorClient
 from scoreflow.executor.reachable import require_reachable
-from scoreflow.llama import DEFAULT_MODEL, load_model, load_tokenizer
+from scoreflow.llama import DEFAULT_MODEL
 from scoreflow.llama.registry import resolve_model_dir
 from scoreflow.tasks import Question, Task, load_task
 
@@ -40,6 +39,7 @@ from .runner import MagicoreRunConfig, Runner
 
 LOCAL_TIMEOUT_S = 3600.0   # a CPU server may take minutes per long completion; never retry those early
 LOCAL_CONTEXT = 4096       # Refiner prompts hold the question, a chain and its feedback
+LOCAL_BATCH = 16           # Solver chains decoded together on our own server
 EMBEDDED_K = 8             # Solver chains on our own CPU server: 40 chains of a 135M model cost minutes each
 
 
@@ -52,20 +52,6 @@ def parse_baselines(spec: str) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; choose from all, none, {', '.join(BASELINES)}")
     return names
-
-
-@contextlib.contextmanager
-def local_server(model: str) -> Iterator[tuple[str, Any, Any]]:
-    """Our engine's OpenAI-compatible server over `model` on a free loopback port:
-    (base_url, loaded model, tokenizer); stopped on exit."""
-    net, tokenizer = load_model(model), load_tokenizer(model)
-    server = OpenAIServer(Engine(net, tokenizer, max_batch=16, max_seq_len=LOCAL_CONTEXT), str(model))
-    server.start()
-    print(f"scoreflow.magicore: serving {model} at {server.base_url}", flush=True)
-    try:
-        yield server.base_url, net, tokenizer
-    finally:
-        server.stop()
 
 
 def reward_models(orm: str, prm: str, executor: ExecutorClient, loaded: dict[str, tuple]) -> RewardModels:
@@ -111,8 +97,9 @@ def main(dataset: str, out: str | os.PathLike, limit: int | None = None, k: int 
     with contextlib.ExitStack() as stack:
         loaded: dict[str, tuple] = {}
         if solver_url is None:
-            solver_url, net, tokenizer = stack.enter_context(local_server(model))
-            loaded[str(model)] = (net, tokenizer)
+            server = stack.enter_context(serve_locally(model, max_batch=LOCAL_BATCH, max_seq_len=LOCAL_CONTEXT,
+                                                       who="scoreflow.magicore"))
+            solver_url, loaded[str(model)] = server.base_url, (server.engine.model, server.engine.tokenizer)
         summary = asyncio.run(_run(task, questions, config, solver_url, config.solver, api_key, loaded, Path(out),
                                    concurrency, timeout=LOCAL_TIMEOUT_S if loaded else 120.0))
     if summary is not None:

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from typing import Iterator
 
 from ..llama.registry import DEFAULT_MODEL
@@ -23,16 +22,8 @@ def executor_endpoint(url: str | None) -> Iterator[str]:
     if url is not None:
         yield url
         return
-    from ..engine import Engine
-    from ..engine.server import OpenAIServer
-    from ..llama import load_model, load_tokenizer
+    from ..engine.local import serve_locally  # torch and the model only when we serve one
 
-    engine = Engine(load_model(DEFAULT_MODEL), load_tokenizer(DEFAULT_MODEL), max_batch=EMBEDDED_BATCH,
-                    max_seq_len=EMBEDDED_CONTEXT)
-    server = OpenAIServer(engine, DEFAULT_MODEL)
-    server.start()
-    print(f"executor: {DEFAULT_MODEL} served by scoreflow at {server.base_url}", file=sys.stderr)
-    try:
+    with serve_locally(DEFAULT_MODEL, max_batch=EMBEDDED_BATCH, max_seq_len=EMBEDDED_CONTEXT,
+                       who="executor") as server:
         yield server.base_url
-    finally:
-        server.stop()
