@@ -38,7 +38,8 @@ class ScoreFlowScript(FakeOpenAIServer):
 
 def train_cmd(server, out: Path, *extra):
     return [sys.executable, "-m", "scoreflow.train", "--task", "gsm8k", "--limit", "2", "--k", "3", "--runs", "2",
-            "--iterations", "1", "--pairs", "4", "--invalid", "zero", "--generator-url", server.base_url,
+            "--iterations", "1", "--pairs", "4", "--invalid", "zero", "--generator", "smollm2-135m-instruct",
+            "--generator-url", server.base_url,
             "--generator-model", "scripted", "--executor-url", server.base_url, "--executor-model", "scripted",
             "--lr", "1e-4", "--out", str(out), *extra]
 
