@@ -50,10 +50,11 @@ class StepStats:
         return cls(*t.tolist())
 
 
-def pair_objective(batch: list[PairExample], policy: Tensor, reference: Tensor, lam: Tensor,
+def pair_objective(batch: list[PairExample], policy: Tensor, reference: Tensor,
                    loss: str, beta: float, f: str) -> tuple[Tensor, StepStats]:
     """(Σ_u λ_u ℓ_u, stats) for a micro-batch of pairs. policy, reference (2b,): chosen and rejected
-    log-probs alternating (as batch.pack lays them out); lam (b,): the pairs' weights."""
+    log-probs alternating (as batch.pack lays them out); λ_u is each pair's weight."""
+    lam = torch.tensor([p.weight for p in batch], dtype=policy.dtype, device=policy.device)  # (b,)
     pol_w, pol_l, ref_w, ref_l = policy[0::2], policy[1::2], reference[0::2], reference[1::2]  # (b,) each
     s_w = torch.tensor([p.s_w for p in batch], dtype=policy.dtype, device=policy.device)  # (b,)
     s_l = torch.tensor([p.s_l for p in batch], dtype=policy.dtype, device=policy.device)  # (b,)

@@ -233,11 +233,8 @@ def _micro_batch(model, batch: list[Unit], ref: dict[str, float], normaliser: fl
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
         policy = response_logps(model, pack(batch).to(device))  # (R,)
     reference = torch.tensor([ref[_key(u.prompt_ids, r)] for u in batch for r in u.responses], device=device)
-    if cfg.dpo_grouping == "question":
-        weighted_sum, stats = question_objective(batch, policy, reference, cfg.loss, cfg.beta, cfg.f)
-    else:
-        lam = torch.tensor([u.weight for u in batch], dtype=policy.dtype, device=device)  # (b,)
-        weighted_sum, stats = pair_objective(batch, policy, reference, lam, cfg.loss, cfg.beta, cfg.f)
+    objective = question_objective if cfg.dpo_grouping == "question" else pair_objective
+    weighted_sum, stats = objective(batch, policy, reference, cfg.loss, cfg.beta, cfg.f)
     loss = weighted_sum / normaliser
     loss.backward()
     stats.loss, stats.tokens = loss.item(), sum(u.tokens for u in batch)
