@@ -92,8 +92,8 @@ def main(dataset: str, out: str | os.PathLike, limit: int | None = None, k: int 
     for name in {model if solver_url is None else None, orm, prm} - {None, "judge"}:
         resolve_model_dir(name)  # an unknown model fails now, in one line, not after the server started
     config = MagicoreRunConfig(dataset, len(questions), MagicoreConfig(k, iters, normalization, ablation),
-                       Sampling(temperature, top_p, max_tokens, seed), parse_baselines(baselines),
-                       self_refine_rounds, solver_model or str(model), orm, prm)
+                               Sampling(temperature, top_p, max_tokens, seed), parse_baselines(baselines),
+                               self_refine_rounds, solver_model or str(model), orm, prm)
     with contextlib.ExitStack() as stack:
         loaded: dict[str, tuple] = {}
         if solver_url is None:
@@ -107,8 +107,9 @@ def main(dataset: str, out: str | os.PathLike, limit: int | None = None, k: int 
     return summary
 
 
-async def _run(task: Task, questions: list[Question], config: MagicoreRunConfig, url: str, model: str, api_key: str | None,
-               loaded: dict[str, tuple], out: Path, concurrency: int, timeout: float) -> dict | None:
+async def _run(task: Task, questions: list[Question], config: MagicoreRunConfig, url: str, model: str,
+               api_key: str | None, loaded: dict[str, tuple], out: Path, concurrency: int,
+               timeout: float) -> dict | None:
     async with ExecutorClient(url, model, api_key, max_concurrency=16, timeout=timeout) as executor:
         rms = reward_models(config.orm, config.prm, executor, loaded)
         agents = Agents(executor, answer_format(config.dataset), config.sampling)
