@@ -20,17 +20,16 @@ import torch.nn.functional as F
 
 
 def causal_mask(key_valid: torch.Tensor, q_slots: torch.Tensor) -> torch.Tensor:
-    """Boolean attention mask (B, T, S): query at slot q_slots[t] sees key slot s iff
-    s <= q_slots[t] and key_valid[b, s]. A query always sees its own slot, so rows of padding
-    queries are never empty (an empty row would turn softmax into NaN).
+    """Boolean attention mask (B, T, S): query t of row b, at key slot q_slots[b, t], sees key
+    slot s iff s <= q_slots[b, t] and key_valid[b, s]. A query always sees its own slot, so rows
+    of padding queries are never empty (an empty row would turn softmax into NaN).
 
-    key_valid (B, S) bool, q_slots (T,) long.
+    key_valid (B, S) bool; q_slots (B, T) long, or (T,) when every row's queries sit at the same
+    slots. The one causal mask of the code base: no-cache forward, KV cache and DPO packing.
     """
-    S = key_valid.shape[1]
-    s = torch.arange(S, device=key_valid.device)
-    causal = s[None, :] <= q_slots[:, None]  # (T, S)
-    own = s[None, :] == q_slots[:, None]  # (T, S)
-    return (causal[None] & key_valid[:, None, :]) | own[None]
+    s = torch.arange(key_valid.shape[1], device=key_valid.device)
+    slot = q_slots[..., None]  # (T, 1) or (B, T, 1)
+    return ((s <= slot) & key_valid[:, None, :]) | (s == slot)  # (B, T, S)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from scoreflow.dpo.loss import dpo_loss, score_dpo_loss
 from scoreflow.dpo.objective import question_objective
 from scoreflow.dpo.trainer import TrainConfig, train_dpo
 from scoreflow.llama import LlamaConfig, Transformer
+from scoreflow.llama.model import MaskedPlan
 from scoreflow.lora import apply_lora
 
 DT = torch.float64
@@ -143,7 +144,9 @@ def test_packed_logps_equal_each_response_run_alone():
         alone = []
         for q in questions:
             for r in q.responses:
-                lp = model.lm_head(model.trunk(torch.tensor([q.prompt_ids + r])))[0].log_softmax(-1)  # (T, V)
+                x = torch.tensor([q.prompt_ids + r])  # (1, T)
+                h = model.trunk(x, torch.arange(x.shape[1])[None], MaskedPlan.causal(torch.ones_like(x, dtype=torch.bool)))
+                lp = model.lm_head(h)[0].log_softmax(-1)  # (T, V) in float64
                 P = len(q.prompt_ids)
                 alone.append(sum(lp[P + j - 1, t] for j, t in enumerate(r)))
     assert packed.dtype == DT and len(packed) == 5

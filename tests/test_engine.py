@@ -224,11 +224,11 @@ def test_incremental_detokenization_equals_full_decode(default_tokenizer):
 def test_shared_prefix_decode_equals_each_prompt_alone(engine, default_tokenizer, monkeypatch):
     """Two questions behind one long system message, n=2 each: decode reads the common prompt
     once for all four rows (shared_prefix_attention) and still gives each prompt's own tokens."""
-    import scoreflow.engine.kv_cache as kv_cache
+    import scoreflow.engine.attention_plans as plans
 
     calls = []
-    real = kv_cache.shared_prefix_attention
-    monkeypatch.setattr(kv_cache, "shared_prefix_attention", lambda *a: calls.append(a[1].shape[1]) or real(*a))
+    real = plans.shared_prefix_attention
+    monkeypatch.setattr(plans, "shared_prefix_attention", lambda *a: calls.append(a[1].shape[1]) or real(*a))
     system = "You are a careful assistant. " * 20  # far more than SHARED_PREFIX_MIN tokens
     prompts = [default_tokenizer.encode(default_tokenizer.apply_chat_template(
         [{"role": "system", "content": system}, {"role": "user", "content": q}]))

@@ -82,3 +82,12 @@ def test_causal_mask_never_leaves_a_row_empty():
     assert mask.any(-1).all()
     assert mask[0, 3].tolist() == [False, False, True, True]
     assert mask[0, 0].tolist() == [True, False, False, False]  # pad query sees only itself
+
+
+def test_causal_mask_with_per_row_query_slots_equals_one_row_at_a_time():
+    key_valid = torch.tensor([[True, True, True, False, False], [False, True, True, True, True]])
+    q_slots = torch.tensor([[1, 2], [3, 4]])  # row 0 decodes at columns 1..2, row 1 at 3..4
+    mask = causal_mask(key_valid, q_slots)
+    for b in range(2):
+        assert torch.equal(mask[b], causal_mask(key_valid[b: b + 1], q_slots[b])[0])
+    assert mask[1, 0].tolist() == [False, True, True, True, False]

@@ -31,6 +31,9 @@ from typing import Sequence
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from kernels.attention import causal_mask
+from scoreflow.llama.model import MaskedPlan, Transformer
+
 Ids = tuple[int, ...]
 LOGITS_BUDGET = 1 << 23  # logit entries alive at once in the LM head (32 MiB in fp32)
 
@@ -121,27 +124,25 @@ def pack(units: Sequence[PairExample | QuestionExample]) -> PackedRows:
             targets += resp
             owner += [n_responses] * len(resp)
             n_responses, start = n_responses + 1, end
-    t = torch.arange(T)
-    causal = t[None, :] <= t[:, None]  # (T, T)
     q_seg, k_seg = seg[:, :, None], seg[:, None, :]  # (B, T, 1), (B, 1, T)
-    visible = (k_seg == 0) | (k_seg == q_seg)  # prompt keys, or keys of the query's own segment
-    mask = (causal & visible & (k_seg >= 0)) | torch.eye(T, dtype=torch.bool)  # pads see themselves
+    visible = (k_seg == 0) | (k_seg == q_seg) | torch.eye(T, dtype=torch.bool)  # prompt, own segment, self
+    mask = causal_mask(seg >= 0, torch.arange(T)) & visible  # (B, T, T); pads see only themselves
     return PackedRows(ids, pos, mask, torch.tensor(predict_at), torch.tensor(targets), torch.tensor(owner),
                       n_responses)
 
 
-def response_logps(model, packed: PackedRows, chunk: int | None = None) -> torch.Tensor:
+def response_logps(model: Transformer, packed: PackedRows, chunk: int | None = None) -> torch.Tensor:
     """Sum of each response's token log-probs, (R,) in packing order; fp32 (fp64 for a float64
     model). The LM head runs on `chunk` response positions at a time (see token_logps)."""
     B, T = packed.input_ids.shape
-    h = model.trunk(packed.input_ids, packed.positions, attention_mask=packed.mask)  # (B, T, C)
+    h = model.trunk(packed.input_ids, packed.positions, MaskedPlan(packed.mask))  # (B, T, C)
     h = h.reshape(B * T, -1)[packed.predict_at]  # (N, C) only where a response token is predicted
     chunk = chunk or max(1, LOGITS_BUDGET // model.config.vocab_size)
     logps = token_logps(model.lm_head, h, packed.targets, chunk)  # (N,)
     return logps.new_zeros(packed.n_responses).index_add(0, packed.owner, logps)  # (R,)
 
 
-def pair_logps(model, packed: PackedRows) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logps(model: Transformer, packed: PackedRows) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of response-token log-probs of packed pairs: (chosen (B,), rejected (B,))."""
     sums = response_logps(model, packed)  # (2B,)
     return sums[0::2], sums[1::2]

@@ -22,6 +22,8 @@ from typing import Callable
 
 import torch
 
+from scoreflow.llama import Tokenizer, Transformer
+
 from .kv_cache import KVCache
 from .sampling import SamplingParams, sample, splitmix64, token_logprobs
 
@@ -76,7 +78,7 @@ class _Request:
 
 
 class Engine:
-    def __init__(self, model, tokenizer, max_batch: int = 16, max_seq_len: int = 2048,
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, max_batch: int = 16, max_seq_len: int = 2048,
                  prefill_tokens: int = 4096):
         """max_batch x max_seq_len sizes the KV cache (allocated once); prefill_tokens bounds the
         tokens one packed prefill forward may take."""
@@ -218,8 +220,7 @@ class Engine:
         lens = [len(r.prompt_ids) for r in batch]
         ids = torch.tensor([t for r in batch for t in r.prompt_ids], device=self.device)[None]  # (1, ΣT)
         pos = torch.cat([torch.arange(n) for n in lens]).to(self.device)[None]  # (1, ΣT)
-        self.cache.plan_packed(first_rows, lens, self.device)
-        h = self.model.trunk(ids, pos, cache=self.cache)[0]  # (ΣT, C)
+        h = self.model.trunk(ids, pos, self.cache.plan_packed(first_rows, lens))[0]  # (ΣT, C)
         last = torch.tensor(lens, device=self.device).cumsum(0) - 1
         logits = self.model.lm_head(h[last]).float()  # (R, V) one row per request
         rows, row_logits = [], []
@@ -233,10 +234,10 @@ class Engine:
 
     def _decode(self) -> None:
         B = len(self._running)
-        self.cache.shared_prefix = self._shared_prefix() if B > 1 else 0
         x = torch.tensor([[s.ids[-1]] for s in self._running], device=self.device)  # (B, 1)
         pos = torch.tensor([[self.cache.lengths[b]] for b in range(B)], device=self.device)  # (B, 1)
-        h = self.model.trunk(x, pos, cache=self.cache)  # (B, 1, C)
+        plan = self.cache.plan_decode(B, self._shared_prefix() if B > 1 else 0)
+        h = self.model.trunk(x, pos, plan)  # (B, 1, C)
         logits = self.model.lm_head(h[:, 0]).float()  # (B, V)
         self._sample_and_append(list(range(B)), logits)
         self._retire()

@@ -4,9 +4,16 @@ Module names follow the HF checkpoints (`layers.{i}.self_attn.q_proj`, ...) so t
 name map, LoRA target names and PEFT adapter keys all read the same.
 
     tokens -> embed -> [x + attn(norm(x)); x + mlp(norm(x))] x L -> norm -> lm_head -> logits
+
+Where attention reads its keys from is the caller's choice, passed to `trunk` as an attention
+plan: `MaskedPlan` (this forward's own keys under a mask: training, scoring) or one of the KV
+cache's plans (engine/attention_plans.py: prefill into slots, packed prefill, decode).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -18,6 +25,39 @@ from kernels.norm import rms_norm
 from kernels.rope import apply_rope, inv_frequencies, rope_cos_sin
 
 from .config import LlamaConfig
+
+
+class AttentionPlan(Protocol):
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (B, Hq, T, D) and this forward's k, v (B, Hkv, T, D) -> (B, Hq, T, D)."""
+
+
+class Cache(Protocol):
+    """What `Transformer.forward` needs of a KV cache (engine/kv_cache.py)."""
+
+    def num_tokens(self, batch: int) -> torch.Tensor: ...
+
+    def plan_append(self, valid: torch.Tensor) -> AttentionPlan: ...
+
+
+@dataclass(frozen=True)
+class MaskedPlan:
+    """No cache: each query attends to this forward's keys where mask (B, T, T) is True."""
+
+    mask: torch.Tensor
+
+    @classmethod
+    def causal(cls, valid: torch.Tensor) -> MaskedPlan:
+        """Causal over the real tokens of each row; valid (B, T) bool is False at padding."""
+        return cls(causal_mask(valid, torch.arange(valid.shape[1], device=valid.device)))
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return attention(q, k, v, self.mask)
+
+
+def real_token_positions(valid: torch.Tensor, start: torch.Tensor | int = 0) -> torch.Tensor:
+    """RoPE positions (B, T) that count real tokens only, from `start`: left padding takes 0."""
+    return (start + valid.long().cumsum(-1) - 1).clamp(min=0)
 
 
 class RMSNorm(nn.Module):
@@ -41,16 +81,14 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=cfg.attention_out_bias)
 
-    def forward(self, x, cos, sin, mask, cache=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); cos/sin (B, T, D/2) at each token's position."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, Hq, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:  # the cache stores k/v and attends over everything it holds
-            out = cache.attend(self.layer_idx, q, k, v)  # (B, Hq, T, D)
-        else:
-            out = attention(q, k, v, mask)  # (B, Hq, T, D)
+        out = plan.attend(self.layer_idx, q, k, v)  # (B, Hq, T, D); a cache plan also stores k, v
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -75,8 +113,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache=None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, plan)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -106,41 +144,36 @@ class Transformer(nn.Module):
             return
         self.inv_freq = inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling).to(device)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache: Cache | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (B, T) -> logits (B, T, V) in fp32. See `trunk` for the other arguments."""
-        return self.lm_head(self.trunk(input_ids, positions, cache, attention_mask)).float()
-
-    def trunk(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
-              attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Everything but the LM head: input_ids (B, T) -> final-normed hidden states (B, T, C).
+        """input_ids (B, T) -> logits (B, T, V) in fp32, with the plan chosen from the arguments.
 
         attention_mask: (B, T) with 1 for real tokens and 0 for (left) padding, or an explicit
-        boolean (B, T, T) mask (True = attend) for layouts such as a shared prompt followed by
-        two responses that must not see each other. positions (B, T): RoPE positions; by default
-        they count real tokens only, continuing from what the cache already holds.
+        boolean (B, T, T) mask (True = attend), not combined with a cache. positions (B, T): RoPE
+        positions; by default they count real tokens only, continuing from what the cache holds.
         """
         B, T = input_ids.shape
-        dev = input_ids.device
         explicit = attention_mask is not None and attention_mask.dim() == 3
         valid = (attention_mask.bool() if attention_mask is not None and not explicit
-                 else torch.ones(B, T, dtype=torch.bool, device=dev))
+                 else torch.ones(B, T, dtype=torch.bool, device=input_ids.device))
         if positions is None:
-            start = cache.num_tokens(B) if cache is not None else 0
-            positions = (start + valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-        mask = None
+            positions = real_token_positions(valid, cache.num_tokens(B) if cache is not None else 0)
         if cache is not None:
-            assert not explicit, "an explicit (B, T, T) mask cannot be combined with a KV cache"
-            cache.begin(valid)
-        elif explicit:
-            mask = attention_mask.bool()
+            if explicit:
+                raise ValueError("an explicit (B, T, T) mask cannot be combined with a KV cache")
+            plan = cache.plan_append(valid)
         else:
-            mask = causal_mask(valid, torch.arange(T, device=dev))
+            plan = MaskedPlan(attention_mask.bool()) if explicit else MaskedPlan.causal(valid)
+        return self.lm_head(self.trunk(input_ids, positions, plan)).float()
+
+    def trunk(self, input_ids: torch.Tensor, positions: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
+        """Everything but the LM head: input_ids (B, T) at RoPE positions (B, T) -> final-normed
+        hidden states (B, T, C), every layer attending through `plan`."""
         cos, sin = rope_cos_sin(positions, self.inv_freq)
         x = self.embed_tokens(input_ids)  # (B, T, C)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, plan, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, cache)
+                x = layer(x, cos, sin, plan)
         return self.norm(x)

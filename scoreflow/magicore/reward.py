@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from scoreflow.llama import DEFAULT_MODEL, Tokenizer, Transformer, load_model, load_tokenizer
+from scoreflow.llama.model import MaskedPlan, real_token_positions
 
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 
@@ -206,7 +207,8 @@ class LocalLMRewardModel(OutcomeRewardModel, ProcessRewardModel):
                 for row, i in enumerate(batch):
                     ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
                     mask[row, : len(sequences[i])] = 1
-                hidden = self.model.trunk(ids.to(device), attention_mask=mask.to(device))  # (B, T, C)
+                valid = mask.to(device).bool()
+                hidden = self.model.trunk(ids.to(device), real_token_positions(valid), MaskedPlan.causal(valid))  # (B, T, C)
                 for row, i in enumerate(batch):
                     logits = (hidden[row, positions[i]].float() @ head.T).double()  # (n_i, 2)
                     out[i] = torch.sigmoid(logits[:, 0] - logits[:, 1]).tolist()
