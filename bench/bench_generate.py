@@ -22,7 +22,8 @@ import time
 
 import torch
 
-from scoreflow.engine import Engine, SamplingParams, generate
+import scoreflow.engine.engine as engine_module
+from scoreflow.engine import Engine, SamplingParams
 from scoreflow.llama import DEFAULT_MODEL, load_model, load_tokenizer
 from scoreflow.llama.registry import resolve_model_dir
 from scoreflow.tasks.data import packaged_data_dir
@@ -64,7 +65,7 @@ def scoreflow_prompts(tok, n: int) -> list[list[int]]:
 
 
 def ours_sampled(engine: Engine, batch: list[list[int]], k: int, new: int, shared: bool) -> float:
-    generate.SHARED_PREFIX_MIN = 64 if shared else 1 << 30
+    engine_module.SHARED_PREFIX_MIN = 64 if shared else 1 << 30
     p = [SamplingParams(n=k, temperature=0.7, top_p=0.95, max_tokens=new, ignore_eos=True, seed=i)
          for i in range(len(batch))]
     t = time.perf_counter()
