@@ -119,8 +119,8 @@ async def embedded(n: int) -> None:
     questions = load_task("gsm8k", "validate").questions[:n]
     code = baseline_workflow("cot", "math")
     with executor_endpoint(None) as url:
-        async with ExecutorClient(url, DEFAULT_MODEL, default_max_tokens=EMBEDDED["executor_max_tokens"],
-                                  max_concurrency=EMBEDDED["executor_concurrency"]) as executor:
+        async with ExecutorClient(url, DEFAULT_MODEL, default_max_tokens=EMBEDDED.settings["executor_max_tokens"],
+                                  max_concurrency=EMBEDDED.settings["executor_concurrency"]) as executor:
             seconds: dict[str, list[float]] = {m: [] for m in MODES}
             for i, q in enumerate(questions):
                 for mode in (MODES if i % 2 == 0 else reversed(MODES)):

@@ -187,17 +187,17 @@ def main() -> None:
     out = Path(args.out)
     task = load_task("gsm8k", "validate")
     task = replace(task, questions=task.questions[: args.limit])
-    base = replace(RunConfig(**{k: v for k, v in EMBEDDED.items() if k != "dpo"}), generator=args.generator,
+    base = replace(RunConfig(**{k: v for k, v in EMBEDDED.settings.items() if k != "dpo"}), generator=args.generator,
                    limit=args.limit, k=args.k, pairs=args.pairs, iterations=args.iterations, valid_floor=0.0)
     print(f"# bench_learning: {args.generator}, {args.limit} GSM8K questions, k={args.k}, {RUNS} runs, "
           f"{args.pairs} pairs, {args.iterations} iterations, {args.grouping} grouping, {args.epochs} epochs, "
           f"generator temperature "
-          f"{base.temperature}, lr {EMBEDDED['dpo'].lr}; {platform.machine()}, torch {torch.__version__}, "
+          f"{base.temperature}, lr {EMBEDDED.settings['dpo'].lr}; {platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)
     sampled, start = {}, time.monotonic()
     for arm in args.arms:
         settings = ARMS[arm] or {}
-        dpo = replace(EMBEDDED["dpo"], loss=settings.get("loss", "score_dpo"), dpo_grouping=args.grouping,
+        dpo = replace(EMBEDDED.settings["dpo"], loss=settings.get("loss", "score_dpo"), dpo_grouping=args.grouping,
                       epochs=args.epochs)
         cfg = replace(base, dpo=dpo, pair_gap=settings.get("pair_gap", "cubic"))
         sampled[arm] = run_arm(arm, cfg, task, out)

@@ -37,7 +37,7 @@ def run_magicore(out: Path, settings: list[str]) -> tuple[dict, float]:
     """One `python -m scoreflow.magicore` run in its own process (each loads its own server and
     reward models; separate processes return that memory between runs); (summary, wall s)."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "scoreflow.magicore", "--dataset", "gsm8k", "--out", str(out), *settings],
+    subprocess.run([sys.executable, "-m", "scoreflow.magicore", "--task", "gsm8k", "--out", str(out), *settings],
                    check=True)
     return json.loads((out / "summary.json").read_text()), time.perf_counter() - t0
 
@@ -46,8 +46,8 @@ def bench(model: str, rm: str | None, limit: int, k: int, iters: int, max_tokens
           concurrency: int, out: str | None, seed: int, ablations: str) -> None:
     out = Path(out or tempfile.mkdtemp(prefix="bench_magicore_"))
     settings = [f"--{name.replace('_', '-')}={value}" for name, value in
-                dict(model=model, orm=rm or model, prm=rm or model, limit=limit, k=k, iters=iters,
-                     max_tokens=max_tokens, seed=seed, concurrency=concurrency,
+                dict(executor_model=model, orm=rm or model, prm=rm or model, limit=limit, k=k, iterations=iters,
+                     max_new_tokens=max_tokens, seed=seed, question_concurrency=concurrency,
                      self_refine_rounds=self_refine_rounds).items()]
     start = time.perf_counter()
     rows = [("none (MAgICoRE)", *run_magicore(out, settings))]

@@ -1,11 +1,13 @@
 """What every `python -m scoreflow.*` command shares: flags declared once on the config
-dataclass, and user errors that become one line and exit 2.
+dataclass, one preset mechanism, and user errors that become one line and exit 2.
 
     @dataclass(frozen=True)
     class RunConfig:
         k: int = flag(8, "Workflows sampled per question.")
-    add_flags(parser, RunConfig, preset=EMBEDDED)      # --k, help shows both defaults
-    overrides = given(vars(parser.parse_args()), RunConfig)
+        iterations: int = flag(3, "Optimisation iterations.", aliases=("--iters",))
+    EMBEDDED = Preset({"k": 4}, applies=lambda cfg: cfg.embedded)
+    add_flags(parser, RunConfig, preset=EMBEDDED.settings)   # --k, help shows both defaults
+    cfg = EMBEDDED.resolve(RunConfig, given(vars(parser.parse_args()), RunConfig))
 
     if __name__ == "__main__":
         run_cli("scoreflow.train", main)
@@ -15,6 +17,10 @@ A user error is anything the user can fix by changing a flag, a file or an insta
 (a port in use) that our boundaries raise with a message saying what to do. It is printed as
 `PROG: message` on stderr with exit status 2 (argparse's own status for a bad flag), without a
 traceback. Set SCOREFLOW_DEBUG=1 to see the traceback anyway.
+
+The commands speak one vocabulary: `--task`, `--iterations`, `--executor-url`,
+`--executor-model`, `--executor-concurrency`, `--max-new-tokens`, `--out`. A flag's earlier
+name (`aliases`) still works for one release, hidden from --help, with a note naming the new one.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ import os
 import sys
 import types
 import typing
-from dataclasses import MISSING, field, fields
-from typing import Any, Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Callable, Mapping, TypeVar
+
+C = TypeVar("C")
 
 USER_ERRORS = (ValueError, OSError)  # FileNotFoundError and PermissionError are OSErrors
 
@@ -49,10 +57,42 @@ def run_cli(prog: str, main: Callable[[], object]) -> None:
         raise SystemExit(130) from None
 
 
-def flag(default: Any = MISSING, help: str = "", *, choices: tuple | None = None, **options: Any) -> Any:
-    """A dataclass field that is also a command-line flag `--name-with-dashes`: its help text
-    and, for a field that takes one of a few values, its choices (`options` go to `field`)."""
-    return field(default=default, metadata={"help": help, "choices": choices}, **options)
+def flag(default: Any = MISSING, help: str = "", *, choices: tuple | None = None, aliases: tuple[str, ...] = (),
+         **options: Any) -> Any:
+    """A dataclass field that is also a command-line flag `--name-with-dashes`: its help text,
+    for a field that takes one of a few values its choices, and the flag's earlier names
+    (`aliases`, e.g. "--iters"). The type is the field's annotation; `options` go to `field`."""
+    return field(default=default, metadata={"help": help, "choices": choices, "aliases": aliases}, **options)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Settings that replace a config's defaults where `applies(config)` holds, e.g. the embedded
+    preset of a run on the small models this package ships. Precedence, lowest first:
+
+        the dataclass defaults (the paper's) -> the preset, if it applies -> the user's flags
+    """
+
+    settings: Mapping[str, Any]
+    applies: Callable[[Any], bool]
+
+    def resolve(self, cls: type[C], flags: Mapping[str, Any]) -> C:
+        """cls built from the user's flags, over the preset when it applies to those flags."""
+        plain = cls(**flags)
+        return cls(**{**self.settings, **flags}) if self.applies(plain) else plain
+
+
+class _EarlierName(argparse._StoreAction):
+    """A flag's earlier name: stores like the new one, with a note that names the new one."""
+
+    def __init__(self, *args: Any, new_name: str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.new_name = new_name
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: note: {option_string} is now {self.new_name}; the old name goes in the next "
+              "release", file=sys.stderr)
+        super().__call__(parser, namespace, values, option_string)
 
 
 def parse_bool(text: str) -> bool:
@@ -87,10 +127,12 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, preset: Mappi
         notes = [] if f.default in (None, MISSING) else [f"default: {_show(f.default)}"]
         if preset and f.name in preset and preset[f.name] != f.default:
             notes.append(f"embedded preset: {_show(preset[f.name])}")
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=dest_prefix + f.name, default=None,
-                            type=_scalar_type(hints[f.name]), choices=meta["choices"],
-                            metavar=None if meta["choices"] else f.name.upper(),
+        name, common = f"--{f.name.replace('_', '-')}", dict(dest=dest_prefix + f.name, default=None,
+                                                             type=_scalar_type(hints[f.name]), choices=meta["choices"])
+        parser.add_argument(name, metavar=None if meta["choices"] else f.name.upper(), **common,
                             help=meta["help"] + (f" ({'; '.join(notes)})" if notes else ""))
+        for alias in meta.get("aliases", ()):
+            parser.add_argument(alias, action=_EarlierName, new_name=name, help=argparse.SUPPRESS, **common)
 
 
 def given(args: Mapping[str, Any], cls: type, dest_prefix: str = "") -> dict[str, Any]:

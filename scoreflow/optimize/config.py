@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from ..cli import flag
+from ..cli import Preset, flag
 from ..dpo.pairs import GAPS
 from ..dpo.trainer import TrainConfig
 from ..executor.reachable import require_reachable
@@ -41,7 +41,9 @@ class RunConfig:
     # executor: any OpenAI-compatible chat endpoint; None = serve the default model on loopback
     executor_url: str | None = flag(None, "OpenAI-compatible chat endpoint that runs the operators (default: the "
                                           "embedded model served by scoreflow on loopback).")
-    executor_model: str | None = flag(None, "Model name at --executor-url, e.g. gpt-4o-mini.")
+    executor_model: str | None = flag(None, "Model name at --executor-url, e.g. gpt-4o-mini; without --executor-url, "
+                                            "the model served on loopback: a known name or an HF-format directory "
+                                            f"(default: {DEFAULT_MODEL}).")
     api_key: str | None = flag(None, "API key for the endpoints (default: $OPENAI_API_KEY); never written to disk.",
                                compare=False, repr=False)
     executor_concurrency: int = flag(16, "Executor requests in flight at once.")
@@ -121,16 +123,16 @@ class RunConfig:
 # rate and sampling temperature than the paper so that a few dozen pairs move the policy
 # visibly; one Score-DPO step per question (the same objective, ~15x less compute than a step
 # per pair). It shows the mechanism, not the paper's accuracy.
-EMBEDDED = dict(limit=4, k=8, runs=1, pairs=32, iterations=2, invalid="zero", valid_floor=0.1, max_new_tokens=384,
-                temperature=0.7, executor_max_tokens=256, executor_concurrency=8,
-                dpo=TrainConfig(lr=1e-4, warmup_steps=2, dpo_grouping="question"))
+EMBEDDED = Preset(dict(limit=4, k=8, runs=1, pairs=32, iterations=2, invalid="zero", valid_floor=0.1,
+                       max_new_tokens=384, temperature=0.7, executor_max_tokens=256, executor_concurrency=8,
+                       dpo=TrainConfig(lr=1e-4, warmup_steps=2, dpo_grouping="question")),
+                  applies=lambda cfg: cfg.embedded)
 
 
 def resolve(overrides: dict, dpo_overrides: dict | None = None) -> RunConfig:
     """Paper defaults, then the embedded preset (if the generator is an embedded model), then the user's flags
     (`dpo_overrides` are TrainConfig fields)."""
-    base = RunConfig(**{k: v for k, v in overrides.items() if k in ("generator", "generator_url")})
-    cfg = RunConfig(**{**(EMBEDDED if base.embedded else {}), **overrides})  # fields derived anew (pairs)
+    cfg = EMBEDDED.resolve(RunConfig, overrides)
     return replace(cfg, dpo=replace(cfg.dpo, **(dpo_overrides or {})))
 
 
@@ -141,7 +143,7 @@ def check_endpoints(cfg: RunConfig) -> None:
     if cfg.executor_url:
         require_reachable(cfg.executor_url, "--executor-url")
     else:
-        resolve_model_dir(DEFAULT_MODEL)  # served on loopback
+        resolve_model_dir(cfg.executor_model or DEFAULT_MODEL)  # served on loopback
     if cfg.generator_url:
         require_reachable(cfg.generator_url, "--generator-url")
     else:

@@ -1,6 +1,6 @@
 """The executor endpoint of a run: a given OpenAI-compatible URL, or our own server on loopback.
 
-    with executor_endpoint(cfg.executor_url) as url:    # None: serve the default model here
+    with executor_endpoint(cfg.executor_url, cfg.executor_model) as url:  # no URL: serve the model here
         ... ExecutorClient(url, ...) ...
 """
 
@@ -16,14 +16,14 @@ EMBEDDED_CONTEXT = 2048     # operator prompts hold the problem and earlier answ
 
 
 @contextlib.contextmanager
-def executor_endpoint(url: str | None) -> Iterator[str]:
-    """`url` as it is, or (None) the base default model served by our OpenAI-compatible
-    server on a free loopback port for the duration of the block."""
+def executor_endpoint(url: str | None, model: str | None = None) -> Iterator[str]:
+    """`url` as it is, or (None) `model` (by default the embedded SmolLM2-135M) served by our
+    OpenAI-compatible server on a free loopback port for the duration of the block."""
     if url is not None:
         yield url
         return
     from ..engine.local import serve_locally  # torch and the model only when we serve one
 
-    with serve_locally(DEFAULT_MODEL, max_batch=EMBEDDED_BATCH, max_seq_len=EMBEDDED_CONTEXT,
+    with serve_locally(model or DEFAULT_MODEL, max_batch=EMBEDDED_BATCH, max_seq_len=EMBEDDED_CONTEXT,
                        who="executor") as server:
         yield server.base_url

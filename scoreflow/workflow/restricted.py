@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Awaitable
 
+from scoreflow.gather import gather
 from scoreflow.workflow.context import RunAborted, RunLimits, WorkflowConfig, as_text, clip
 from scoreflow.workflow.validate import TICK_NAME, instrument
 
@@ -112,20 +113,6 @@ def _namespace(limits: RunLimits, operators: SimpleNamespace, printed: PrintBuff
     safe.update(range=_bounded_range, print=printed.print, __build_class__=builtins.__build_class__)
     return {"__builtins__": safe, "__name__": "workflow", "operator": operators,
             "asyncio": SimpleNamespace(gather=gather), TICK_NAME: limits.tick}
-
-
-async def gather(*awaitables: Awaitable[Any]) -> list[Any]:
-    """`asyncio.gather` for workflows: the results in order; if one raises, the others are
-    cancelled and awaited rather than left running after the workflow ends."""
-    tasks: list[asyncio.Future] = []
-    try:
-        for awaitable in awaitables:
-            tasks.append(asyncio.ensure_future(awaitable))
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _bounded_range(*args: int) -> range:
