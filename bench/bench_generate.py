@@ -3,14 +3,16 @@ lengths, CPU fp32, side by side in one process.
 
     python bench/bench_generate.py [--batches 1 8 32] [--new-tokens 128] [--scoreflow 8]
 
-1. Greedy, GSM8K chat prompts, batch 1/8/32 (the issue's anchor). Also times one batch-1
-   decode step against the memory-bandwidth floor (weight bytes / read bandwidth, measured
-   here with a plain weight-streaming matvec).
+1. Greedy, GSM8K chat prompts, batch 1/8/32 (the issue's anchor): ours with speculative
+   decoding (prompt-lookup drafts, the default at up to SPECULATE_MAX_BATCH rows), ours with
+   plain decoding, and transformers, interleaved per batch; with the share of drafted tokens
+   accepted. Also times one batch-1 decode step against the memory-bandwidth floor (weight
+   bytes / read bandwidth, measured here with a plain weight-streaming matvec).
 2. `--scoreflow Q`: the shape of ScoreFlow's generation stage: Q generator prompts (the math
    guide + a GSM8K question, ~1200 tokens, sharing the ~1100-token guide), k=4 samples each
    at temperature 0.7, top-p 0.95, 256 new tokens (EOS ignored, so both sides emit the same
-   count). Ours with and without the shared-prefix decode attention; transformers with
-   num_return_sequences=4.
+   count). Ours with and without the shared-prefix decode attention, and with speculation
+   forced on at this batch size; transformers with num_return_sequences=4.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 import scoreflow.engine.engine as engine_module
 from scoreflow.engine import Engine, SamplingParams
+from scoreflow.engine.engine import DRAFT_TOKENS, SPECULATE_MAX_BATCH, DraftStats
 from scoreflow.llama import DEFAULT_MODEL, load_model, load_tokenizer
 from scoreflow.llama.registry import resolve_model_dir
 from scoreflow.tasks.data import packaged_data_dir
@@ -36,12 +39,19 @@ def prompts(tok, n: int) -> list[list[int]]:
     return [tok.encode(tok.apply_chat_template([{"role": "user", "content": r["question"]}])) for r in rows]
 
 
-def ours(engine: Engine, batch: list[list[int]], new: int) -> float:
+def ours(engine: Engine, batch: list[list[int]], new: int, draft: int = 0) -> tuple[float, list[list[int]]]:
+    """(tok/s, the tokens) with `draft` prompt-lookup tokens per step (0: plain decoding)."""
+    engine.draft_tokens, engine.draft_stats = draft, DraftStats()
     t = time.perf_counter()
     out = engine.generate(batch, SamplingParams(max_tokens=new, ignore_eos=True))
     dt = time.perf_counter() - t
     assert all(len(c.token_ids) == new for c in out)
-    return len(batch) * new / dt
+    return len(batch) * new / dt, [c.token_ids for c in out]
+
+
+def accepted(engine: Engine) -> str:
+    s = engine.draft_stats
+    return f"{s.accepted}/{s.drafted} ({s.accepted / max(1, s.drafted):.0%})"
 
 
 def theirs(hf, batch: list[list[int]], new: int) -> float:
@@ -64,8 +74,11 @@ def scoreflow_prompts(tok, n: int) -> list[list[int]]:
     return [prompt_ids(tok, "math", r["question"]) for r in rows]
 
 
-def ours_sampled(engine: Engine, batch: list[list[int]], k: int, new: int, shared: bool) -> float:
+def ours_sampled(engine: Engine, batch: list[list[int]], k: int, new: int, shared: bool,
+                 speculate: bool = False) -> float:
     engine_module.SHARED_PREFIX_MIN = 64 if shared else 1 << 30
+    engine_module.SPECULATE_MAX_BATCH = 1 << 30 if speculate else SPECULATE_MAX_BATCH
+    engine.draft_stats = DraftStats()
     p = [SamplingParams(n=k, temperature=0.7, top_p=0.95, max_tokens=new, ignore_eos=True, seed=i)
          for i in range(len(batch))]
     t = time.perf_counter()
@@ -131,13 +144,18 @@ def main() -> None:
     print(f"# {DEFAULT_MODEL}, CPU fp32, {torch.get_num_threads()} threads, greedy, {args.new_tokens} new tokens, "
           f"GSM8K chat prompts ({min(map(len, all_prompts))}-{max(map(len, all_prompts))} tokens); "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}, transformers {transformers.__version__}")
-    print("| batch | ours tok/s | transformers tok/s | speed-up |")
-    print("|---|---|---|---|")
+    print("| batch | ours, speculative tok/s | ours, plain tok/s | transformers tok/s | speculative vs transformers "
+          "| plain vs transformers | drafts accepted |")
+    print("|---|---|---|---|---|---|---|")
     ours(engine, all_prompts[:1], 8)  # warm-up both
     theirs(hf, all_prompts[:1], 8)
     for b in args.batches:
-        a, h = ours(engine, all_prompts[:b], args.new_tokens), theirs(hf, all_prompts[:b], args.new_tokens)
-        print(f"| {b} | {a:.1f} | {h:.1f} | {a / h:.2f}x |", flush=True)
+        (spec, spec_ids), counts = ours(engine, all_prompts[:b], args.new_tokens, DRAFT_TOKENS), accepted(engine)
+        plain, plain_ids = ours(engine, all_prompts[:b], args.new_tokens)
+        h = theirs(hf, all_prompts[:b], args.new_tokens)
+        assert spec_ids == plain_ids, "speculative greedy differs from plain greedy"
+        print(f"| {b} | {spec:.1f} | {plain:.1f} | {h:.1f} | {spec / h:.2f}x | {plain / h:.2f}x | {counts} |", flush=True)
+    engine.draft_tokens = 0
     floor, nbytes = bandwidth_floor(model)
     step = decode_step_time(engine, all_prompts[0])
     print(f"\nbatch-1 decode step (median): {step * 1e3:.1f} ms; weight bytes read per step {nbytes / 1e6:.0f} MB; "
@@ -148,13 +166,15 @@ def main() -> None:
         big = Engine(model, tok, max_batch=len(batch) * k, max_seq_len=max(map(len, batch)) + new)
         print(f"\nScoreFlow generation: {len(batch)} prompts ({min(map(len, batch))}-{max(map(len, batch))} tokens) x "
               f"{k} samples, temperature 0.7, top-p 0.95, {new} new tokens")
-        print("| engine | tok/s | vs transformers |")
-        print("|---|---|---|")
-        rates = {"ours, shared-prefix decode": ours_sampled(big, batch, k, new, True),
-                 "ours, plain decode": ours_sampled(big, batch, k, new, False),
-                 "transformers generate": theirs_sampled(hf, batch, k, new)}
-        for name, rate in rates.items():
-            print(f"| {name} | {rate:.1f} | {rate / rates['transformers generate']:.2f}x |", flush=True)
+        print("| engine | tok/s | vs transformers | drafts accepted |")
+        print("|---|---|---|---|")
+        rates = {"ours, shared-prefix decode": (ours_sampled(big, batch, k, new, True), "-"),
+                 "ours, plain decode": (ours_sampled(big, batch, k, new, False), "-"),
+                 "ours, speculative at every batch size": (ours_sampled(big, batch, k, new, False, True), accepted(big)),
+                 "transformers generate": (theirs_sampled(hf, batch, k, new), "-")}
+        base = rates["transformers generate"][0]
+        for name, (rate, counts) in rates.items():
+            print(f"| {name} | {rate:.1f} | {rate / base:.2f}x | {counts} |", flush=True)
 
 
 if __name__ == "__main__":

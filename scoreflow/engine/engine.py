@@ -5,6 +5,12 @@
     running rows 0..B-1 --step--> one batched decode forward -> sample B tokens -> retire
                                  finished rows (compacting the cache) -> admit more -> ...
 
+Speculative decoding (exact): at up to SPECULATE_MAX_BATCH rows, each row drafts up to
+`draft_tokens` tokens from its own text (draft.py), one forward verifies [last token, drafts]
+of every row, each row keeps its longest accepted prefix plus one token the model chose
+(sampling.verify_drafts), and the cache forgets the rejected columns. Greedy output is the
+same token for token; sampled output has the same distribution.
+
 Requests can arrive from other threads at any time (`submit`); they join the batch between
 decode steps. `generate` is the simple synchronous front: submit, run steps, collect.
 """
@@ -24,10 +30,13 @@ import torch
 
 from scoreflow.llama import Tokenizer, Transformer
 
+from .draft import NgramIndex
 from .kv_cache import KVCache
-from .sampling import SamplingParams, sample, splitmix64, token_logprobs
+from .sampling import SamplingParams, sample, splitmix64, token_logprobs, verify_drafts
 
 SHARED_PREFIX_MIN = 64  # common prompt tokens from which decode attention reads them once per batch
+DRAFT_TOKENS = 4  # prompt-lookup tokens drafted per row and step
+SPECULATE_MAX_BATCH = 8  # rows up to which a verify pass costs about what one token does
 
 
 @dataclass
@@ -46,6 +55,15 @@ class Completion:
     prompt_tokens: int
 
 
+@dataclass
+class DraftStats:
+    """Speculation so far: verify passes, tokens drafted, drafts accepted (each saved a forward)."""
+
+    verify_steps: int = 0
+    drafted: int = 0
+    accepted: int = 0
+
+
 @dataclass(eq=False)  # identity, not field-by-field equality
 class _Sequence:
     """One sample being generated; `on_update(seq, new_text)` streams text as it firms up."""
@@ -61,6 +79,15 @@ class _Sequence:
     read_offset: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
+    lookup: NgramIndex | None = None  # prompt + ids, for drafts (built at the first draft)
+
+    def draft(self, n_tokens: int) -> list[int]:
+        """Up to n_tokens guessed from the row's own text (never past max_tokens)."""
+        if self.lookup is None:
+            self.lookup = NgramIndex(self.prompt_ids + self.ids)
+        else:
+            self.lookup.extend(self.ids[len(self.lookup.tokens) - len(self.prompt_ids):])
+        return self.lookup.draft(min(n_tokens, self.params.max_tokens - len(self.ids) - 1))
 
 
 @dataclass(eq=False)
@@ -79,14 +106,15 @@ class _Request:
 
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, max_batch: int = 16, max_seq_len: int = 2048,
-                 prefill_tokens: int = 4096):
+                 prefill_tokens: int = 4096, draft_tokens: int = DRAFT_TOKENS):
         """max_batch x max_seq_len sizes the KV cache (allocated once); prefill_tokens bounds the
-        tokens one packed prefill forward may take."""
+        tokens one packed prefill forward may take; draft_tokens = 0 turns speculation off."""
         self.model, self.tokenizer = model, tokenizer
         self.device = model.embed_tokens.weight.device
         self.max_seq_len = min(max_seq_len, model.config.max_position_embeddings)
         self.cache = KVCache.for_model(model, max_batch, self.max_seq_len)
-        self.prefill_tokens = prefill_tokens
+        self.prefill_tokens, self.draft_tokens = prefill_tokens, draft_tokens
+        self.draft_stats = DraftStats()
         self.eos = set(tokenizer.eos_token_ids)
         self._inbox: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         self._waiting: deque[_Request] = deque()
@@ -234,6 +262,11 @@ class Engine:
 
     def _decode(self) -> None:
         B = len(self._running)
+        if self.draft_tokens and B <= SPECULATE_MAX_BATCH:
+            room = min(self.cache.max_seq - n for n in self.cache.lengths[:B]) - 1  # columns left for drafts
+            drafts = [s.draft(min(self.draft_tokens, room)) for s in self._running]
+            if any(drafts):
+                return self._verify(drafts)
         x = torch.tensor([[s.ids[-1]] for s in self._running], device=self.device)  # (B, 1)
         pos = torch.tensor([[self.cache.lengths[b]] for b in range(B)], device=self.device)  # (B, 1)
         plan = self.cache.plan_decode(B, self._shared_prefix() if B > 1 else 0)
@@ -251,24 +284,72 @@ class Engine:
             self._shared_key, self._shared_len = key, common if common >= SHARED_PREFIX_MIN else 0
         return self._shared_len
 
+    def _verify(self, drafts: list[list[int]]) -> None:
+        """One forward over each row's [last token, draft]; keep the accepted prefix + one token."""
+        B, T = len(drafts), 1 + max(map(len, drafts))
+        self.draft_stats.verify_steps += 1
+        self.draft_stats.drafted += sum(map(len, drafts))
+        x = torch.zeros(B, T, dtype=torch.long)
+        valid = torch.zeros(B, T, dtype=torch.bool)
+        for b, (seq, draft) in enumerate(zip(self._running, drafts)):
+            x[b, : 1 + len(draft)] = torch.tensor([seq.ids[-1], *draft])
+            valid[b, : 1 + len(draft)] = True
+        start = list(self.cache.lengths[:B])
+        pos = torch.tensor(start)[:, None] + torch.arange(T)  # (B, T), right padding past each draft
+        x, pos, valid = x.to(self.device), pos.to(self.device), valid.to(self.device)
+        h = self.model.trunk(x, pos, self.cache.plan_append(valid))  # (B, T, C)
+        logits = self.model.lm_head(h[valid]).float()  # (N, V): row b's 1 + len(draft_b) positions in order
+        seqs = [s for s, d in zip(self._running, drafts) for _ in range(1 + len(d))]
+        guesses = [t for d in drafts for t in [*d, -1]]
+        steps = [len(s.ids) + j for s, d in zip(self._running, drafts) for j in range(1 + len(d))]
+        accept, tokens = verify_drafts(logits, torch.tensor(guesses, device=self.device), [s.params for s in seqs],
+                                       [s.seed for s in seqs], steps)
+        chosen = torch.where(accept, torch.tensor(guesses, device=self.device), tokens)  # (N,)
+        logprobs, accept, chosen, at = self._logprobs(seqs, logits, chosen), accept.tolist(), chosen.tolist(), 0
+        for b, (seq, draft) in enumerate(zip(self._running, drafts)):
+            kept = 0  # cached columns of this step that stay: the last token and the accepted drafts
+            for j in range(1 + len(draft)):
+                if seq.finish_reason is not None:
+                    break
+                kept += 1
+                self._emit(seq, chosen[at + j], logprobs[at + j])
+                if j == len(draft) or not accept[at + j]:
+                    break
+                self.draft_stats.accepted += 1
+            self.cache.truncate(b, start[b] + kept)
+            at += 1 + len(draft)
+        self._retire()
+
     def _sample_and_append(self, rows: list[int], logits: torch.Tensor) -> None:
         seqs = [self._running[r] for r in rows]
         tokens = sample(logits, [s.params for s in seqs], [s.seed for s in seqs], [len(s.ids) for s in seqs])
-        top_n = max((s.params.logprobs or 0) for s in seqs)
-        want_lp = any(s.params.logprobs is not None for s in seqs)
-        chosen, top = token_logprobs(logits, tokens, top_n) if want_lp else (None, None)
+        for seq, tok, lp in zip(seqs, tokens.tolist(), self._logprobs(seqs, logits, tokens)):
+            self._emit(seq, tok, lp)
+
+    @staticmethod
+    def _logprobs(seqs: list[_Sequence], logits: torch.Tensor, tokens: torch.Tensor) -> list[TokenLogprob | None]:
+        """The chosen token's log-probability (and top alternatives) where a row asks for them."""
+        if all(s.params.logprobs is None for s in seqs):
+            return [None] * len(seqs)
+        chosen, top = token_logprobs(logits, tokens, max(s.params.logprobs or 0 for s in seqs))
+        out = []
         for i, (seq, tok) in enumerate(zip(seqs, tokens.tolist())):
-            if tok in self.eos and not seq.params.ignore_eos:
-                seq.finish_reason = "stop"
-                continue
-            seq.ids.append(tok)
-            if seq.params.logprobs is not None:
-                k = seq.params.logprobs
-                alts = list(zip(top.indices[i, :k].tolist(), top.values[i, :k].tolist())) if k else []
-                seq.logprobs.append(TokenLogprob(tok, chosen[i].item(), alts))
-            self._update_text(seq)
-            if seq.finish_reason is None and len(seq.ids) >= seq.params.max_tokens:
-                seq.finish_reason = "length"
+            k = seq.params.logprobs
+            alts = list(zip(top.indices[i, :k].tolist(), top.values[i, :k].tolist())) if k else []
+            out.append(None if k is None else TokenLogprob(tok, chosen[i].item(), alts))
+        return out
+
+    def _emit(self, seq: _Sequence, tok: int, logprob: TokenLogprob | None) -> None:
+        """Append one generated token to seq (EOS finishes it instead) and update its text."""
+        if tok in self.eos and not seq.params.ignore_eos:
+            seq.finish_reason = "stop"
+            return
+        seq.ids.append(tok)
+        if logprob is not None:
+            seq.logprobs.append(logprob)
+        self._update_text(seq)
+        if seq.finish_reason is None and len(seq.ids) >= seq.params.max_tokens:
+            seq.finish_reason = "length"
 
     def _update_text(self, seq: _Sequence) -> None:
         """Decode the new token, cut at the first stop string, stream what is firm."""

@@ -121,6 +121,11 @@ class KVCache(nn.Module):
         self.lengths[dst] = n
         self.release(src)
 
+    def truncate(self, slot: int, length: int) -> None:
+        """Forget slot's columns from `length` on (rejected draft tokens, right padding)."""
+        self.valid[slot, length:] = False
+        self.lengths[slot] = length
+
     def release(self, slot: int) -> None:
         self.valid[slot] = False
         self.lengths[slot] = 0

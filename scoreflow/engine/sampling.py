@@ -25,6 +25,7 @@ CANDIDATES = 1024  # tokens ranked per row before falling back to a sort of the 
 # Below this, logits / T overflow float32 for ordinary logits (30 / 1e-40 > 3.4e38: inf - inf =
 # NaN), and long before it the distribution is one-hot: greedy is the exact limit.
 GREEDY_BELOW = 1e-5
+ACCEPT_SALT = 0x5EC0_DEC0_DE  # the acceptance test of a draft uses its own uniform stream
 
 
 @dataclass(frozen=True)
@@ -103,22 +104,47 @@ def filtered_probs(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch
 def sample(logits: torch.Tensor, params: list[SamplingParams], seeds: list[int],
            steps: list[int]) -> torch.Tensor:
     """One token per row: logits (B, V) fp32 -> (B,) long."""
+    no_draft = torch.full((logits.shape[0],), -1, dtype=torch.long, device=logits.device)
+    return verify_drafts(logits, no_draft, params, seeds, steps)[1]
+
+
+def verify_drafts(logits: torch.Tensor, drafts: torch.Tensor, params: list[SamplingParams], seeds: list[int],
+                  steps: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speculative sampling against a point-mass draft, one position per row:
+
+        accept draft x with probability p(x); else draw from p with x removed, renormalised
+
+    so the token that comes out is distributed exactly as p: P(x) = p(x), and for y != x,
+    P(y) = (1 - p(x)) p(y) / (1 - p(x)) = p(y). p is the filtered distribution `sample` draws
+    from (temperature, top-k, top-p); a greedy row accepts x iff it is the argmax.
+    logits (B, V) fp32; drafts (B,) long, -1 where a position has no draft (then this is plain
+    sampling, with the same uniform as `sample`). Returns accept (B,) bool and the token to
+    emit where the draft is rejected or absent (B,) long.
+    """
     _check_finite(logits, "the model's logits")
     tokens = logits.argmax(-1)
+    accept = tokens == drafts
     hot = [i for i, p in enumerate(params) if p.temperature >= GREEDY_BELOW]
     if not hot:
-        return tokens
+        return accept, tokens
     rows = torch.tensor(hot, device=logits.device)
     dev = dict(device=logits.device)
     probs, ids = filtered_probs(
         logits[rows], torch.tensor([params[i].temperature for i in hot], **dev),
         torch.tensor([params[i].top_p for i in hot], **dev), torch.tensor([params[i].top_k for i in hot], **dev))
     _check_finite(probs, "the sampling probabilities")
-    cdf = probs.double().cumsum(-1)  # (b, V)
+    probs = probs.double()
+    is_draft = ids == drafts[rows, None]  # (b, W)
+    p_draft = (probs * is_draft).sum(-1) / probs.sum(-1)  # (b,) 0 where there is no draft
+    u_accept = uniforms([seeds[i] ^ ACCEPT_SALT for i in hot], [steps[i] for i in hot]).to(logits.device)
+    accept[rows] = u_accept < p_draft
+    rest = probs.masked_fill(is_draft, 0.0)
+    rest = torch.where(rest.sum(-1, keepdim=True) > 0, rest, probs)  # all mass on x: x is always accepted
+    cdf = rest.cumsum(-1)  # (b, W)
     u = uniforms([seeds[i] for i in hot], [steps[i] for i in hot]).to(logits.device) * cdf[:, -1]
     rank = torch.searchsorted(cdf, u[:, None], right=True).clamp(max=cdf.shape[-1] - 1)  # (b, 1)
     tokens[rows] = ids.gather(-1, rank).squeeze(-1)
-    return tokens
+    return accept, tokens
 
 
 def _check_finite(x: torch.Tensor, what: str) -> None:
