@@ -9,7 +9,7 @@ import sys
 import pytest
 from openai import OpenAI
 
-import scoreflow.engine.kv_cache as kv_cache
+import scoreflow.engine.attention_plans as plans
 from scoreflow.engine import Engine, SamplingParams
 from scoreflow.llama.registry import QWEN_CODER
 
@@ -52,8 +52,8 @@ def test_stop_strings_and_eos(engine, qwen_tokenizer):
 
 def test_shared_prefix_decode_equals_each_prompt_alone(engine, qwen_tokenizer, monkeypatch):
     calls = []
-    real = kv_cache.shared_prefix_attention
-    monkeypatch.setattr(kv_cache, "shared_prefix_attention", lambda *a: calls.append(a[1].shape[1]) or real(*a))
+    real = plans.shared_prefix_attention
+    monkeypatch.setattr(plans, "shared_prefix_attention", lambda *a: calls.append(a[1].shape[1]) or real(*a))
     system = "You are a careful Python programmer who writes short, correct code. " * 6
     prompts = [chat_ids(qwen_tokenizer, [{"role": "system", "content": system}, {"role": "user", "content": q}])
                for q in ("Reverse a string.", "Sum a list.")]
