@@ -1,18 +1,20 @@
 """Generation throughput: our Engine vs transformers `generate`, same model, prompts and
 lengths, CPU fp32, side by side in one process.
 
-    python bench/bench_generate.py [--batches 1 8 32] [--new-tokens 128] [--scoreflow 8]
+    python bench/bench_generate.py [--model NAME] [--batches 1 8 32] [--new-tokens 128] [--scoreflow 8]
 
 1. Greedy, GSM8K chat prompts, batch 1/8/32 (the issue's anchor): ours with speculative
    decoding (prompt-lookup drafts, the default at up to SPECULATE_MAX_BATCH rows), ours with
-   plain decoding, and transformers, interleaved per batch; with the share of drafted tokens
-   accepted. Also times one batch-1 decode step against the memory-bandwidth floor (weight
+   plain decoding, ours with plain decoding and without prepacked weights (kernels/linear.py;
+   what the engine did before), and transformers, interleaved per batch; with the share of
+   drafted tokens accepted. Also times one batch-1 decode step against the memory-bandwidth floor (weight
    bytes / read bandwidth, measured here with a plain weight-streaming matvec).
 2. `--scoreflow Q`: the shape of ScoreFlow's generation stage: Q generator prompts (the math
    guide + a GSM8K question, ~1200 tokens, sharing the ~1100-token guide), k=4 samples each
    at temperature 0.7, top-p 0.95, 256 new tokens (EOS ignored, so both sides emit the same
-   count). Ours with and without the shared-prefix decode attention, and with speculation
-   forced on at this batch size; transformers with num_return_sequences=4.
+   count). Ours with and without the shared-prefix decode attention, without prepacked
+   weights, and with speculation forced on at this batch size; transformers with
+   num_return_sequences=4.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import scoreflow.engine.engine as engine_module
 from scoreflow.engine import Engine, SamplingParams
 from scoreflow.engine.engine import DRAFT_TOKENS, SPECULATE_MAX_BATCH, DraftStats
 from scoreflow.llama import DEFAULT_MODEL, load_model, load_tokenizer
+from scoreflow.llama.model import Linear
 from scoreflow.llama.registry import resolve_model_dir
 from scoreflow.tasks.data import packaged_data_dir
 
@@ -47,6 +50,16 @@ def ours(engine: Engine, batch: list[list[int]], new: int, draft: int = 0) -> tu
     dt = time.perf_counter() - t
     assert all(len(c.token_ids) == new for c in out)
     return len(batch) * new / dt, [c.token_ids for c in out]
+
+
+def prepacked(model, on: bool) -> None:
+    """Give the model its prepacked weights (the engine's default), or take them away."""
+    if on:
+        model.prepack()
+        return
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.packed = None
 
 
 def accepted(engine: Engine) -> str:
@@ -130,6 +143,7 @@ def decode_step_time(engine: Engine, prompt: list[int]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="an embedded model name or HF folder")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--scoreflow", type=int, default=0, metavar="Q", help="also the ScoreFlow-shaped run, Q prompts")
@@ -137,24 +151,29 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    tok, model = load_tokenizer(DEFAULT_MODEL), load_model(DEFAULT_MODEL, device="cpu")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(resolve_model_dir(DEFAULT_MODEL), dtype=torch.float32).eval()
+    tok, model = load_tokenizer(args.model), load_model(args.model, device="cpu")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(resolve_model_dir(args.model), dtype=torch.float32).eval()
     engine = Engine(model, tok, max_batch=max(args.batches), max_seq_len=512)
     all_prompts = prompts(tok, max(args.batches))
-    print(f"# {DEFAULT_MODEL}, CPU fp32, {torch.get_num_threads()} threads, greedy, {args.new_tokens} new tokens, "
+    print(f"# {args.model}, CPU fp32, {torch.get_num_threads()} threads, greedy, {args.new_tokens} new tokens, "
           f"GSM8K chat prompts ({min(map(len, all_prompts))}-{max(map(len, all_prompts))} tokens); "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}, transformers {transformers.__version__}")
-    print("| batch | ours, speculative tok/s | ours, plain tok/s | transformers tok/s | speculative vs transformers "
-          "| plain vs transformers | drafts accepted |")
-    print("|---|---|---|---|---|---|---|")
+    print("| batch | ours, speculative tok/s | ours, plain tok/s | ours, plain, not prepacked tok/s | transformers tok/s "
+          "| speculative vs transformers | plain vs transformers | not prepacked vs transformers | drafts accepted |")
+    print("|---|---|---|---|---|---|---|---|---|")
     ours(engine, all_prompts[:1], 8)  # warm-up both
     theirs(hf, all_prompts[:1], 8)
     for b in args.batches:
         (spec, spec_ids), counts = ours(engine, all_prompts[:b], args.new_tokens, DRAFT_TOKENS), accepted(engine)
         plain, plain_ids = ours(engine, all_prompts[:b], args.new_tokens)
+        prepacked(model, False)
+        unpacked, unpacked_ids = ours(engine, all_prompts[:b], args.new_tokens)
+        prepacked(model, True)
         h = theirs(hf, all_prompts[:b], args.new_tokens)
         assert spec_ids == plain_ids, "speculative greedy differs from plain greedy"
-        print(f"| {b} | {spec:.1f} | {plain:.1f} | {h:.1f} | {spec / h:.2f}x | {plain / h:.2f}x | {counts} |", flush=True)
+        same = "" if unpacked_ids == plain_ids else " (tokens differ from prepacked)"
+        print(f"| {b} | {spec:.1f} | {plain:.1f} | {unpacked:.1f}{same} | {h:.1f} | {spec / h:.2f}x | {plain / h:.2f}x "
+              f"| {unpacked / h:.2f}x | {counts} |", flush=True)
     engine.draft_tokens = 0
     floor, nbytes = bandwidth_floor(model)
     step = decode_step_time(engine, all_prompts[0])
@@ -169,9 +188,12 @@ def main() -> None:
         print("| engine | tok/s | vs transformers | drafts accepted |")
         print("|---|---|---|---|")
         rates = {"ours, shared-prefix decode": (ours_sampled(big, batch, k, new, True), "-"),
-                 "ours, plain decode": (ours_sampled(big, batch, k, new, False), "-"),
-                 "ours, speculative at every batch size": (ours_sampled(big, batch, k, new, False, True), accepted(big)),
-                 "transformers generate": (theirs_sampled(hf, batch, k, new), "-")}
+                 "ours, plain decode": (ours_sampled(big, batch, k, new, False), "-")}
+        prepacked(model, False)
+        rates["ours, shared-prefix decode, not prepacked"] = (ours_sampled(big, batch, k, new, True), "-")
+        prepacked(model, True)
+        rates["ours, speculative at every batch size"] = (ours_sampled(big, batch, k, new, False, True), accepted(big))
+        rates["transformers generate"] = (theirs_sampled(hf, batch, k, new), "-")
         base = rates["transformers generate"][0]
         for name, (rate, counts) in rates.items():
             print(f"| {name} | {rate:.1f} | {rate / base:.2f}x | {counts} |", flush=True)

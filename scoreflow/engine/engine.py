@@ -106,10 +106,14 @@ class _Request:
 
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, max_batch: int = 16, max_seq_len: int = 2048,
-                 prefill_tokens: int = 4096, draft_tokens: int = DRAFT_TOKENS):
+                 prefill_tokens: int = 4096, draft_tokens: int = DRAFT_TOKENS, prepack: bool = True):
         """max_batch x max_seq_len sizes the KV cache (allocated once); prefill_tokens bounds the
-        tokens one packed prefill forward may take; draft_tokens = 0 turns speculation off."""
+        tokens one packed prefill forward may take; draft_tokens = 0 turns speculation off;
+        prepack: keep a second, prepacked copy of the weights for forwards of several rows
+        (`Transformer.prepack`: CPU fp32 only, twice the weight memory)."""
         self.model, self.tokenizer = model, tokenizer
+        if prepack:
+            model.prepack()
         self.device = model.embed_tokens.weight.device
         self.max_seq_len = min(max_seq_len, model.config.max_position_embeddings)
         self.cache = KVCache.for_model(model, max_batch, self.max_seq_len)
