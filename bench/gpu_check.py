@@ -16,7 +16,9 @@ own random initialisation and ours takes the same tensors (no copy). Rows:
   tokens, bf16 autocast on CUDA; TRL's DPOTrainer + PEFT on the same model and lengths, when
   trl is installed (it is not on the lent machines' image: carry it as wheels, see the device
   notes);
-- CUDA-graph capture of the decode step is not built yet; its row says so.
+- decode with CUDA-graph capture (`Engine(cuda_graphs=True)`, engine/cuda_graph.py) at batch 1
+  and 32, against the same engine without it (on CPU, --tiny, the fixed-shape step runs eagerly:
+  the row then checks the path, not the speed-up).
 """
 
 from __future__ import annotations
@@ -98,19 +100,25 @@ def copy_bandwidth(device: str, nbytes: int) -> float:
     return 2 * nbytes / best
 
 
-def ours_decode_ms(model, device: str, batch: int, prompt: int, new: int) -> float:
-    engine = Engine(model, NoText(), max_batch=batch, max_seq_len=prompt + new + 1, draft_tokens=0)
+def ours_decode_ms(model, device: str, batch: int, prompt: int, new: int, cuda_graphs: bool = False) -> float:
+    engine = Engine(model, NoText(), max_batch=batch, max_seq_len=prompt + new + 1, draft_tokens=0,
+                    cuda_graphs=cuda_graphs)
     g = torch.Generator().manual_seed(batch)
     prompts = torch.randint(0, model.config.vocab_size, (batch, prompt), generator=g).tolist()
-    requests = [engine.submit(p, SamplingParams(max_tokens=new, ignore_eos=True)) for p in prompts]
-    engine.step()  # the packed prefill and the first token
-    sync(device)
-    t, steps = time.perf_counter(), 0
-    while not all(r.done.is_set() for r in requests):
-        engine.step()
-        steps += 1
-    sync(device)
-    return (time.perf_counter() - t) / steps * 1e3
+
+    def per_step(tokens: int) -> float:
+        requests = [engine.submit(p, SamplingParams(max_tokens=tokens, ignore_eos=True)) for p in prompts]
+        engine.step()  # the packed prefill and the first token
+        sync(device)
+        t, steps = time.perf_counter(), 0
+        while not all(r.done.is_set() for r in requests):
+            engine.step()
+            steps += 1
+        sync(device)
+        return (time.perf_counter() - t) / steps * 1e3
+
+    per_step(3)  # warm-up: allocator, and the graph captures at these shapes
+    return per_step(new)
 
 
 def hf_decode_ms(hf, device: str, batch: int, prompt: int, new: int) -> float:
@@ -221,7 +229,10 @@ def main() -> None:
         print(f"| decode, batch {batch}, ms/step | {mine:.2f} ({batch / mine * 1e3:.0f} tok/s) | {theirs:.2f} "
               f"({batch / theirs * 1e3:.0f} tok/s) | {theirs / mine:.2f}x | {mine / floor_ms:.1f}x the floor |",
               flush=True)
-    print("| decode with CUDA-graph capture | not built yet | | | |")
+    for batch in (1, 32):
+        graphed, eager = (ours_decode_ms(ours, device, batch, prompt, new, cuda_graphs) for cuda_graphs in (True, False))
+        print(f"| decode with CUDA-graph capture, batch {batch}, ms/step | {graphed:.2f} | ours without: {eager:.2f} "
+              f"| {eager / graphed:.2f}x | {graphed / floor_ms:.1f}x the floor |", flush=True)
     mine = ours_dpo_step_s(ours, device, steps, pair)
     theirs = trl_dpo_step_s(hf, device, steps, pair)
     ratio = f"{theirs / mine:.2f}x" if isinstance(theirs, float) else "-"

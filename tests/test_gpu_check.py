@@ -16,7 +16,8 @@ def test_gpu_check_runs_tiny_on_cpu():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines() if line.startswith("| ")}
-    for name in ("decode, batch 1, ms/step", "decode, batch 32, ms/step", "decode with CUDA-graph capture"):
+    for name in ("decode, batch 1, ms/step", "decode, batch 32, ms/step", "decode with CUDA-graph capture, batch 1, ms/step",
+                 "decode with CUDA-graph capture, batch 32, ms/step"):
         assert name in rows, proc.stdout
     step = next(line for key, line in rows.items() if key.startswith("Score-DPO step"))
     assert re.search(r"\| \d+\.\d{3} \| \d+\.\d{3} \| \d+\.\d\dx \|", step), step  # ours and TRL both timed

@@ -11,6 +11,10 @@ of every row, each row keeps its longest accepted prefix plus one token the mode
 (sampling.verify_drafts), and the cache forgets the rejected columns. Greedy output is the
 same token for token; sampled output has the same distribution.
 
+On CPU the engine gives the model prepacked weights (`Transformer.prepack`, kernels/linear.py)
+for its forwards of several rows; on CUDA, `cuda_graphs=True` replays plain decode steps as
+graphs (cuda_graph.py).
+
 Requests can arrive from other threads at any time (`submit`); they join the batch between
 decode steps. `generate` is the simple synchronous front: submit, run steps, collect.
 """
@@ -30,6 +34,7 @@ import torch
 
 from scoreflow.llama import Tokenizer, Transformer
 
+from .cuda_graph import GraphedDecode
 from .draft import NgramIndex
 from .kv_cache import KVCache
 from .sampling import SamplingParams, sample, splitmix64, token_logprobs, verify_drafts
@@ -106,17 +111,20 @@ class _Request:
 
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, max_batch: int = 16, max_seq_len: int = 2048,
-                 prefill_tokens: int = 4096, draft_tokens: int = DRAFT_TOKENS, prepack: bool = True):
+                 prefill_tokens: int = 4096, draft_tokens: int = DRAFT_TOKENS, prepack: bool = True,
+                 cuda_graphs: bool = False):
         """max_batch x max_seq_len sizes the KV cache (allocated once); prefill_tokens bounds the
         tokens one packed prefill forward may take; draft_tokens = 0 turns speculation off;
         prepack: keep a second, prepacked copy of the weights for forwards of several rows
-        (`Transformer.prepack`: CPU fp32 only, twice the weight memory)."""
+        (`Transformer.prepack`: CPU fp32 only, twice the weight memory); cuda_graphs: replay plain
+        decode steps as CUDA graphs (cuda_graph.py; on CPU the same fixed-shape step, eagerly)."""
         self.model, self.tokenizer = model, tokenizer
         if prepack:
             model.prepack()
         self.device = model.embed_tokens.weight.device
         self.max_seq_len = min(max_seq_len, model.config.max_position_embeddings)
         self.cache = KVCache.for_model(model, max_batch, self.max_seq_len)
+        self.graphed = GraphedDecode(model, self.cache) if cuda_graphs else None
         self.prefill_tokens, self.draft_tokens = prefill_tokens, draft_tokens
         self.draft_stats = DraftStats()
         self.eos = set(tokenizer.eos_token_ids)
@@ -272,10 +280,13 @@ class Engine:
             if any(drafts):
                 return self._verify(drafts)
         x = torch.tensor([[s.ids[-1]] for s in self._running], device=self.device)  # (B, 1)
-        pos = torch.tensor([[self.cache.lengths[b]] for b in range(B)], device=self.device)  # (B, 1)
-        plan = self.cache.plan_decode(B, self._shared_prefix() if B > 1 else 0)
-        h = self.model.trunk(x, pos, plan)  # (B, 1, C)
-        logits = self.model.lm_head(h[:, 0]).float()  # (B, V)
+        shared = self._shared_prefix() if B > 1 else 0
+        if self.graphed is not None and not shared:
+            logits = self.graphed.logits(x)  # (B, V)
+        else:
+            pos = torch.tensor([[self.cache.lengths[b]] for b in range(B)], device=self.device)  # (B, 1)
+            h = self.model.trunk(x, pos, self.cache.plan_decode(B, shared))  # (B, 1, C)
+            logits = self.model.lm_head(h[:, 0]).float()  # (B, V)
         self._sample_and_append(list(range(B)), logits)
         self._retire()
 
