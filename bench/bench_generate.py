@@ -4,7 +4,7 @@ lengths, CPU fp32, side by side in one process.
     python bench/bench_generate.py [--model NAME] [--batches 1 8 32] [--new-tokens 128] [--scoreflow 8]
 
 1. Greedy, GSM8K chat prompts, batch 1/8/32 (the issue's anchor): ours with speculative
-   decoding (prompt-lookup drafts, the default at up to SPECULATE_MAX_BATCH rows), ours with
+   decoding (prompt-lookup drafts, the default; fewer per row as rows grow), ours with
    plain decoding, ours with plain decoding and without prepacked weights (kernels/linear.py;
    what the engine did before), and transformers, interleaved per batch; with the share of
    drafted tokens accepted. Also times one batch-1 decode step against the memory-bandwidth floor (weight
@@ -28,7 +28,7 @@ import torch
 
 import scoreflow.engine.engine as engine_module
 from scoreflow.engine import Engine, SamplingParams
-from scoreflow.engine.engine import DRAFT_TOKENS, SPECULATE_MAX_BATCH, DraftStats
+from scoreflow.engine.engine import DRAFT_TOKENS, VERIFY_POSITIONS, DraftStats
 from scoreflow.llama import DEFAULT_MODEL, load_model, load_tokenizer
 from scoreflow.llama.model import Linear
 from scoreflow.llama.registry import resolve_model_dir
@@ -90,7 +90,7 @@ def scoreflow_prompts(tok, n: int) -> list[list[int]]:
 def ours_sampled(engine: Engine, batch: list[list[int]], k: int, new: int, shared: bool,
                  speculate: bool = False) -> float:
     engine_module.SHARED_PREFIX_MIN = 64 if shared else 1 << 30
-    engine_module.SPECULATE_MAX_BATCH = 1 << 30 if speculate else SPECULATE_MAX_BATCH
+    engine_module.VERIFY_POSITIONS = 1 << 30 if speculate else VERIFY_POSITIONS
     engine.draft_stats = DraftStats()
     p = [SamplingParams(n=k, temperature=0.7, top_p=0.95, max_tokens=new, ignore_eos=True, seed=i)
          for i in range(len(batch))]

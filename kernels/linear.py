@@ -1,11 +1,12 @@
-"""y = x Wᵀ + b on CPU from a copy of W prepacked for oneDNN, for inference on a few rows.
+"""y = x Wᵀ + b on CPU from a copy of W prepacked for oneDNN, for inference.
 
 F.linear on CPU calls MKL's GEMM, which copies W into its own blocked layout on every call once
 x has more than one row. A decode step at batch 2-32 or a speculative verify pass (a few rows)
 then reads and writes each weight several times: at 8 rows SmolLM2's LM head (49152 x 576) took
 ~4x the time of reading its bytes once (bench/RESULTS.md, "Engine speed (#15)"). oneDNN's
-inner product takes W already in that layout, so a call only reads it. With one row F.linear
-takes MKL's GEMV path, which reads W once and needs no second copy: the caller chooses.
+inner product takes W already in that layout, so a call only reads it. With one row (MKL's GEMV,
+no repacking) the packed copy was still 1.1-1.3x faster in the decode step, so inference uses it
+at every batch size.
 
 A packed copy is an opaque oneDNN tensor about the size of W; autograd does not go through it.
 """

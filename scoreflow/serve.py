@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .cli import UserError, run_cli
 from .engine import Engine
-from .engine.engine import DRAFT_TOKENS, SPECULATE_MAX_BATCH
+from .engine.engine import DRAFT_TOKENS, VERIFY_POSITIONS
 from .engine.server import OpenAIServer
 from .llama import DEFAULT_MODEL, load_model, load_tokenizer
 from .llama.registry import resolve_model_dir
@@ -128,8 +128,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
                     help="Seconds a connection may stay silent (between or inside requests) before it is closed.")
     ap.add_argument("--draft-tokens", type=int, default=DRAFT_TOKENS,
                     help="Speculative decoding: tokens drafted per sequence and step from its own text, then "
-                         "verified in one forward (exact: the same output distribution); used at up to "
-                         f"{SPECULATE_MAX_BATCH} sequences at once; 0 turns it off (default: %(default)s).")
+                         "verified in one forward (exact: the same output distribution); fewer as more sequences "
+                         f"run, none above {VERIFY_POSITIONS // 2}; 0 turns it off (default: %(default)s).")
     return vars(ap.parse_args(argv))
 
 

@@ -1,5 +1,5 @@
 """Prepacked weights (kernels/linear.py, llama.model.Linear): the same product as F.linear, used
-only where meant (inference mode, more than one row), and never stale after an in-place change."""
+only where meant (inference mode), and never stale after an in-place change."""
 
 import pytest
 import torch
@@ -28,13 +28,13 @@ def _with_foreign_copy(layer: Linear) -> torch.Tensor:
     return other
 
 
-def test_packed_copy_is_used_only_in_inference_mode_for_several_rows():
+def test_packed_copy_is_used_only_in_inference_mode():
     layer = Linear(16, 8, bias=False).requires_grad_(False)
     other = _with_foreign_copy(layer)
     rows, one = torch.randn(4, 16), torch.randn(1, 16)
     with torch.inference_mode():
         torch.testing.assert_close(layer(rows), F.linear(rows, other))
-        torch.testing.assert_close(layer(one), F.linear(one, layer.weight))
+        torch.testing.assert_close(layer(one), F.linear(one, other))
     with torch.no_grad():  # scoring and DPO's reference pass stay on the plain weight
         torch.testing.assert_close(layer(rows), F.linear(rows, layer.weight))
 

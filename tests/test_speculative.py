@@ -106,3 +106,14 @@ def test_cache_forgets_rejected_drafts(default_model, default_tokenizer, prompts
     torch.testing.assert_close(spec.cache.v[:, 0, :, :L], ref.v[:, 0], rtol=1e-4, atol=1e-4)
     spec.cancel(req)
     spec.step()
+
+
+@pytest.mark.parametrize("rows,per_row", [(1, 4), (4, 2), (8, 0)])
+def test_drafts_per_row_shrink_as_rows_grow(default_model, default_tokenizer, prompts, rows, per_row):
+    """A verify pass holds at most VERIFY_POSITIONS = 12 rows x (1 + drafts): 4 drafts a row at
+    1 row, 2 at 4 rows, none at 8 (plain decoding)."""
+    engine = Engine(default_model, default_tokenizer, max_batch=8, max_seq_len=512)
+    engine.generate([prompts[0]] * rows, SamplingParams(max_tokens=24, ignore_eos=True))
+    stats = engine.draft_stats
+    assert stats.drafted <= per_row * rows * stats.verify_steps
+    assert (stats.verify_steps > 0) == (per_row > 0)

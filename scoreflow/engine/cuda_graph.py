@@ -13,6 +13,10 @@ them with one launch. Replay needs fixed shapes and fixed addresses, so the step
 
 On CPU nothing is captured: the same fixed-shape step runs eagerly (what the CPU tests check).
 Speculative verify passes and shared-prefix decode steps stay eager (engine.py).
+
+A graph replays the kernels it recorded: weights changed in place (a LoRA optimizer step) are
+seen, but Python-level switches made after the capture are not (`disable_adapter`, merging or
+unmerging LoRA, train/eval mode): make a new Engine after those.
 """
 
 from __future__ import annotations
@@ -44,11 +48,10 @@ class GraphedDecode:
         pos = torch.tensor(self.cache.lengths[:B], device=device)[:, None]  # (B, 1)
         rows, cols, longest = self.cache.claim(torch.ones(B, 1, dtype=torch.bool, device=device))
         S = min(-(-longest // self.bucket) * self.bucket, self.cache.max_seq)
-        mask = causal_mask(self.cache.valid[:B, :S], cols)  # (B, 1, S)
-        inputs = self.inputs.setdefault((B, S), {name: torch.zeros_like(value) for name, value in
-                                                  (("tokens", tokens), ("pos", pos), ("rows", rows), ("cols", cols),
-                                                   ("mask", mask))})
-        for name, value in (("tokens", tokens), ("pos", pos), ("rows", rows), ("cols", cols), ("mask", mask)):
+        step = {"tokens": tokens, "pos": pos, "rows": rows, "cols": cols,
+                "mask": causal_mask(self.cache.valid[:B, :S], cols)}  # mask (B, 1, S)
+        inputs = self.inputs.setdefault((B, S), {name: torch.zeros_like(value) for name, value in step.items()})
+        for name, value in step.items():
             inputs[name].copy_(value)
         if (B, S) not in self.replays:  # built from filled inputs: a capture's warm-up writes this step's k/v
             self.replays[B, S] = self._replay(inputs)

@@ -5,14 +5,14 @@
     running rows 0..B-1 --step--> one batched decode forward -> sample B tokens -> retire
                                  finished rows (compacting the cache) -> admit more -> ...
 
-Speculative decoding (exact): at up to SPECULATE_MAX_BATCH rows, each row drafts up to
-`draft_tokens` tokens from its own text (draft.py), one forward verifies [last token, drafts]
+Speculative decoding (exact): each row drafts up to `draft_tokens` tokens from its own text
+(draft.py), fewer as rows grow (VERIFY_POSITIONS), one forward verifies [last token, drafts]
 of every row, each row keeps its longest accepted prefix plus one token the model chose
 (sampling.verify_drafts), and the cache forgets the rejected columns. Greedy output is the
 same token for token; sampled output has the same distribution.
 
 On CPU the engine gives the model prepacked weights (`Transformer.prepack`, kernels/linear.py)
-for its forwards of several rows; on CUDA, `cuda_graphs=True` replays plain decode steps as
+for its forwards; on CUDA, `cuda_graphs=True` replays plain decode steps as
 graphs (cuda_graph.py).
 
 Requests can arrive from other threads at any time (`submit`); they join the batch between
@@ -41,7 +41,7 @@ from .sampling import SamplingParams, sample, splitmix64, token_logprobs, verify
 
 SHARED_PREFIX_MIN = 64  # common prompt tokens from which decode attention reads them once per batch
 DRAFT_TOKENS = 4  # prompt-lookup tokens drafted per row and step
-SPECULATE_MAX_BATCH = 8  # rows up to which a verify pass costs about what one token does
+VERIFY_POSITIONS = 12  # rows x (1 + drafts) a verify pass may hold and still cost about one decode step
 
 
 @dataclass
@@ -115,7 +115,7 @@ class Engine:
                  cuda_graphs: bool = False):
         """max_batch x max_seq_len sizes the KV cache (allocated once); prefill_tokens bounds the
         tokens one packed prefill forward may take; draft_tokens = 0 turns speculation off;
-        prepack: keep a second, prepacked copy of the weights for forwards of several rows
+        prepack: keep a second, prepacked copy of the weights for the engine's forwards
         (`Transformer.prepack`: CPU fp32 only, twice the weight memory); cuda_graphs: replay plain
         decode steps as CUDA graphs (cuda_graph.py; on CPU the same fixed-shape step, eagerly)."""
         self.model, self.tokenizer = model, tokenizer
@@ -274,9 +274,10 @@ class Engine:
 
     def _decode(self) -> None:
         B = len(self._running)
-        if self.draft_tokens and B <= SPECULATE_MAX_BATCH:
+        per_row = min(self.draft_tokens, VERIFY_POSITIONS // B - 1)  # 4, 4, 3, 2, 1, 1, 0... at B = 1, 2, 3...
+        if per_row > 0:
             room = min(self.cache.max_seq - n for n in self.cache.lengths[:B]) - 1  # columns left for drafts
-            drafts = [s.draft(min(self.draft_tokens, room)) for s in self._running]
+            drafts = [s.draft(min(per_row, room)) for s in self._running]
             if any(drafts):
                 return self._verify(drafts)
         x = torch.tensor([[s.ids[-1]] for s in self._running], device=self.device)  # (B, 1)

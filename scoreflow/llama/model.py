@@ -64,9 +64,9 @@ def real_token_positions(valid: torch.Tensor, start: torch.Tensor | int = 0) -> 
 class Linear(nn.Linear):
     """nn.Linear that can also hold its weight prepacked for inference (kernels/linear.py).
 
-    After `prepack()`, a forward under torch.inference_mode with more than one row of input
-    multiplies by the packed copy, made again first if the weight was replaced or changed in
-    place since (loading weights, merging LoRA). Everything else, training included, is F.linear.
+    After `prepack()`, a forward under torch.inference_mode multiplies by the packed copy, made
+    again first if the weight was replaced or changed in place since (loading weights, merging
+    LoRA). Everything else, training and no_grad scoring included, is F.linear.
     """
 
     packed: PackedWeight | None = None
@@ -77,7 +77,7 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> (..., out)."""
-        if self.packed is not None and x.numel() > x.shape[-1] and torch.is_inference_mode_enabled():
+        if self.packed is not None and torch.is_inference_mode_enabled():
             self.prepack()
             if self.packed is not None:
                 return packed_linear(x, self.packed, self.bias)
@@ -160,9 +160,8 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
 
     def prepack(self) -> None:
-        """Keep a prepacked copy of every linear weight for inference on a few rows (`Linear`):
-        on CPU in fp32 this doubles the weights' memory for ~2x faster batched decode; elsewhere
-        it does nothing."""
+        """Keep a prepacked copy of every linear weight for inference (`Linear`): on CPU in fp32
+        this doubles the weights' memory for ~2x faster batched decode; elsewhere it does nothing."""
         for module in self.modules():
             if isinstance(module, Linear):
                 module.prepack()
