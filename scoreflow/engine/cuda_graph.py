@@ -27,8 +27,6 @@ import torch
 
 from scoreflow.llama import Transformer
 
-from kernels.attention import causal_mask
-
 from .attention_plans import AppendPlan
 from .kv_cache import KVCache
 
@@ -43,13 +41,12 @@ class GraphedDecode:
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, 1): each row's last token, appended at its own length -> logits (B, V) fp32.
-        Claims each row's next cache column, as `KVCache.plan_decode` does."""
+        The cache's own append plan claims the columns; its tensors are copied into the buffers."""
         B, device = tokens.shape[0], tokens.device
-        pos = torch.tensor(self.cache.lengths[:B], device=device)[:, None]  # (B, 1)
-        rows, cols, longest = self.cache.claim(torch.ones(B, 1, dtype=torch.bool, device=device))
-        S = min(-(-longest // self.bucket) * self.bucket, self.cache.max_seq)
-        step = {"tokens": tokens, "pos": pos, "rows": rows, "cols": cols,
-                "mask": causal_mask(self.cache.valid[:B, :S], cols)}  # mask (B, 1, S)
+        pos = torch.tensor(self.cache.lengths[:B], device=device)[:, None]  # (B, 1), before the claim
+        plan = self.cache.plan_append(torch.ones(B, 1, dtype=torch.bool, device=device), self.bucket)
+        S = plan.mask.shape[-1]
+        step = {"tokens": tokens, "pos": pos, "rows": plan.rows, "cols": plan.cols, "mask": plan.mask}
         inputs = self.inputs.setdefault((B, S), {name: torch.zeros_like(value) for name, value in step.items()})
         for name, value in step.items():
             inputs[name].copy_(value)

@@ -57,9 +57,12 @@ class KVCache(nn.Module):
         return self.valid[:batch].sum(-1, keepdim=True)
 
     # -- per-forward plans -------------------------------------------------------------------
-    def plan_append(self, valid: torch.Tensor) -> AppendPlan:
-        """Rows 0..B-1 append T tokens each; valid (B, T) marks real (non-padding) tokens."""
-        rows, cols, S = self.claim(valid)
+    def plan_append(self, valid: torch.Tensor, bucket: int = 1) -> AppendPlan:
+        """Rows 0..B-1 append T tokens each; valid (B, T) marks real (non-padding) tokens.
+        Attention reads the longest row's columns, rounded up to a multiple of `bucket` (fixed
+        shapes for CUDA graphs; columns past a row's length are never valid, so masked)."""
+        rows, cols, S = self._claim(valid)
+        S = min(-(-S // bucket) * bucket, self.max_seq)
         return AppendPlan(self.k, self.v, rows, cols, causal_mask(self.valid[: len(rows), :S], cols))
 
     def plan_decode(self, batch: int, shared_prefix: int = 0) -> AppendPlan | SharedPrefixDecode:
@@ -68,7 +71,7 @@ class KVCache(nn.Module):
         valid = torch.ones(batch, 1, dtype=torch.bool, device=self.valid.device)
         if not 0 < shared_prefix < min(self.lengths[:batch]):
             return self.plan_append(valid)
-        rows, cols, S = self.claim(valid)
+        rows, cols, S = self._claim(valid)
         return SharedPrefixDecode(self.k, self.v, rows, cols, shared_prefix, self.valid[:batch, shared_prefix:S])
 
     def plan_packed(self, slots: list[int], seqlens: list[int]) -> PackedPrefill:
@@ -87,7 +90,7 @@ class KVCache(nn.Module):
         mask = causal_mask(key_valid, torch.arange(Tmax, device=device))  # (n, Tmax, Tmax)
         return PackedPrefill(self.k, self.v, torch.tensor(slots, device=device)[seg], seg, pos, mask)
 
-    def claim(self, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _claim(self, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Give rows 0..B-1 the next T columns each; returns rows, cols (B, T) and the new longest length S."""
         B, T = valid.shape
         if max(self.lengths[:B]) + T > self.max_seq:
