@@ -1,4 +1,6 @@
+import functools
 import os
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -62,6 +64,24 @@ def client(server):
     return OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
 
 
+@contextmanager
+def gguf_parsed_once():
+    """Within the block, gguf-py builds each reader and tensor-name table once. transformers makes
+    a fresh `GGUFReader` for the config, the weights and the tokenizer (each parse walks the whole
+    vocabulary field by field: about 15 s for Qwen's 151k tokens) and a fresh
+    `get_tensor_name_map` for each of ~400 modules. Neither object is written to after it is built."""
+    import gguf
+
+    real = {name: getattr(gguf, name) for name in ("GGUFReader", "get_tensor_name_map")}
+    for name, build in real.items():
+        setattr(gguf, name, functools.lru_cache(maxsize=None)(build))
+    try:
+        yield
+    finally:
+        for name, build in real.items():
+            setattr(gguf, name, build)
+
+
 def transformers_reading(name: str):
     """transformers' own reading of a known model's GGUF file: (model, tokenizer). Oracle only."""
     import transformers
@@ -70,9 +90,10 @@ def transformers_reading(name: str):
 
     gguf = embedded_gguf(name)
     transformers.logging.set_verbosity_error()
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                              dtype=torch.float32).eval()
-    return model, transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with gguf_parsed_once():
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                                  dtype=torch.float32).eval()
+        return model, transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
 @pytest.fixture(scope="session")
