@@ -1,6 +1,7 @@
 """Engine: greedy parity with transformers, batch independence, seeded sampling, top-p/top-k
 statistics, stop strings, prefix sharing and continuous batching."""
 
+import os
 import threading
 
 import pytest
@@ -240,3 +241,40 @@ def test_shared_prefix_decode_equals_each_prompt_alone(engine, default_tokenizer
     alone = [engine.generate([ids], SamplingParams(max_tokens=16, ignore_eos=True))[0] for ids in prompts]
     assert not calls  # a single row never takes it
     assert [c.token_ids for c in together] == [alone[0].token_ids] * 2 + [alone[1].token_ids] * 2
+
+
+@pytest.mark.slow
+def test_a_shared_prompt_prefix_is_prefilled_once(default_model, default_tokenizer):
+    """Three prompts behind one long system message, admitted together: the model runs their
+    common prefix once, then the rest of each prompt (P + Σ rest tokens, not Σ whole prompts),
+    and each slot then holds the keys/values of that prompt prefilled alone."""
+    tok = default_tokenizer
+    system = "Answer in one short sentence, and check the arithmetic twice. " * 8
+    prompts = [tok.encode(tok.apply_chat_template([{"role": "system", "content": system},
+                                                   {"role": "user", "content": q}]))
+               for q in ("What is 2 + 3?", "Name a large city in France.", "Spell 'cat' backwards.")]
+    P = len(os.path.commonprefix(prompts))
+    assert P >= 64 and all(len(p) > P for p in prompts)
+    inputs = []  # tokens per forward, in order
+    hook = default_model.embed_tokens.register_forward_hook(lambda m, args, out: inputs.append(args[0].numel()))
+
+    def admitted(batch):
+        inputs.clear()
+        engine = Engine(default_model, tok, max_batch=4, max_seq_len=256)
+        for ids in batch:
+            engine.submit(ids, SamplingParams(max_tokens=8))
+        engine.step()  # admission, then one decode step
+        n = len(inputs) - 1  # the admission's forwards
+        kv = [(engine.cache.k[:, b, :, : len(ids)], engine.cache.v[:, b, :, : len(ids)]) for b, ids in enumerate(batch)]
+        return inputs[:n], kv
+
+    try:
+        forwards, together = admitted(prompts)
+        alone = [admitted([ids]) for ids in prompts]
+    finally:
+        hook.remove()
+    assert forwards == [P, sum(len(p) - P for p in prompts)]
+    for (k, v), (forwards_alone, [(k1, v1)]), ids in zip(together, alone, prompts):
+        assert forwards_alone == [len(ids)]
+        torch.testing.assert_close(k, k1, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(v, v1, rtol=1e-4, atol=1e-4)

@@ -11,9 +11,11 @@ and attends over what the rows hold. The buffers are the cache's (see kv_cache.p
   cache in place (rows 0..B-1, columns 0..S): no gather, no copy.
 - `SharedPrefixDecode`: a decode step where every row starts with the same C prompt tokens;
   their keys are read once (row 0's columns 0..C) for all rows.
-- `PackedPrefill`: whole prompts concatenated into one (1, ΣT) input, with no padding in the
+- `PackedPrefill`: prompts concatenated into one (1, ΣT) input, with no padding in the
   projections and MLP; keys/values are scattered into their slots and attention runs per prompt,
-  padded to the longest prompt only inside attention.
+  padded to the longest prompt only inside attention. With a prefix P > 0 the input holds each
+  prompt from position P on: the slots already hold the P tokens all the prompts start with
+  (prefilled once and forked), and every prompt's queries read them before their own keys.
 """
 
 from __future__ import annotations
@@ -66,18 +68,25 @@ class PackedPrefill:
     rows: torch.Tensor  # (ΣT,) destination slot of each token
     seg: torch.Tensor  # (ΣT,) which prompt (0..n-1) each token belongs to
     pos: torch.Tensor  # (ΣT,) its position in that prompt = its column in the slot
-    mask: torch.Tensor  # (n, Tmax, Tmax) causal within each prompt
+    mask: torch.Tensor  # (n, Tmax, P + Tmax): all of the prefix, then causal within each prompt
+    prefix: int = 0  # P: columns 0..P of every slot hold the same tokens (read from slot rows[0])
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q (1, Hq, ΣT, D), new k/v (1, Hkv, ΣT, D) -> (1, Hq, ΣT, D)."""
         q, k, v = q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1)  # (ΣT, H, D)
         self.k_cache[layer][self.rows, :, self.pos] = k
         self.v_cache[layer][self.rows, :, self.pos] = v
-        n, Tmax = self.mask.shape[0], self.mask.shape[-1]
+        n, Tmax, P = self.mask.shape[0], self.mask.shape[1], self.prefix
+        own = self.pos - P  # (ΣT,) place in its prompt's padded block
         padded = []
         for x in (q, k, v):
             xp = x.new_zeros(n, Tmax, *x.shape[1:])  # (n, Tmax, H, D)
-            xp[self.seg, self.pos] = x
+            xp[self.seg, own] = x
             padded.append(xp.transpose(1, 2))  # (n, H, Tmax, D)
-        out = attention(*padded, self.mask)  # (n, Hq, Tmax, D)
-        return out.transpose(1, 2)[self.seg, self.pos].transpose(0, 1)[None]  # (1, Hq, ΣT, D)
+        q, k, v = padded
+        if P:  # [shared prefix ; own keys] per prompt: (n, Hkv, P + Tmax, D)
+            slot = self.rows[0]
+            k = torch.cat([self.k_cache[layer, slot, :, :P].expand(n, -1, -1, -1), k], dim=2)
+            v = torch.cat([self.v_cache[layer, slot, :, :P].expand(n, -1, -1, -1), v], dim=2)
+        out = attention(q, k, v, self.mask)  # (n, Hq, Tmax, D)
+        return out.transpose(1, 2)[self.seg, own].transpose(0, 1)[None]  # (1, Hq, ΣT, D)

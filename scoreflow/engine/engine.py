@@ -1,6 +1,7 @@
 """Engine: batched generation with a KV cache, prefix sharing and continuous batching.
 
-    waiting requests --admit--> packed prefill (one forward for several prompts, no padding)
+    waiting requests --admit--> packed prefill (one forward for several prompts, no padding;
+                                 a long prefix they all share prefilled once, then forked)
                                  -> first token of each of the n samples, cache forked n ways
     running rows 0..B-1 --step--> one batched decode forward -> sample B tokens -> retire
                                  finished rows (compacting the cache) -> admit more -> ...
@@ -39,7 +40,7 @@ from .draft import NgramIndex
 from .kv_cache import KVCache
 from .sampling import SamplingParams, sample, splitmix64, token_logprobs, verify_drafts
 
-SHARED_PREFIX_MIN = 64  # common prompt tokens from which decode attention reads them once per batch
+SHARED_PREFIX_MIN = 64  # common prompt tokens from which they are prefilled once and read once per decode step
 DRAFT_TOKENS = 4  # prompt-lookup tokens drafted per row and step
 VERIFY_POSITIONS = 12  # rows x (1 + drafts) a verify pass may hold and still cost about one decode step
 
@@ -240,28 +241,33 @@ class Engine:
         self._retire()
 
     def _admit(self) -> None:
-        """Packed prefill of as many waiting requests as fit in free slots and the token budget."""
-        batch, tokens = [], 0
+        """Packed prefill of as many waiting requests as fit in free slots and the token budget.
+        A long prefix that all their prompts share (a system message, ScoreFlow's guide) is
+        prefilled once and forked to each prompt's slot; the packed pass then runs the rest."""
+        batch: list[_Request] = []
         free = self.cache.n_slots - len(self._running)
         while self._waiting:
             req = self._waiting[0]
-            if req.params.n > free or (batch and tokens + len(req.prompt_ids) > self.prefill_tokens):
+            prompts = [r.prompt_ids for r in batch] + [req.prompt_ids]
+            shared = shared_prompt_prefix(prompts)
+            tokens = shared + sum(len(p) - shared for p in prompts)  # what the prefill forwards run
+            if req.params.n > free or (batch and tokens > self.prefill_tokens):
                 break
             self._waiting.popleft()
             batch.append(req)
             free -= req.params.n
-            tokens += len(req.prompt_ids)
         if not batch:
             return
         first_rows = []
         for req in batch:  # the prompt goes to the first of the request's n rows
             first_rows.append(len(self._running))
             self._running.extend(req.seqs)
-        lens = [len(r.prompt_ids) for r in batch]
-        ids = torch.tensor([t for r in batch for t in r.prompt_ids], device=self.device)[None]  # (1, ΣT)
-        pos = torch.cat([torch.arange(n) for n in lens]).to(self.device)[None]  # (1, ΣT)
-        h = self.model.trunk(ids, pos, self.cache.plan_packed(first_rows, lens))[0]  # (ΣT, C)
-        last = torch.tensor(lens, device=self.device).cumsum(0) - 1
+        shared = shared_prompt_prefix([r.prompt_ids for r in batch])
+        if shared:
+            self._prefill(first_rows[:1], [batch[0].prompt_ids[:shared]])
+            self.cache.fork(first_rows[0], first_rows[1:])
+        h = self._prefill(first_rows, [r.prompt_ids for r in batch], shared)  # (ΣT, C)
+        last = torch.tensor([len(r.prompt_ids) - shared for r in batch], device=self.device).cumsum(0) - 1
         logits = self.model.lm_head(h[last]).float()  # (R, V) one row per request
         rows, row_logits = [], []
         for i, (req, row) in enumerate(zip(batch, first_rows)):
@@ -271,6 +277,13 @@ class Engine:
             row_logits.append(logits[i: i + 1].expand(req.params.n, -1))
         self._sample_and_append(rows, torch.cat(row_logits))
         self._retire()
+
+    def _prefill(self, slots: list[int], prompts: list[list[int]], shared: int = 0) -> torch.Tensor:
+        """One packed forward over the prompts' tokens from position `shared` on (the slots hold
+        the first `shared`) -> hidden states (ΣT, C)."""
+        ids = torch.tensor([t for p in prompts for t in p[shared:]], device=self.device)[None]  # (1, ΣT)
+        plan = self.cache.plan_packed(slots, [len(p) for p in prompts], shared)
+        return self.model.trunk(ids, plan.pos[None], plan)[0]
 
     def _decode(self) -> None:
         B = len(self._running)
@@ -421,6 +434,16 @@ class Engine:
         req.done.set()
         if req.on_update:
             req.on_update(None, None)  # end of stream
+
+
+def shared_prompt_prefix(prompts: list[list[int]]) -> int:
+    """The tokens all of several prompts start with, prefilled once for all of them; 0 when fewer
+    than SHARED_PREFIX_MIN. Each prompt keeps at least one token of its own: its logits start
+    the prompt's sampling."""
+    if len(prompts) < 2:
+        return 0
+    common = min(len(os.path.commonprefix(prompts)), min(map(len, prompts)) - 1)
+    return common if common >= SHARED_PREFIX_MIN else 0
 
 
 def incremental_text(tokenizer, ids: list[int], prefix_offset: int, read_offset: int) -> tuple[str, int, int]:

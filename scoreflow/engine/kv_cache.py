@@ -6,8 +6,8 @@
 
 Each forward gets a plan from the cache (attention_plans.py): `plan_append` for rows 0..B-1
 appending T tokens each (a left-padded prefill, or a decode step), `plan_decode` for one decode
-step (shared-prefix attention when the rows share a long prompt), `plan_packed` for whole prompts
-packed into one input. The plan records which columns the new tokens take; the model's layers
+step (shared-prefix attention when the rows share a long prompt), `plan_packed` for prompts
+packed into one input (whole, or after a prefix they share and the slots already hold). The plan records which columns the new tokens take; the model's layers
 then store their keys/values there through it.
 
 Slots are recycled by the engine (continuous batching): `fork` copies a prefilled prompt to
@@ -74,21 +74,30 @@ class KVCache(nn.Module):
         rows, cols, S = self._claim(valid)
         return SharedPrefixDecode(self.k, self.v, rows, cols, shared_prefix, self.valid[:batch, shared_prefix:S])
 
-    def plan_packed(self, slots: list[int], seqlens: list[int]) -> PackedPrefill:
-        """One (1, ΣT) input holding whole prompts for `slots` (each slot starts empty)."""
+    def plan_packed(self, slots: list[int], seqlens: list[int], prefix: int = 0) -> PackedPrefill:
+        """One (1, ΣT) input holding prompts of seqlens tokens for `slots`: whole prompts into empty
+        slots, or, with prefix = P > 0, each prompt from position P on, into slots whose columns
+        0..P already hold the P tokens every one of these prompts starts with. `.pos` is each
+        input token's position."""
         if max(seqlens) > self.max_seq:
             raise RuntimeError(f"prompt of {max(seqlens)} tokens exceeds the cache's {self.max_seq} columns")
-        device, n, Tmax = self.valid.device, len(slots), max(seqlens)
-        lens = torch.tensor(seqlens, device=device)
+        if any(self.lengths[s] != prefix for s in slots):
+            raise RuntimeError(f"packed prefill into slots holding {[self.lengths[s] for s in slots]} columns, "
+                               f"not the {prefix} of the shared prefix")
+        device, n = self.valid.device, len(slots)
+        lens = torch.tensor(seqlens, device=device) - prefix  # (n,) new tokens per prompt
+        Tmax = int(lens.max())
         seg = torch.repeat_interleave(torch.arange(n, device=device), lens)  # (ΣT,)
-        pos = torch.arange(sum(seqlens), device=device) - (lens.cumsum(0) - lens)[seg]  # (ΣT,)
+        pos = prefix + torch.arange(int(lens.sum()), device=device) - (lens.cumsum(0) - lens)[seg]  # (ΣT,)
         for slot, T in zip(slots, seqlens):
             self.valid[slot] = False
             self.valid[slot, :T] = True
             self.lengths[slot] = T
         key_valid = torch.arange(Tmax, device=device) < lens[:, None]  # (n, Tmax)
         mask = causal_mask(key_valid, torch.arange(Tmax, device=device))  # (n, Tmax, Tmax)
-        return PackedPrefill(self.k, self.v, torch.tensor(slots, device=device)[seg], seg, pos, mask)
+        if prefix:
+            mask = torch.cat([mask.new_ones(n, Tmax, prefix), mask], dim=-1)  # (n, Tmax, P + Tmax)
+        return PackedPrefill(self.k, self.v, torch.tensor(slots, device=device)[seg], seg, pos, mask, prefix)
 
     def _claim(self, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Give rows 0..B-1 the next T columns each; returns rows, cols (B, T) and the new longest length S."""
