@@ -10,7 +10,9 @@ which is HF's `repeat_kv` head order (query head h reads kv head h // G).
 
 `shared_prefix_attention` is the decode step (T = 1) of a batch whose rows all start with the
 same C tokens (k samples of one prompt, or prompts behind one long system message): the
-shared keys are read once for the whole batch instead of once per row.
+shared keys are read once for the whole batch instead of once per row. It is two attentions
+merged exactly by their log-normalisers (`attention_with_lse`: on CPU torch's fused flash
+kernel, which returns them).
 """
 
 from __future__ import annotations
@@ -49,24 +51,47 @@ def shared_prefix_attention(q: torch.Tensor, k_shared: torch.Tensor, v_shared: t
 
         s = q·[K_shared ; K_own_b]^T / sqrt(D),   out_b = softmax(s) [V_shared ; V_own_b]
 
-    computed as two score blocks with a common max, so the prefix is a single (Hkv, B·G, C)
-    matmul over all rows' queries (a real GEMM, not B matvecs).
+    computed as two attentions, each with its log-normaliser l = logsumexp(s_part), merged:
+
+        out_b = (o_shared e^l_shared + o_own e^l_own) / (e^l_shared + e^l_own)
+
+    The prefix part is one attention of all rows' queries (B·G per kv head) over the prefix keys,
+    which are read once for the batch instead of once per row.
     q (B, Hq, 1, D); k_shared, v_shared (Hkv, C, D); k_own, v_own (B, Hkv, S, D);
     own_valid (B, S) bool, at least one True per row -> (B, Hq, 1, D).
     """
     B, Hq, _, D = q.shape
-    Hkv, C = k_shared.shape[0], k_shared.shape[1]
+    Hkv = k_shared.shape[0]
     G = Hq // Hkv
-    qg = q.reshape(B, Hkv, G, D) * D ** -0.5  # (B, Hkv, G, D)
-    qs = qg.transpose(0, 1).reshape(Hkv, B * G, D)  # (Hkv, B*G, D): every row's queries per kv head
-    s_shared = (qs @ k_shared.transpose(1, 2)).view(Hkv, B, G, C).transpose(0, 1)  # (B, Hkv, G, C)
-    s_own = (qg @ k_own.transpose(2, 3)).masked_fill(~own_valid[:, None, None, :], float("-inf"))  # (B, Hkv, G, S)
-    top = torch.maximum(s_shared.amax(-1, keepdim=True), s_own.amax(-1, keepdim=True))  # (B, Hkv, G, 1)
-    p_shared, p_own = (s_shared - top).exp(), (s_own - top).exp()
-    total = p_shared.sum(-1, keepdim=True) + p_own.sum(-1, keepdim=True)  # (B, Hkv, G, 1)
-    o_shared = (p_shared.transpose(0, 1).reshape(Hkv, B * G, C) @ v_shared).view(Hkv, B, G, D).transpose(0, 1)
-    out = (o_shared + p_own @ v_own) / total  # (B, Hkv, G, D)
-    return out.reshape(B, Hq, 1, D)
+    qg = q.reshape(B, Hkv, G, D)  # (B, Hkv, G, D)
+    qs = qg.transpose(0, 1).reshape(1, Hkv, B * G, D)  # every row's queries per kv head
+    o_shared, l_shared = attention_with_lse(qs, k_shared[None], v_shared[None])  # (1, Hkv, B*G, D), (1, Hkv, B*G)
+    o_shared = o_shared.view(Hkv, B, G, D).transpose(0, 1)  # (B, Hkv, G, D)
+    l_shared = l_shared.view(Hkv, B, G, 1).transpose(0, 1)  # (B, Hkv, G, 1)
+    own_bias = torch.zeros(own_valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~own_valid, float("-inf"))
+    o_own, l_own = attention_with_lse(qg, k_own, v_own, own_bias[:, None, None, :])  # (B, Hkv, G, D), (B, Hkv, G)
+    l_own = l_own[..., None]
+    top = torch.maximum(l_shared, l_own)
+    w_shared, w_own = (l_shared - top).exp(), (l_own - top).exp()
+    return ((o_shared * w_shared + o_own * w_own) / (w_shared + w_own)).reshape(B, Hq, 1, D)
+
+
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(s) v and logsumexp(s), for s = q kᵀ / sqrt(D) + bias, per head (no GQA folding).
+    q (N, H, T, D), k/v (N, H, S, D), bias additive, broadcastable to (N, H, T, S), -inf = masked
+    -> (N, H, T, D), (N, H, T). On CPU one fused kernel (torch's flash attention for CPU, which
+    also returns the logsumexp); elsewhere the scores are materialised."""
+    if q.device.type == "cpu" and _FLASH_CPU is not None:
+        return _FLASH_CPU(q, k, v, attn_mask=bias)
+    s = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # (N, H, T, S)
+    if bias is not None:
+        s = s + bias
+    lse = s.logsumexp(-1)  # (N, H, T)
+    return (s - lse[..., None]).exp() @ v, lse
 
 
 def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

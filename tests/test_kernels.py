@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from kernels.attention import attention, attention_reference, causal_mask, shared_prefix_attention
+import kernels.attention as attention_module
+from kernels.attention import attention, attention_reference, attention_with_lse, causal_mask, shared_prefix_attention
 from kernels.norm import rms_norm, rms_norm_reference
 from kernels.rope import apply_rope, apply_rope_reference, inv_frequencies, rope_cos_sin
 from scoreflow.llama.config import RopeScaling
@@ -61,8 +62,31 @@ def test_attention_matches_reference(B, Hq, Hkv, T, S, D):
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
+def kernel_path(fused: bool, monkeypatch) -> None:
+    """fused: torch's flash attention for CPU (must exist in this torch); else the materialised scores."""
+    if fused:
+        assert attention_module._FLASH_CPU is not None
+    else:
+        monkeypatch.setattr(attention_module, "_FLASH_CPU", None)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "materialised"])
+def test_attention_with_lse_returns_the_log_normaliser(fused, monkeypatch):
+    kernel_path(fused, monkeypatch)
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, 3, n, 8, generator=g) for n in (4, 6, 6))
+    bias = torch.randn(2, 1, 4, 6, generator=g).masked_fill(torch.rand(2, 1, 4, 6, generator=g) < 0.4, float("-inf"))
+    bias[..., 0] = 0.0  # every query sees at least one key
+    out, lse = attention_with_lse(q, k, v, bias)
+    s = q.double() @ k.double().transpose(-1, -2) / 8 ** 0.5 + bias.double()  # (2, 3, 4, 6)
+    torch.testing.assert_close(lse.double(), s.logsumexp(-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.double(), s.softmax(-1) @ v.double(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "materialised"])
 @pytest.mark.parametrize("B,Hq,Hkv,C,S,D", [(4, 9, 3, 7, 5, 64), (3, 8, 2, 1, 6, 16), (2, 4, 4, 12, 1, 8)])
-def test_shared_prefix_attention_equals_attention_over_the_concatenation(B, Hq, Hkv, C, S, D):
+def test_shared_prefix_attention_equals_attention_over_the_concatenation(B, Hq, Hkv, C, S, D, fused, monkeypatch):
+    kernel_path(fused, monkeypatch)
     g = torch.Generator().manual_seed(3)
     q = torch.randn(B, Hq, 1, D, generator=g)
     k_shared, v_shared = torch.randn(Hkv, C, D, generator=g), torch.randn(Hkv, C, D, generator=g)
