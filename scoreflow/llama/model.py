@@ -12,6 +12,7 @@ cache's plans (engine/attention_plans.py: prefill into slots, packed prefill, de
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -161,10 +162,12 @@ class Transformer(nn.Module):
 
     def prepack(self) -> None:
         """Keep a prepacked copy of every linear weight for inference (`Linear`): on CPU in fp32
-        this doubles the weights' memory for ~2x faster batched decode; elsewhere it does nothing."""
-        for module in self.modules():
-            if isinstance(module, Linear):
-                module.prepack()
+        this doubles the weights' memory for ~2x faster batched decode; elsewhere it does nothing.
+        Copies are made on torch's thread count: a copy is mostly first touches of new memory and
+        of the memory-mapped weights, about 0.7 GB/s on one thread here (Qwen: 3.2 s, 1.5 s on 2)."""
+        linears = [m for m in self.modules() if isinstance(m, Linear)]
+        with ThreadPoolExecutor(torch.get_num_threads()) as pool:
+            list(pool.map(Linear.prepack, linears))
 
     @torch.no_grad()
     def init_buffers(self, device: torch.device | str | None = None) -> None:
