@@ -41,7 +41,7 @@ def train_cmd(server, out: Path, *extra):
             "--iterations", "1", "--pairs", "2", "--invalid", "zero", "--generator", "smollm2-135m-instruct",
             "--generator-url", server.base_url,
             "--generator-model", "scripted", "--executor-url", server.base_url, "--executor-model", "scripted",
-            "--lr", "1e-4", "--out", str(out), *extra]
+            "--lr", "1e-4", "--checkpoint-every", "1", "--out", str(out), *extra]
 
 
 def env():

@@ -70,7 +70,8 @@ class TrainConfig:
     seed: int = 0
     gradient_checkpointing: bool = flag(False, "Recompute activations in the backward pass: less memory, "
                                                "more compute.")
-    checkpoint_every: int = 50  # optimizer steps between checkpoints (and always at the end)
+    checkpoint_every: int = flag(50, "Optimizer steps between training checkpoints (and always at the end): a "
+                                     "killed run resumes from the last one.")
     dpo_grouping: str = flag("pair", "What one micro-batch entry is: pair = one drawn pair, one pass each (the "
                                      "paper's schedule); question = all pairs of a question from one packed pass "
                                      "over its prompt and k responses, the exact weighted gradient (faster, no "
