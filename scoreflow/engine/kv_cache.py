@@ -7,8 +7,9 @@
 Each forward gets a plan from the cache (attention_plans.py): `plan_append` for rows 0..B-1
 appending T tokens each (a left-padded prefill, or a decode step), `plan_decode` for one decode
 step (shared-prefix attention when the rows share a long prompt), `plan_packed` for prompts
-packed into one input (whole, or after a prefix they share and the slots already hold). The plan records which columns the new tokens take; the model's layers
-then store their keys/values there through it.
+packed into one input (whole, or after a prefix they share and the slots already hold). The
+plan records which columns the new tokens take; the model's layers then store their
+keys/values there through it.
 
 Slots are recycled by the engine (continuous batching): `fork` copies a prefilled prompt to
 other slots (n samples share one prefill), `move` compacts rows so active sequences stay in
