@@ -21,7 +21,7 @@ def test_main_job_runs_outside_the_repository(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "SCOREFLOW_DATA"}
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "scoreflow.train", "--limit", "1", "--k", "2", "--iterations", "1",
-                           "--runs", "1", "--pairs", "2", "--max-new-tokens", "96", "--out", str(out)],
+                           "--runs", "1", "--pairs", "2", "--max-new-tokens", "24", "--out", str(out)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| iter | mean workflow score |" in proc.stdout  # the per-iteration table
