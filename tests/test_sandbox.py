@@ -91,6 +91,12 @@ def test_numpy_is_importable_for_generated_programs():
     assert (result.status, result.value) == ("ok", "10"), result.stderr
 
 
+@pytest.mark.parametrize("builtin", ["exit", "quit"])
+def test_exit_and_quit_work_though_site_does_not_run(builtin):
+    result = run_python(f"print('bye')\n{builtin}(3)\nprint('not reached')\n")
+    assert (result.status, result.returncode, result.stdout) == ("error", 3, "bye\n"), result.stderr
+
+
 def test_secrets_in_the_environment_do_not_leak(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
     result = run_python("import os\ndef solve():\n    return sorted(os.environ)", call="solve()")

@@ -1,7 +1,8 @@
 """Run untrusted generated Python in a separate, locked-down process.
 
 The reference code `exec`s generated programs in-process behind a bypassable import
-blocklist (SPEC Part C). Here every run is a fresh `python -I` process:
+blocklist (SPEC Part C). Here every run is a fresh `python -I -S` process (no .pth file of the
+host runs in it; child.py puts site-packages back on sys.path):
 
     parent (parent.py)                       child (child.py, run as a script)
     ------------------------------------     ---------------------------------------------

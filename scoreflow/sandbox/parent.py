@@ -81,7 +81,7 @@ async def _supervise(config: dict, report) -> SandboxResult:
     limit = config["max_output_bytes"]
     start = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-I", "-u", "-B", "-X", "utf8", CHILD, json.dumps(config),
+        sys.executable, "-I", "-S", "-u", "-B", "-X", "utf8", CHILD, json.dumps(config),
         cwd=config["workdir"], env=_child_env(config["workdir"]), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         start_new_session=True, pass_fds=(config["report_fd"],))
