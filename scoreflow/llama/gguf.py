@@ -194,15 +194,31 @@ def _tokenizer(reader, meta: dict, path: Path):
     return tok, tok_cfg
 
 
+def gguf_reader(path: str | Path):
+    """The `gguf` package's GGUFReader, over a plain ndarray view of its memory map: the same
+    bytes, still paged in lazily, but slicing no longer runs np.memmap's two Python-level methods
+    per slice, which made parsing Qwen's 151k-token vocabulary take ~10 s instead of ~3 s."""
+    from gguf.gguf_reader import GGUFReader
+
+    class Reader(GGUFReader):
+        @property
+        def data(self) -> np.ndarray:
+            return self._data
+
+        @data.setter
+        def data(self, mapped: np.memmap) -> None:
+            self._data = mapped.view(np.ndarray)
+
+    return Reader(path)
+
+
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     """Write the HF-format directory for `gguf_path` to `out_dir` (atomically) and return it."""
-    from gguf import GGUFReader
-
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if not gguf_path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
     try:
-        reader = GGUFReader(gguf_path)
+        reader = gguf_reader(gguf_path)
     except (ValueError, OSError) as e:
         raise ValueError(f"{gguf_path} is not a readable GGUF file ({e}); pass a llama.cpp .gguf file") from None
     meta = _metadata(reader)
