@@ -23,6 +23,7 @@ def test_flags_resolve_to_paper_settings_or_the_preset():
     embedded = resolve(*parse_args([])[:2])
     assert (embedded.k, embedded.temperature, embedded.iterations, embedded.dpo.lr) == (8, 0.7, 2, 1e-4)
     assert (embedded.generator, embedded.dpo.dpo_grouping) == (QWEN_CODER, "question")
+    assert embedded.dpo.gradient_checkpointing and not resolve({"generator": "/m"}).dpo.gradient_checkpointing
 
 
 def test_every_embedded_generator_gets_the_preset_and_a_folder_does_not():
