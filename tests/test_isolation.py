@@ -226,7 +226,7 @@ def test_a_dead_worker_template_ends_its_runs_and_is_replaced(server):
 
 # ----------------------------------------------------------------------------- fuzz
 
-FUZZ_RUNS = 200
+FUZZ_RUNS = 120
 
 
 def test_random_valid_workflows_all_end_with_a_status_in_time():
