@@ -6,10 +6,10 @@ and resume."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import shutil
 import time
 from pathlib import Path
 
