@@ -31,7 +31,6 @@ import scoreflow.engine.engine as engine_module
 from scoreflow.engine import Engine, SamplingParams
 from scoreflow.engine.engine import DRAFT_TOKENS, VERIFY_POSITIONS, DraftStats, shared_prompt_prefix
 from scoreflow.llama import DEFAULT_MODEL, load_model, load_tokenizer
-from scoreflow.llama.model import Linear
 from scoreflow.llama.registry import resolve_model_dir
 from scoreflow.tasks.data import packaged_data_dir
 
@@ -55,12 +54,7 @@ def ours(engine: Engine, batch: list[list[int]], new: int, draft: int = 0) -> tu
 
 def prepacked(model, on: bool) -> None:
     """Give the model its prepacked weights (the engine's default), or take them away."""
-    if on:
-        model.prepack()
-        return
-    for module in model.modules():
-        if isinstance(module, Linear):
-            module.packed = None
+    model.prepack() if on else model.unpack()
 
 
 def accepted(engine: Engine) -> str:
