@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -101,11 +102,12 @@ class SiblingProjections(nn.Module):
     def fusable(self) -> bool:
         return all(type(m) is Linear for m in self.members())
 
-    def prepack(self) -> None:
-        """Pack the stacked copy where fusable (again if a weight changed); otherwise drop it and
-        give every `Linear` among the siblings (a LoRA layer's base included) its own copy."""
+    def prepack(self, fuse: bool = True) -> None:
+        """Pack the stacked copy where fusable (again if a weight changed); otherwise, or with
+        fuse=False, drop it and give every `Linear` among the siblings (a LoRA layer's base
+        included) its own copy."""
         linears = self.members()
-        if not self.fusable():
+        if not (fuse and self.fusable()):
             self.packed = None
             for sub in (s for m in linears for s in m.modules() if isinstance(s, Linear)):
                 sub.prepack()
@@ -206,17 +208,17 @@ class Transformer(nn.Module):
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
-    def prepack(self) -> None:
+    def prepack(self, fuse: bool = True) -> None:
         """Keep a prepacked copy of every linear weight for inference (`Linear`; q/k/v and
-        gate/up stacked, `SiblingProjections`): on CPU in fp32 this doubles the weights' memory
-        for ~2x faster batched decode; elsewhere it does nothing. Copies are made on torch's
-        thread count: a copy is mostly first touches of new memory and of the memory-mapped
-        weights, about 0.7 GB/s on one thread here (Qwen: 3.2 s, 1.5 s on 2)."""
+        gate/up stacked unless fuse=False, `SiblingProjections`): on CPU in fp32 this doubles the
+        weights' memory for ~2x faster batched decode; elsewhere it does nothing. Copies are made
+        on torch's thread count: a copy is mostly first touches of new memory and of the
+        memory-mapped weights, about 0.7 GB/s on one thread here (Qwen: 3.2 s, 1.5 s on 2)."""
         groups = [m for m in self.modules() if isinstance(m, SiblingProjections)]
-        fused = {id(m) for g in groups if g.fusable() for m in g.members()}
-        singles = [m for m in self.modules() if isinstance(m, Linear) and id(m) not in fused]
+        grouped = {id(s) for g in groups for m in g.members() for s in m.modules()}
+        singles = [m for m in self.modules() if isinstance(m, Linear) and id(m) not in grouped]
         with ThreadPoolExecutor(torch.get_num_threads()) as pool:
-            list(pool.map(lambda prepack: prepack(), [g.prepack for g in groups if g.fusable()]
+            list(pool.map(lambda prepack: prepack(), [partial(g.prepack, fuse) for g in groups]
                           + [m.prepack for m in singles]))
 
     def unpack(self) -> None:
