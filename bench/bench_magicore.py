@@ -7,7 +7,7 @@ every baseline on the same Solver chains, then each ablation on those same chain
 
 Solver, Reviewer and Refiner are --model behind our own OpenAI-compatible server
 (scoreflow.engine.server, started on loopback); ORM and PRM are --rm (default: the same model)
-as a local causal-LM reward model (reward.LocalLMRewardModel), a weak stand-in for trained
+as a local causal-LM reward model (local_rm.LocalLMRewardModel), a weak stand-in for trained
 reward models. With SmolLM2-135M the numbers show that the pipeline runs and what it costs, not
 what MAgICoRE can do: a 135M model solves almost no GSM8K problems. Qwen2.5-Coder-0.5B
 (`--model qwen2.5-coder-0.5b-instruct`) solves some.

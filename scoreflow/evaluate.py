@@ -29,22 +29,22 @@ import statistics
 import sys
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .cli import Preset, add_flags, flag, given, run_cli
 from .executor import ExecutorClient
 from .executor.reachable import require_reachable
 from .llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL
-from .lora import CONFIG_FILE
-from .optimize import stages
 from .optimize.config import EMBEDDED as TRAIN_EMBEDDED
 from .optimize.config import RunConfig, check_endpoints
 from .optimize.endpoint import executor_endpoint
-from .optimize.generator import make_generator
 from .rundir import JsonlLog, save_or_check_settings
 from .tasks import load_task
 from .tasks.answer_judge import JUDGED_TASKS, AnswerJudge, JudgedTask
 from .workflow.static_baselines import BASELINES, EXECUTOR_TEMPERATURES, baseline_workflow
 
+if TYPE_CHECKING:
+    from .optimize.stages import Iteration
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,10 @@ EMBEDDED = Preset({"limit": 10, **{k: TRAIN_EMBEDDED.settings[k] for k in ("max_
 
 def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
     """Evaluate every method (resuming what OUT holds); returns the results (results.json)."""
+    from .lora import CONFIG_FILE  # torch (~2 s) only once the flags are parsed: a typo fails at once
+    from .optimize import stages
+    from .optimize.generator import make_generator
+
     if cfg.adapter and cfg.generator_url is None and not (Path(cfg.adapter) / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"--adapter {cfg.adapter}: no {CONFIG_FILE} there; pass the adapter/ folder of a "
                                 "training iteration, e.g. runs/scoreflow-gsm8k/iter_1/adapter")
@@ -170,7 +174,7 @@ def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
     return results
 
 
-def _baseline_workflows(it: stages.Iteration, name: str) -> list[dict]:
+def _baseline_workflows(it: Iteration, name: str) -> list[dict]:
     code = baseline_workflow(name, it.family)
     records = [{"id": f"{name}-{q.id}", "question_id": q.id, "index": 0, "response": code, "code": code,
                 "valid": True, "problems": [], "resamples": 0} for q in it.task.questions]
@@ -178,8 +182,10 @@ def _baseline_workflows(it: stages.Iteration, name: str) -> list[dict]:
     return records
 
 
-async def _execute(it: stages.Iteration, workflows: list[dict], cfg: EvalConfig, url: str, api_key: str | None,
+async def _execute(it: Iteration, workflows: list[dict], cfg: EvalConfig, url: str, api_key: str | None,
                    out: Path) -> tuple[list[dict], int]:
+    from .optimize import stages
+
     model = cfg.executor_model or DEFAULT_MODEL
     client = dict(api_key=api_key, max_concurrency=cfg.executor_concurrency, cache_dir=out / "executor_cache")
     async with ExecutorClient(url, model, default_max_tokens=cfg.executor_max_tokens, **client) as executor:

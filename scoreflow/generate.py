@@ -10,13 +10,16 @@ import sys
 import time
 
 from .cli import run_cli
-from .engine import Engine, SamplingParams
-from .llama import DEFAULT_MODEL, load_model, load_tokenizer
+from .llama import DEFAULT_MODEL, load_tokenizer
 
 
 def main(model: str = DEFAULT_MODEL, prompt: str = "", system: str | None = None,
          max_new_tokens: int = 128, temperature: float = 0.0, seed: int | None = None) -> str:
-    tok, net = load_tokenizer(model), load_model(model)
+    tok = load_tokenizer(model)  # an unknown model fails here, before torch (~2 s) is imported
+    from .engine import Engine, SamplingParams
+    from .llama import load_model
+
+    net = load_model(model)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     ids = tok.encode(tok.apply_chat_template(messages))
     engine = Engine(net, tok, max_batch=1, max_seq_len=len(ids) + max_new_tokens)

@@ -26,13 +26,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from .cli import add_flags, given, preset_of, run_cli
-from .dpo.trainer import TrainConfig
+from .dpo.config import TrainConfig
 from .executor import ExecutorClient
 from .llama.registry import DEFAULT_MODEL
-from .optimize import stages
 from .optimize.config import EMBEDDED, RunConfig, check_endpoints, resolve, save_or_check
 from .optimize.endpoint import executor_endpoint
-from .optimize.generator import make_generator
 from .rundir import JsonlLog, stage_info
 from .tasks import load_task
 
@@ -42,6 +40,8 @@ def run(cfg: RunConfig, out: Path) -> list[dict]:
     task = load_task(cfg.task, cfg.split, cfg.data_dir)
     check_endpoints(cfg)
     save_or_check(cfg, out)
+    from .optimize import stages  # torch (~2 s) only once the settings are checked: a typo fails at once
+    from .optimize.generator import make_generator
     if cfg.limit:
         task = replace(task, questions=task.questions[: cfg.limit])
     print(f"scoreflow.train: {cfg.task}/{cfg.split}, {len(task.questions)} questions, {cfg.iterations} iterations, "
@@ -69,6 +69,8 @@ def run(cfg: RunConfig, out: Path) -> list[dict]:
 
 
 async def _execute(it, workflows, cfg: RunConfig, url: str, out: Path):
+    from .optimize import stages
+
     model = cfg.executor_model or DEFAULT_MODEL
     async with ExecutorClient(url, model, api_key=cfg.api_key, max_concurrency=cfg.executor_concurrency,
                               cache_dir=out / "executor_cache", default_max_tokens=cfg.executor_max_tokens) as client:

@@ -1,8 +1,11 @@
 """The packages import one another in one direction only: the import graph of scoreflow/ and
 kernels/, read from the source with `ast` (imports inside functions and under TYPE_CHECKING
-count too), has no cycle."""
+count too, and a package's `lazy_exports` map counts as importing each module it names), has no
+cycle; and the commands check their flags before they import torch."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +33,9 @@ def imported(name: str, path: Path, known: dict[str, Path]) -> set[str]:
             base = ".".join(package[: len(package) - node.level + 1] + [node.module or ""]).strip(".") \
                 if node.level else node.module
             targets |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names}
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "lazy_exports":
+            homes = node.args[1]  # {"submodule": (names, ...), ...}: imported on first use, but imported
+            targets |= {f"{name}.{key.value}" for key in homes.keys}
     edges = set()
     for target in targets:
         parts = target.split(".")
@@ -83,11 +89,12 @@ def test_the_graph_sees_real_edges_and_would_catch_a_cycle():
     assert "scoreflow.engine.protocol" in g["scoreflow.engine.server"]  # a relative import
     assert "scoreflow.engine" in g["scoreflow.optimize.endpoint"]  # a.b.c runs a/b/__init__ first
     assert "scoreflow.engine" not in g["scoreflow.engine.server"]  # ... unless inside a/b
+    assert "scoreflow.llama.load" in g["scoreflow.llama"]  # a lazy export
     g["scoreflow.engine.protocol"].add("scoreflow.engine.server")
     assert cycles(g) == [["scoreflow.engine.protocol", "scoreflow.engine.server"]]
 
 
-HELPERS = {"cli", "rundir", "progress", "gather"}  # small top-level modules any room may import
+HELPERS = {"cli", "rundir", "progress", "gather", "lazy"}  # small top-level modules any room may import
 
 
 def room(module: str) -> str:
@@ -124,3 +131,13 @@ def test_readme_arrows_are_the_import_graph():
     actual = {r: targets - HELPERS for r, targets in rooms().items() if r not in HELPERS}
     assert documented_arrows() == actual
     assert all(rooms()[h] <= HELPERS for h in HELPERS)  # the helpers import only one another
+
+
+def test_commands_check_their_flags_before_importing_torch():
+    """Importing a command's module (what a typo in its flags costs) does not import torch (~2 s):
+    the packages' exports are lazy and the commands import the heavy parts after their checks."""
+    commands = ["scoreflow.train", "scoreflow.evaluate", "scoreflow.generate", "scoreflow.magicore.__main__"]
+    code = f"import sys\nfor m in {commands}: __import__(m)\nprint(sorted(m for m in sys.modules if m.startswith('torch')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -38,21 +38,12 @@ exactly those weights.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-ScoreMap = Callable[[Tensor], Tensor]
-
-# Named choices for f: strictly increasing maps of [0, 1] onto [0, 1].
-SCORE_MAPS: dict[str, ScoreMap] = {
-    "identity": lambda s: s,  # the paper's and the reference code's f
-    "sqrt": torch.sqrt,
-    "square": torch.square,
-}
+from .config import SCORE_MAPS, ScoreMap
 
 
 class ScoreDPOFunction(torch.autograd.Function):

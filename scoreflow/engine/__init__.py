@@ -1,7 +1,7 @@
-"""Inference engine: KV cache, sampling, batched generation, OpenAI-compatible server."""
+"""Inference engine: KV cache, sampling, batched generation, OpenAI-compatible server (exports
+imported on first use: scoreflow/lazy.py)."""
 
-from .engine import Completion, Engine, TokenLogprob
-from .kv_cache import KVCache
-from .sampling import SamplingParams
+from ..lazy import lazy_exports
 
-__all__ = ["Completion", "Engine", "KVCache", "SamplingParams", "TokenLogprob"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "engine": ("Completion", "Engine", "TokenLogprob"), "kv_cache": ("KVCache",), "sampling": ("SamplingParams",)})

@@ -1,9 +1,8 @@
-"""Hand-written Llama-family model, loader, GGUF converter and tokenizer."""
+"""Hand-written Llama-family model, loader, GGUF converter and tokenizer (exports imported on
+first use: scoreflow/lazy.py)."""
 
-from .config import LlamaConfig
-from .load import load_model
-from .model import Transformer
-from .registry import DEFAULT_MODEL
-from .tokenizer import Tokenizer, load_tokenizer
+from ..lazy import lazy_exports
 
-__all__ = ["DEFAULT_MODEL", "LlamaConfig", "Tokenizer", "Transformer", "load_model", "load_tokenizer"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "config": ("LlamaConfig",), "load": ("load_model",), "model": ("Transformer",), "registry": ("DEFAULT_MODEL",),
+    "tokenizer": ("Tokenizer", "load_tokenizer")})

@@ -112,10 +112,10 @@ def resolve_model_dir(path_or_name: str | os.PathLike) -> Path:
     """A known name (converted on first use) or an HF-format directory."""
     key = str(path_or_name)
     if is_embedded(key):
-        from .gguf import convert_gguf
-
         out = cache_dir() / key.lower()
         if not (out / "model.safetensors").exists():
+            from .gguf import convert_gguf  # torch (~2 s): only when there is something to convert
+
             print(f"scoreflow: converting the embedded {key} GGUF to {out} (once)", flush=True)
             convert_gguf(embedded_gguf(key.lower()), out)
         return out

@@ -7,7 +7,7 @@
 The executor runs the Solver, Reviewer and Refiner. Without --executor-url our own
 OpenAI-compatible server (scoreflow.engine) serves --executor-model on loopback and stops at the
 end; that is the embedded preset, with fewer Solver chains per question. --orm/--prm take a model
-name or an HF-format directory of a causal LM (reward.LocalLMRewardModel; the default chat model
+name or an HF-format directory of a causal LM (local_rm.LocalLMRewardModel; the default chat model
 is only a weak stand-in) or "judge" (the executor scores, judge.JudgeRewardModel). Rerunning the
 same command resumes from OUT; the results table is printed and written to OUT/results.md and
 OUT/summary.json. The flags are scoreflow.train's where they mean the same thing.
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from scoreflow.cli import Preset, add_flags, flag, given, run_cli
-from scoreflow.engine.local import serve_locally
 from scoreflow.executor import ExecutorClient
 from scoreflow.executor.reachable import require_reachable
 from scoreflow.llama import DEFAULT_MODEL
@@ -35,7 +34,7 @@ from .answers import DATASETS, answer_format
 from .baselines import BASELINES, SELF_REFINE_ROUNDS
 from .judge_rm import JudgeRewardModel
 from .loop import ABLATIONS, MagicoreConfig
-from .reward import LocalLMRewardModel, RewardModels
+from .reward import RewardModels
 from .runner import MagicoreRunConfig, Runner
 
 LOCAL_TIMEOUT_S = 3600.0   # a CPU server may take minutes per long completion; never retry those early
@@ -101,6 +100,8 @@ def parse_baselines(spec: str) -> tuple[str, ...]:
 def reward_models(orm: str, prm: str, executor: ExecutorClient, loaded: dict[str, tuple]) -> RewardModels:
     """The ORM and PRM named on the command line; one object where both names agree, and a
     model already loaded for the server is reused, not loaded twice."""
+    from .local_rm import LocalLMRewardModel  # torch (~2 s): only once the flags are checked
+
     built: dict[str, Any] = {}
     for spec in (orm, prm):
         if spec not in built:
@@ -136,6 +137,8 @@ def main(settings: MagicoreSettings, out: Path) -> dict | None:
     with contextlib.ExitStack() as stack:
         loaded: dict[str, tuple] = {}
         if url is None:
+            from scoreflow.engine.local import serve_locally  # torch and the model only when we serve one
+
             server = stack.enter_context(serve_locally(model, max_batch=LOCAL_BATCH,
                                                        max_seq_len=LOCAL_CONTEXT, who="scoreflow.magicore"))
             url, loaded[config.solver] = server.base_url, (server.engine.model, server.engine.tokenizer)

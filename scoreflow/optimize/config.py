@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..cli import Preset, flag
 from ..dpo.pairs import GAPS
-from ..dpo.trainer import TrainConfig
+from ..dpo.config import TrainConfig
 from ..executor.reachable import require_reachable
 from ..llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL, is_embedded, resolve_model_dir
 from ..tasks.registry import TASK_NAMES
