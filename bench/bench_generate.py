@@ -54,7 +54,10 @@ def ours(engine: Engine, batch: list[list[int]], new: int, draft: int = 0) -> tu
 
 def prepacked(model, on: bool) -> None:
     """Give the model its prepacked weights (the engine's default), or take them away."""
-    model.prepack() if on else model.unpack()
+    if on:
+        model.prepack()
+    else:
+        model.unpack()
 
 
 def accepted(engine: Engine) -> str:

@@ -121,17 +121,18 @@ def test_64_concurrent_requests_are_batched(server, client):
     t0 = time.perf_counter()
     together = asyncio.run(concurrently())
     t_together = time.perf_counter() - t0
-    sample = prompts[::8]  # the one-by-one baseline on every 8th prompt: 8 requests, timed x8
+    every = 8  # the one-by-one baseline on every 8th prompt: 8 requests, their time x8
     t0 = time.perf_counter()
-    one_by_one = [client.completions.create(prompt=p, **kwargs) for p in sample]
-    t_sequential = 8 * (time.perf_counter() - t0)
+    one_by_one = [client.completions.create(prompt=p, **kwargs) for p in prompts[::every]]
+    t_sequential = every * (time.perf_counter() - t0)
     speedup = t_sequential / t_together
     print(f"\n64 requests x 8 tokens: concurrent {t_together:.2f} s, sequential {t_sequential:.2f} s "
-          f"(8 timed, x8), speed-up {speedup:.2f}x")
+          f"({len(one_by_one)} timed, x{every}), speed-up {speedup:.2f}x")
     assert len(together) == 64 and all(r.choices[0].finish_reason in ("stop", "length") for r in together)
     assert all(r.usage.completion_tokens >= 1 for r in together)
-    same = sum(a.choices[0].text == b.choices[0].text for a, b in zip(together[::8], one_by_one))
-    assert same >= 7, f"only {same}/8 greedy replies agree between batched and one-by-one decoding"
+    same = sum(a.choices[0].text == b.choices[0].text for a, b in zip(together[::every], one_by_one))
+    assert same >= len(one_by_one) - 1, \
+        f"only {same}/{len(one_by_one)} greedy replies agree between batched and one-by-one decoding"
     assert speedup > 1.5
 
 

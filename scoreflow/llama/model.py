@@ -99,15 +99,12 @@ class SiblingProjections(nn.Module):
     def members(self) -> list[nn.Module]:
         return [getattr(self, name) for name in self.siblings]
 
-    def fusable(self) -> bool:
-        return all(type(m) is Linear for m in self.members())
-
     def prepack(self, fuse: bool = True) -> None:
-        """Pack the stacked copy where fusable (again if a weight changed); otherwise, or with
-        fuse=False, drop it and give every `Linear` among the siblings (a LoRA layer's base
-        included) its own copy."""
+        """Pack the stacked copy while every sibling is a plain `Linear` (again if a weight
+        changed); otherwise, or with fuse=False, drop it and give every `Linear` among the
+        siblings (a LoRA layer's base included) its own copy."""
         linears = self.members()
-        if not (fuse and self.fusable()):
+        if not (fuse and all(type(m) is Linear for m in linears)):
             self.packed = None
             for sub in (s for m in linears for s in m.modules() if isinstance(s, Linear)):
                 sub.prepack()
@@ -119,7 +116,7 @@ class SiblingProjections(nn.Module):
     def project(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x (..., in) -> each sibling's output (..., out_i), in `siblings` order."""
         if self.packed is not None and torch.is_inference_mode_enabled():
-            self.prepack()
+            self.prepack()  # remade if a weight changed; dropped if a sibling was wrapped since
             if self.packed is not None:
                 linears = self.members()
                 bias = None if linears[0].bias is None else torch.cat([m.bias for m in linears])
