@@ -10,8 +10,9 @@ at every batch size.
 
 A packed copy is an opaque oneDNN tensor about the size of W; autograd does not go through it.
 Sibling projections (q/k/v; gate/up) share one copy of their stacked weights: one call and one
-pass over the bytes instead of three or two smaller ones (SmolLM2's decode step at 8 and 32 rows:
-1.17x and 1.10x; even at one row and on Qwen-0.5B; bench/RESULTS.md, "#15, part 5").
+pass over the bytes instead of three or two smaller ones (SmolLM2's decode step at 8 rows 1.09-1.17x
+faster in two runs, 1.02-1.10x at 32; about even at one row and on Qwen-0.5B; bench/RESULTS.md,
+"#15, part 5").
 """
 
 from __future__ import annotations
