@@ -7,7 +7,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["scoreflow", "scoreflow.*", "kernels", "kernels.*"]),
+    # One top-level import name, ours (README, "Layout": why kernels/ lives inside scoreflow/).
+    packages=find_packages(include=["scoreflow", "scoreflow.*"]),
     # The benchmark splits ship with the package (scoreflow/data/PROVENANCE.md): a fresh install
     # runs `python -m scoreflow.train` with nothing beside it.
     package_data={"scoreflow": ["data/PROVENANCE.md", "data/aflow/*.jsonl", "data/magicore/*.json"]},

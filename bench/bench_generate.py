@@ -5,7 +5,7 @@ lengths, CPU fp32, side by side in one process.
 
 1. Greedy, GSM8K chat prompts, batch 1/8/32 (the issue's anchor): ours with speculative
    decoding (prompt-lookup drafts, the default; fewer per row as rows grow), ours with
-   plain decoding, ours with plain decoding and without prepacked weights (kernels/linear.py;
+   plain decoding, ours with plain decoding and without prepacked weights (scoreflow/kernels/linear.py;
    what the engine did before), and transformers, interleaved per batch; with the share of
    drafted tokens accepted. Also times one batch-1 decode step against the memory-bandwidth floor (weight
    bytes / read bandwidth, measured here with a plain weight-streaming matvec).

@@ -11,13 +11,13 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def our_imports(path: Path) -> list[tuple[str, str | None]]:
-    """(module, name) for each `import scoreflow...` / `from scoreflow... import name` (and kernels)."""
+    """(module, name) for each `import scoreflow...` / `from scoreflow... import name`."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("scoreflow", "kernels"):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "scoreflow":
             found += [(node.module, alias.name) for alias in node.names]
         elif isinstance(node, ast.Import):
-            found += [(alias.name, None) for alias in node.names if alias.name.split(".")[0] in ("scoreflow", "kernels")]
+            found += [(alias.name, None) for alias in node.names if alias.name.split(".")[0] == "scoreflow"]
     return found
 
 

@@ -44,6 +44,30 @@ def test_wheel_carries_the_benchmark_data(tmp_path):
 
 def test_nothing_points_at_a_development_checkout():
     neighbour = re.compile(r"\.\./" + "shared|" + '"shared" ' + '/ "datasets"')  # split: this file must not match
-    files = [p for top in ("scoreflow", "kernels", "tests", "bench") for p in (REPO / top).rglob("*")
+    files = [p for top in ("scoreflow", "tests", "bench") for p in (REPO / top).rglob("*")
              if p.suffix in (".py", ".md")] + [REPO / "README.md", REPO / "setup.py"]
     assert not [str(p.relative_to(REPO)) for p in files if neighbour.search(p.read_text())]
+
+
+def readme_commands() -> list[str]:
+    """The two set-up commands at the top of the README: the main job, then the tests."""
+    block = (REPO / "README.md").read_text().split("```bash\n")[1].split("```")[0]
+    return block.strip().splitlines()
+
+
+def test_ci_runs_the_readmes_test_command_with_the_pinned_oracles():
+    main_job, tests = readme_commands()
+    assert main_job.endswith("python -m scoreflow.train") and tests.endswith("python -m pytest -q")
+    assert tests in (REPO / ".ci" / "run").read_text().splitlines()
+    assert 'pip install -e ".[test]" -c tests/constraints.txt' in tests
+
+
+def test_readme_names_the_pins_the_constraints_file_holds():
+    pins = dict(line.split("==") for line in (REPO / "tests" / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    pins = {name.lower().replace("_", "-"): version for name, version in pins.items()}
+    text = " ".join((REPO / "README.md").read_text().split("tests/constraints.txt`:")[1].split(")")[0].split())
+    named = dict(re.findall(r"([A-Za-z][\w.-]*) (\d[\w.]*)", text))
+    assert {"transformers", "peft", "trl", "openai"} <= set(named)
+    assert {name: version for name, version in named.items()
+            if pins.get(name.lower().replace("_", "-")) != version} == {}

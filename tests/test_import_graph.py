@@ -1,5 +1,5 @@
-"""The packages import one another in one direction only: the import graph of scoreflow/ and
-kernels/, read from the source with `ast` (imports inside functions and under TYPE_CHECKING
+"""The packages import one another in one direction only: the import graph of scoreflow/,
+read from the source with `ast` (imports inside functions and under TYPE_CHECKING
 count too, and a package's `lazy_exports` map counts as importing each module it names), has no
 cycle; and the commands check their flags before they import torch."""
 
@@ -12,12 +12,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def modules() -> dict[str, Path]:
-    """Dotted module name -> file, for every module of the two packages."""
+    """Dotted module name -> file, for every module of the package."""
     found = {}
-    for top in ("scoreflow", "kernels"):
-        for path in (REPO / top).rglob("*.py"):
-            parts = path.relative_to(REPO).with_suffix("").parts
-            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    for path in (REPO / "scoreflow").rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
 
 
@@ -98,13 +97,13 @@ HELPERS = {"cli", "rundir", "progress", "gather", "lazy"}  # small top-level mod
 
 
 def room(module: str) -> str:
-    """scoreflow.engine.kv_cache -> engine; kernels.attention -> kernels; scoreflow -> scoreflow."""
+    """scoreflow.engine.kv_cache -> engine; scoreflow.kernels.attention -> kernels; scoreflow -> scoreflow."""
     parts = module.split(".")
-    return parts[1] if parts[0] == "scoreflow" and len(parts) > 1 else parts[0]
+    return parts[1] if len(parts) > 1 else parts[0]
 
 
 def rooms() -> dict[str, set[str]]:
-    """The import graph between rooms: scoreflow's subpackages and top-level modules, and kernels."""
+    """The import graph between rooms: scoreflow's subpackages and top-level modules."""
     found: dict[str, set[str]] = {}
     for module, targets in graph().items():
         found.setdefault(room(module), set()).update(room(t) for t in targets)

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-import kernels.attention as attention_module
-from kernels.attention import attention, attention_reference, attention_with_lse, causal_mask, shared_prefix_attention
-from kernels.norm import rms_norm, rms_norm_reference
-from kernels.rope import apply_rope, apply_rope_reference, inv_frequencies, rope_cos_sin
+import scoreflow.kernels.attention as attention_module
+from scoreflow.kernels.attention import attention, attention_reference, attention_with_lse, causal_mask, shared_prefix_attention
+from scoreflow.kernels.norm import rms_norm, rms_norm_reference
+from scoreflow.kernels.rope import apply_rope, apply_rope_reference, inv_frequencies, rope_cos_sin
 from scoreflow.llama.config import RopeScaling
 
 

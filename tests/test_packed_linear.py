@@ -1,4 +1,4 @@
-"""Prepacked weights (kernels/linear.py, llama.model.Linear and SiblingProjections): the same
+"""Prepacked weights (scoreflow/kernels/linear.py, llama.model.Linear and SiblingProjections): the same
 product as F.linear, used only where meant (inference mode), and never stale after an in-place
 change; q/k/v and gate/up share one stacked copy while none of them is wrapped by LoRA."""
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.linear import PackedWeight, packed_linear
+from scoreflow.kernels.linear import PackedWeight, packed_linear
 from scoreflow.llama.config import LlamaConfig
 from scoreflow.llama.model import Linear, SiblingProjections, Transformer
 from scoreflow.lora import apply_lora

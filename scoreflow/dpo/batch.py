@@ -31,7 +31,7 @@ from typing import Sequence
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from kernels.attention import causal_mask
+from scoreflow.kernels.attention import causal_mask
 from scoreflow.llama.model import MaskedPlan, Transformer
 
 Ids = tuple[int, ...]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.attention import attention, shared_prefix_attention
+from scoreflow.kernels.attention import attention, shared_prefix_attention
 
 
 @dataclass(frozen=True)

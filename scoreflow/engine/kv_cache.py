@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from scoreflow.llama import Transformer
 
-from kernels.attention import causal_mask
+from scoreflow.kernels.attention import causal_mask
 
 from .attention_plans import AppendPlan, PackedPrefill, SharedPrefixDecode
 

@@ -22,10 +22,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from kernels.attention import attention, causal_mask
-from kernels.linear import PackedWeight, packed_linear
-from kernels.norm import rms_norm
-from kernels.rope import apply_rope, inv_frequencies, rope_cos_sin
+from scoreflow.kernels.attention import attention, causal_mask
+from scoreflow.kernels.linear import PackedWeight, packed_linear
+from scoreflow.kernels.norm import rms_norm
+from scoreflow.kernels.rope import apply_rope, inv_frequencies, rope_cos_sin
 
 from .config import LlamaConfig
 
