@@ -75,6 +75,12 @@ class Preset:
 
     settings: Mapping[str, Any]
     applies: Callable[[Any], bool]
+    name: str = "the embedded preset"
+
+    def in_force(self, config: Any) -> str:
+        """What a command names at start and stores with its settings: this preset where it
+        applies to `config`, else "paper defaults"."""
+        return self.name if self.applies(config) else "paper defaults"
 
     def resolve(self, cls: type[C], flags: Mapping[str, Any]) -> C:
         """cls built from the user's flags, over the preset when it applies to those flags."""

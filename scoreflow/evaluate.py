@@ -10,8 +10,9 @@ Inference as in the paper (SPEC A4): one workflow per test question from the gen
 question left without a valid workflow scores 0), executed --runs times and scored; the
 method's score is the mean over questions of the mean over runs. The static baselines
 (SPEC A6) run through the same runtime on the same questions. At test time the paper asks an
-LLM judge for MATH, DROP and HotpotQA (tasks/answer_judge.py: the judge can rescue an answer the
-rules reject); `--judge auto` does so when the executor is a real endpoint, not the embedded
+LLM judge for MATH, DROP and HotpotQA, and its verdict is the score (tasks/answer_judge.py;
+`--judge-mode rescue` instead keeps the rule score and lets the judge only lift answers the
+rules reject); `--judge auto` judges when the executor is a real endpoint, not the embedded
 135M model, whose verdicts would be noise.
 
 Each method writes OUT/<method>/{workflows,executions,scores}.jsonl as it goes (the training
@@ -40,7 +41,7 @@ from .optimize.config import RunConfig, check_endpoints
 from .optimize.endpoint import executor_endpoint
 from .rundir import JsonlLog, save_or_check_settings
 from .tasks import load_task
-from .tasks.answer_judge import JUDGED_TASKS, AnswerJudge, JudgedTask
+from .tasks.answer_judge import JUDGE_MODES, JUDGED_TASKS, AnswerJudge, JudgedTask
 from .workflow.static_baselines import BASELINES, EXECUTOR_TEMPERATURES, baseline_workflow
 
 if TYPE_CHECKING:
@@ -84,8 +85,10 @@ class EvalConfig:
     executor_max_tokens: int | None = None
     baselines: tuple[str, ...] = BASELINES  # --baselines all|none|a,b
     runs: int = flag(3, "Executions per workflow and baseline; reported scores average them (the paper: 3).")
-    judge: str = flag("auto", "LLM judge for MATH, DROP and HotpotQA answers the rules reject: auto = on when the "
-                              "executor is a real endpoint.", choices=("auto", "on", "off"))
+    judge: str = flag("auto", "LLM judge for MATH, DROP and HotpotQA answers: auto = on when the executor is a "
+                              "real endpoint.", choices=("auto", "on", "off"))
+    judge_mode: str = flag("verdict", "verdict = the judge's Yes/No is the score (the paper); rescue = the rule "
+                                      "score, lifted to 1 when the judge says Yes (ours).", choices=JUDGE_MODES)
     judge_url: str | None = flag(None, "OpenAI-compatible chat endpoint of the judge (default: the executor's).")
     judge_model: str | None = flag(None, "Model name of the judge (default: the executor's).")
     temperature: float = 0.2  # the generator's sampling, as in training (SPEC A4.1)
@@ -102,6 +105,8 @@ class EvalConfig:
             raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
         if self.judge not in ("auto", "on", "off"):
             raise ValueError(f"judge must be auto, on or off, got {self.judge!r}")
+        if self.judge_mode not in JUDGE_MODES:
+            raise ValueError(f"judge_mode must be one of {', '.join(JUDGE_MODES)}, got {self.judge_mode!r}")
         if self.runs < 1:
             raise ValueError(f"runs must be >= 1, got {self.runs}")
 
@@ -110,6 +115,11 @@ class EvalConfig:
         if self.judge == "auto":
             return self.task in JUDGED_TASKS and (self.judge_url or self.executor_url) is not None
         return self.judge == "on"
+
+    @property
+    def judge_label(self) -> str:
+        """"off", "on (verdict)" or "on (rescue)": what the table and the first lines say."""
+        return f"on ({self.judge_mode})" if self.judged else "off"
 
     def run_config(self) -> RunConfig:
         """The training-loop settings the shared stages read: k=1, invalid workflows resampled."""
@@ -142,13 +152,15 @@ def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
     check_endpoints(cfg.run_config())
     if cfg.judge_url:
         require_reachable(cfg.judge_url, "--judge-url")
-    save_or_check_settings(out, asdict(cfg))
+    preset = EMBEDDED.in_force(cfg)
+    save_or_check_settings(out, {**asdict(cfg), "preset": preset}, lambda stored: {"preset": preset, **stored})
     if cfg.limit:
         task = replace(task, questions=task.questions[: cfg.limit])
     run_cfg = replace(cfg.run_config(), api_key=api_key)
     methods = cfg.methods()
+    print(f"scoreflow.evaluate: settings: {preset}", file=sys.stderr)
     print(f"scoreflow.evaluate: {cfg.task}/{cfg.split}, {len(task.questions)} questions, {cfg.runs} runs each, "
-          f"judge {'on' if cfg.judged else 'off'}; methods: {', '.join(m.name for m in methods)} -> {out}",
+          f"judge {cfg.judge_label}; methods: {', '.join(m.name for m in methods)} -> {out}",
           file=sys.stderr)
     workflows = {}
     for m in methods:  # generate first, one generator in memory at a time; then execute
@@ -193,7 +205,8 @@ async def _execute(it: Iteration, workflows: list[dict], cfg: EvalConfig, url: s
             return await stages.execute(it, workflows, executor), 0
         async with ExecutorClient(cfg.judge_url or url, cfg.judge_model or model, **client) as judge_client:
             judge = AnswerJudge(judge_client)
-            executions = await stages.execute(replace(it, task=JudgedTask(it.task, judge)), workflows, executor)
+            executions = await stages.execute(replace(it, task=JudgedTask(it.task, judge, cfg.judge_mode)), workflows,
+                                              executor)
             if judge.unreadable:
                 print(f"  judge: {judge.unreadable} of {judge.calls} verdicts unreadable (counted as No)",
                       file=sys.stderr)
@@ -233,7 +246,7 @@ def _table(cfg: EvalConfig, questions: int, rows: list[dict]) -> str:
     reference = next((r["score"] for r in rows if r["method"] == UNTRAINED), None)
     lines = [f"{cfg.task}/{cfg.split}: {questions} questions, {cfg.runs} runs each, executor "
              f"{cfg.executor_model or DEFAULT_MODEL}, generator {cfg.generator}"
-             f"{f' + {cfg.adapter}' if cfg.adapter else ''}, judge {'on' if cfg.judged else 'off'}", "",
+             f"{f' + {cfg.adapter}' if cfg.adapter else ''}, judge {cfg.judge_label}", "",
              "| method | score | ± over runs | vs untrained | valid workflows | executor errors "
              "| LLM calls / run | executor tokens / run |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:

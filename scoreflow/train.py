@@ -9,11 +9,13 @@ times by the executor and scored -> pairs with s_w > s_l, N drawn from P* ∝ (s
 Score-DPO on the generator's LoRA -> the next iteration samples from the updated generator.
 Rerun the same command after a crash or kill: finished work is read back, not redone.
 
-Defaults are the paper's (SPEC A4). With an embedded generator (a known model name; by default
-Qwen2.5-Coder-0.5B-Instruct) and no --generator-url, the embedded preset applies instead where
-it differs (shown as "embedded preset" below): 4 GSM8K questions, 2 iterations, 32 pairs, one
-Score-DPO step per question. Without --executor-url the embedded SmolLM2-135M runs the operators,
-served on loopback (--executor-model names another model to serve). Any flag you give wins over both.
+Defaults are the paper's (SPEC A4). When both models are ours and local (an embedded generator,
+a known model name, by default Qwen2.5-Coder-0.5B-Instruct; no --generator-url and no
+--executor-url), the embedded preset applies instead where it differs (shown as "embedded
+preset" below): 4 GSM8K questions, 2 iterations, 32 pairs, one Score-DPO step per question, and
+the embedded SmolLM2-135M runs the operators, served on loopback (--executor-model names another
+model to serve). A real endpoint for either model gets the paper's defaults. Any flag you give
+wins over both; the first line of a run names the defaults in force.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def run(cfg: RunConfig, out: Path) -> list[dict]:
     from .optimize.generator import make_generator
     if cfg.limit:
         task = replace(task, questions=task.questions[: cfg.limit])
+    print(f"scoreflow.train: settings: {EMBEDDED.in_force(cfg)}", file=sys.stderr)
     print(f"scoreflow.train: {cfg.task}/{cfg.split}, {len(task.questions)} questions, {cfg.iterations} iterations, "
           f"k={cfg.k}, runs={cfg.runs}, pairs={cfg.pairs}, invalid={cfg.invalid} -> {out}", file=sys.stderr)
     with executor_endpoint(cfg.executor_url, cfg.executor_model) as url:

@@ -51,3 +51,8 @@ def test_one_preset_mechanism_for_every_command():
     assert evaluate.parse_args(["--limit", "2"])[0].limit == 2
     overrides, dpo, _ = train.parse_args([])
     assert train.resolve(overrides, dpo).limit == 4 and train.resolve({"generator": "/m"}, {}).limit is None
+    remote = ["--executor-url", "http://x/v1", "--executor-model", "m"]
+    assert evaluate.parse_args(remote)[0].limit is None  # a real executor: the paper's settings
+    for command, preset in ((evaluate, evaluate.EMBEDDED), (magicore, magicore.EMBEDDED)):
+        assert preset.in_force(command.parse_args([])[0]) == "the embedded preset"
+        assert preset.in_force(command.parse_args(remote)[0]) == "paper defaults"

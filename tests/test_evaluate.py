@@ -77,6 +77,8 @@ def test_command_line_defaults_and_baseline_names():
                                 "http://x/v1", "--generator", "/models/llama"])
     assert cfg.baselines == ("io", "multipersona") and cfg.split == "test" and cfg.runs == 3 and key is None
     assert cfg.judged and cfg.temperature == 0.2 and cfg.limit is None  # paper settings, judge for MATH
+    assert cfg.judge_label == "on (verdict)" and parse_args(["--judge", "on", "--judge-mode", "rescue"])[0].judge_label \
+        == "on (rescue)"
     assert str(out) == "runs/evaluate-math-test"
     embedded, _, _ = parse_args([])
     assert not embedded.judged and embedded.limit == 10  # the embedded models: no judge, a small run
@@ -95,24 +97,37 @@ class JudgeScript(FakeOpenAIServer):
         return Reply(body=completion("Yes." if "one half" in candidate else "Hmm" if "banana" in candidate else "No"))
 
 
-def test_judge_only_rescues_answers_the_rules_reject():
-    assert (parse_verdict("Yes."), parse_verdict(" no, because"), parse_verdict("Maybe")) == (True, False, None)
-    task = load_task("math", "validate")
-    question = task.questions[0]
-
-    async def main(server):
+def judged_scores(server, task, answers: list[str], mode: str) -> tuple[list[float], AnswerJudge]:
+    async def main():
         async with ExecutorClient(server.base_url, "judge") as client:
             judge = AnswerJudge(client)
-            judged = JudgedTask(task, judge)
-            scores = [await judged.ascore(question, a) for a in
-                      (f"\\boxed{{{question.gold}}}", "one half", "\\boxed{-99999}", "banana", "")]
-            return scores, judge
+            judged = JudgedTask(task, judge, mode)
+            return [await judged.ascore(question, a) for question, a in answers], judge
 
+    return asyncio.run(main())
+
+
+def test_the_judges_verdict_is_the_score_and_rescue_mode_only_lifts():
+    """The paper's judge decides: a No zeroes even a rule-perfect MATH answer and DROP's partial
+    F1. `rescue` keeps the rule score and asks only when it is below 1."""
+    assert (parse_verdict("Yes."), parse_verdict(" no, because"), parse_verdict("Maybe")) == (True, False, None)
+    math, drop = load_task("math", "validate"), load_task("drop", "validate")
+    q, d = math.questions[0], drop.questions[0]
+    partial = f"{d.gold.split('|')[0]} plus other words"
+    assert 0 < drop.score(d, partial) < 1
+    answers = [(q, f"\\boxed{{{q.gold}}}"), (q, "one half"), (q, "\\boxed{-99999}"), (q, "banana"), (q, "")]
     with JudgeScript() as server:
-        scores, judge = asyncio.run(main(server))
-    assert scores == [1.0, 1.0, 0.0, 0.0, 0.0]
-    assert judge.calls == 3 and judge.unreadable == 1  # the rule-perfect and the empty answer cost no call
-    assert (JudgedTask(task, None).name, JudgedTask(task, None).family) == ("math", "math")  # the task's own
+        verdict, judge = judged_scores(server, math, answers, "verdict")
+        assert verdict == [0.0, 1.0, 0.0, 0.0, 0.0]
+        assert judge.calls == 4 and judge.unreadable == 1  # every non-empty answer is judged
+        rescue, judge = judged_scores(server, math, answers, "rescue")
+        assert rescue == [1.0, 1.0, 0.0, 0.0, 0.0]
+        assert judge.calls == 3  # the rule-perfect and the empty answer cost no call
+        assert judged_scores(server, drop, [(d, partial)], "verdict")[0] == [0.0]
+        assert judged_scores(server, drop, [(d, partial)], "rescue")[0] == [drop.score(d, partial)]
+    assert (JudgedTask(math, None).name, JudgedTask(math, None).family) == ("math", "math")  # the task's own
+    with pytest.raises(ValueError, match="judge mode must be one of verdict, rescue"):
+        JudgedTask(math, None, "max")
 
 
 def test_remote_generator_serves_each_new_adapter(tmp_path):

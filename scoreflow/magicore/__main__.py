@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,8 @@ def main(settings: MagicoreSettings, out: Path) -> dict | None:
                                MagicoreConfig(settings.k, settings.iterations, settings.normalization, settings.ablation),
                                Sampling(settings.temperature, settings.top_p, settings.max_new_tokens, settings.seed),
                                parse_baselines(settings.baselines), settings.self_refine_rounds,
-                               str(model), settings.orm, settings.prm)
+                               str(model), settings.orm, settings.prm, EMBEDDED.in_force(settings))
+    print(f"scoreflow.magicore: settings: {config.preset}", file=sys.stderr, flush=True)
     with contextlib.ExitStack() as stack:
         loaded: dict[str, tuple] = {}
         if url is None:

@@ -53,11 +53,14 @@ class MagicoreRunConfig:
     solver: str = ""
     orm: str = ""
     prm: str = ""
+    preset: str = "paper defaults"  # or the command's preset that set some of the above
 
 
-def _with_new_defaults(stored: dict) -> dict:
-    """A config.json written before a MagicoreConfig field existed reads as that field's default."""
-    return {**stored, "magicore": {**dataclasses.asdict(MagicoreConfig()), **stored.get("magicore", {})}}
+def _with_new_defaults(stored: dict, current: MagicoreRunConfig) -> dict:
+    """A config.json written before a MagicoreConfig field existed reads as that field's default;
+    one written before a top-level field existed (preset) reads as the current value."""
+    return {**dataclasses.asdict(current), **stored,
+            "magicore": {**dataclasses.asdict(MagicoreConfig()), **stored.get("magicore", {})}}
 
 
 def _chain_row(chain: Chain, ledger: Ledger) -> dict[str, Any]:
@@ -105,7 +108,8 @@ class Runner:
     async def run(self) -> dict[str, Any] | None:
         """Both phases; the summary (report.summarize), or None when phase 1 is incomplete."""
         self.out.mkdir(parents=True, exist_ok=True)
-        save_or_check_settings(self.out, dataclasses.asdict(self.config), _with_new_defaults)
+        save_or_check_settings(self.out, dataclasses.asdict(self.config),
+                               lambda stored: _with_new_defaults(stored, self.config))
         initial = await self._phase("solve", self.out / "initial.jsonl", self._solve)
         crashed = self._crashed("solve")
         missing = [q.id for q in self.questions if q.id not in initial and q.id not in crashed]

@@ -1,9 +1,10 @@
 """RunConfig: every setting of a ScoreFlow run, defaults equal to the paper's (SPEC A4).
 
-With an embedded generator (a model known by name, Qwen2.5-Coder-0.5B by default) and no
-generator URL, the run uses the EMBEDDED preset below, and with no executor URL the embedded
-SmolLM2-135M serves the operators on loopback: a small but real optimisation that finishes on
-a 2-core CPU. Any flag the user sets wins over the preset.
+When everything runs here (an embedded generator, a model known by name, Qwen2.5-Coder-0.5B
+by default, and no generator or executor URL), the run uses the EMBEDDED preset below and the
+embedded SmolLM2-135M serves the operators on loopback: a small but real optimisation that
+finishes on a 2-core CPU. A real endpoint for either model gets the paper's defaults. Any flag
+the user sets wins over both.
 """
 
 from __future__ import annotations
@@ -100,15 +101,19 @@ class RunConfig:
 
     @property
     def embedded(self) -> bool:
-        return self.generator_url is None and is_embedded(self.generator)
+        """Both models are ours, on this machine: no endpoint is given and the generator is an
+        embedded model. The embedded preset applies only then."""
+        return self.generator_url is None and self.executor_url is None and is_embedded(self.generator)
 
     def to_json(self) -> str:
-        """The settings that decide the results (the API key is a credential, not a setting)."""
-        return json.dumps({k: v for k, v in asdict(self).items() if k != "api_key"}, indent=2, sort_keys=True)
+        """The settings that decide the results (the API key is a credential, not a setting), and
+        which defaults they started from ("preset", recomputed from the rest when read back)."""
+        settings = {k: v for k, v in asdict(self).items() if k != "api_key"}
+        return json.dumps({**settings, "preset": EMBEDDED.in_force(self)}, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        d = dict(d)
+        d = {k: v for k, v in d.items() if k != "preset"}
         d["dpo"] = TrainConfig(**d.get("dpo", {}))
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
@@ -134,7 +139,7 @@ EMBEDDED = Preset(dict(limit=4, k=8, runs=1, pairs=32, iterations=2, invalid="ze
 
 
 def resolve(overrides: dict, dpo_overrides: dict | None = None) -> RunConfig:
-    """Paper defaults, then the embedded preset (if the generator is an embedded model), then the user's flags
+    """Paper defaults, then the embedded preset (if both models are embedded and local), then the user's flags
     (`dpo_overrides` are TrainConfig fields)."""
     cfg = EMBEDDED.resolve(RunConfig, overrides)
     return replace(cfg, dpo=replace(cfg.dpo, **(dpo_overrides or {})))
