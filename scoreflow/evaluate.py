@@ -199,10 +199,12 @@ async def _execute(it: Iteration, workflows: list[dict], cfg: EvalConfig, url: s
     from .optimize import stages
 
     model = cfg.executor_model or DEFAULT_MODEL
-    client = dict(api_key=api_key, max_concurrency=cfg.executor_concurrency, cache_dir=out / "executor_cache")
-    async with ExecutorClient(url, model, default_max_tokens=cfg.executor_max_tokens, **client) as executor:
+    client = dict(api_key=api_key, max_concurrency=cfg.executor_concurrency)
+    async with ExecutorClient(url, model, default_max_tokens=cfg.executor_max_tokens, cache_dir=out / "executor_cache",
+                              **client) as executor:
         if not cfg.judged:
             return await stages.execute(it, workflows, executor), 0
+        # no cache: a verdict is asked once per finished run; only a run cut short is judged again
         async with ExecutorClient(cfg.judge_url or url, cfg.judge_model or model, **client) as judge_client:
             judge = AnswerJudge(judge_client)
             executions = await stages.execute(replace(it, task=JudgedTask(it.task, judge, cfg.judge_mode)), workflows,

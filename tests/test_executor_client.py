@@ -184,60 +184,74 @@ def test_concurrency_is_limited_at_the_server():
     assert server.request_count == usage.requests == 200 and usage.errors == 0
 
 
-def test_cache_hit_makes_no_request(server, tmp_path):
-    first, _ = ask(server, cache_dir=tmp_path)
-    again, usage = ask(server, cache_dir=tmp_path)  # a new client: the cache is on disk
-    assert server.request_count == 1
-    assert again.cached and not first.cached and again.texts == first.texts
-    assert (usage.requests, usage.cache_hits, usage.prompt_tokens, usage.cost_usd) == (0, 1, 0, 0.0)
-    ask(server, dict(max_tokens=10), cache_dir=tmp_path)  # any parameter is part of the key
-    ask(server, dict(temperature=0.7, seed=1), cache_dir=tmp_path)
-    ask(server, dict(temperature=0.7, seed=1), cache_dir=tmp_path)  # seeded: deterministic, cached
-    assert server.request_count == 3
-
-
-def test_a_scoped_view_keeps_its_own_cache_entries_and_shares_the_rest(server, tmp_path):
+def in_scope(server, tmp_path, scope: str, calls: list[dict], concurrent: bool = False):
+    """`calls` (chat() keyword options) made in order (or all at once) by a scoped view of a
+    fresh client whose cache is in tmp_path: (results, usage)."""
     async def main():
         async with make_client(server, cache_dir=tmp_path) as client:
-            runs = [client.scoped(f"run{r}") for r in range(3)]
-            first = [await run.chat(MESSAGES) for run in runs]   # three real requests
-            again = [await run.chat(MESSAGES) for run in runs]   # each replays its own
-            return first, again, client.usage
+            run = client.scoped(scope)
+            if concurrent:
+                return await asyncio.gather(*(run.chat(MESSAGES, **c) for c in calls)), client.usage
+            return [await run.chat(MESSAGES, **c) for c in calls], client.usage
 
-    first, again, usage = asyncio.run(main())
-    assert server.request_count == 3 and not any(r.cached for r in first) and all(r.cached for r in again)
-    assert (usage.requests, usage.cache_hits) == (3, 3)  # one set of totals for the client and its views
+    return asyncio.run(main())
+
+
+def test_a_resumed_run_replays_its_calls_and_nothing_else(server, tmp_path):
+    first, _ = in_scope(server, tmp_path, "iter_0/w0/run0", [{}, {"max_tokens": 10}, {"temperature": 0.7}])
+    assert server.request_count == 3 and not any(r.cached for r in first)
+    again, usage = in_scope(server, tmp_path, "iter_0/w0/run0", [{}, {"max_tokens": 10}, {"temperature": 0.7}])
+    assert server.request_count == 3 and all(r.cached for r in again)  # the crashed run's calls, sampled too
+    assert [r.texts for r in again] == [r.texts for r in first]
+    assert (usage.requests, usage.cache_hits, usage.prompt_tokens, usage.cost_usd) == (0, 3, 0, 0.0)
+    in_scope(server, tmp_path, "iter_0/w0/run0", [{"max_tokens": 10}])  # call 0 was another request
+    in_scope(server, tmp_path, "iter_0/w0/run0", [{}, {"max_tokens": 10}, {"temperature": 0.7}, {}])
+    assert server.request_count == 5  # ... and the 4th call was never made
+
+
+def test_identical_requests_are_real_requests_in_a_run_across_runs_and_workflows(server, tmp_path):
+    """The cache never dedupes: the guide's ScEnsemble of three identical Custom calls costs three
+    requests, and so do the paper's 3 runs of a workflow at temperature 0."""
+    in_scope(server, tmp_path, "iter_0/w0/run0", [{}, {}, {}])
+    assert server.request_count == 3
+    for scope in ("iter_0/w0/run1", "iter_0/w1/run0", "iter_1/w0/run0"):
+        in_scope(server, tmp_path, scope, [{}])
+    assert server.request_count == 6
+    ask(server, cache_dir=tmp_path)  # without a scope the cache is not used at all
+    ask(server, cache_dir=tmp_path)
+    assert server.request_count == 8
+
+
+def test_a_scoped_view_shares_the_clients_totals(server, tmp_path):
+    async def main():
+        async with make_client(server, cache_dir=tmp_path) as client:
+            for r in range(3):
+                await client.scoped(f"w/run{r}").chat(MESSAGES)
+            await client.scoped("w/run0").chat(MESSAGES)  # run 0 resumed: a replay
+            return client.usage
+
+    usage = asyncio.run(main())
+    assert server.request_count == 3 and (usage.requests, usage.cache_hits) == (3, 1)
     assert len([f for f in tmp_path.rglob("*.json")]) == 3
-
-
-def test_sampled_requests_are_never_cached(server, tmp_path):
-    for _ in range(2):
-        ask(server, dict(temperature=0.7), cache_dir=tmp_path)
-    assert server.request_count == 2 and not list(tmp_path.rglob("*.json"))
 
 
 def test_failures_are_not_cached(server, tmp_path):
     server.script(Reply(401))
-    ask(server, cache_dir=tmp_path)
-    result, _ = ask(server, cache_dir=tmp_path)
+    with pytest.raises(ExecutorError):
+        in_scope(server, tmp_path, "w/run0", [{}])
+    (result,), _ = in_scope(server, tmp_path, "w/run0", [{}])
     assert not result.cached and server.request_count == 2
 
 
-def test_concurrent_identical_requests_share_the_cache_safely(tmp_path):
-    async def main(server):
-        async with make_client(server, cache_dir=tmp_path) as client:
-            return await asyncio.gather(*(client.chat(MESSAGES) for _ in range(20)))
-
+def test_concurrent_calls_of_a_run_are_stored_safely_and_replayed(tmp_path):
     with FakeOpenAIServer(delay_s=0.01) as server:
-        results = asyncio.run(main(server))
-        files = list(tmp_path.rglob("*"))
-        entries = [f for f in files if f.is_file()]
-        assert {r.text for r in results} == {"echo: 2+2?"}
-        assert len(entries) == 1 and not entries[0].name.startswith(".tmp")  # no torn temp files
-        assert json.loads(entries[0].read_text())["choices"][0]["message"]["content"] == "echo: 2+2?"
-        count = server.request_count
-        result, _ = ask(server, cache_dir=tmp_path)
-        assert result.cached and server.request_count == count
+        results, _ = in_scope(server, tmp_path, "w/run0", [{}] * 20, concurrent=True)
+        entries = [f for f in tmp_path.rglob("*") if f.is_file()]
+        assert {r.text for r in results} == {"echo: 2+2?"} and server.request_count == 20
+        assert len(entries) == 20 and not any(e.name.startswith(".tmp") for e in entries)  # no torn temp files
+        assert all(json.loads(e.read_text())["choices"][0]["message"]["content"] == "echo: 2+2?" for e in entries)
+        again, _ = in_scope(server, tmp_path, "w/run0", [{}] * 20, concurrent=True)
+        assert all(r.cached for r in again) and server.request_count == 20
 
 
 @pytest.mark.parametrize("model, prices, cost_per_call", [

@@ -1,5 +1,6 @@
 """The optimisation loop as the paper runs it (SPEC A3/A4): template similarity on the
-run_workflow body, a workflow must call an operator, and R executions are R real requests."""
+run_workflow body, a workflow must call an operator, and every executor call is a real request
+(R runs, identical calls, other workflows) unless a crashed run is resumed."""
 
 import asyncio
 
@@ -45,29 +46,38 @@ def test_a_workflow_must_call_an_operator():
     assert not calls_an_operator(workflow_source("math", 'x = 20 + 44\nreturn str(x)'))
 
 
-def test_runs_are_real_requests_and_a_resume_sends_none(tmp_path):
+def test_every_call_is_a_real_request_and_only_a_crashed_run_replays(tmp_path):
+    """The paper's R runs are R sets of real calls, and the cache does not dedupe: the guide's
+    ScEnsemble of three identical Custom calls costs three requests, two workflows making the
+    same call cost two. Only a run resumed after a crash replays the calls it had finished."""
     task = load_task("gsm8k", "validate")
     q = task.questions[0]
-    workflow = {"id": "w", "question_id": q.id, "valid": True,
-                "code": workflow_source("math", 'r = await self.custom(instruction="Solve it.")\nreturn r["response"]')}
+    solve = 'r = await self.custom(instruction="Solve it.")\nreturn r["response"]'
+    ensemble = {"id": "ensemble", "question_id": q.id, "valid": True, "code": workflow_source("math", ENSEMBLE)}
+    same_call = [{"id": f"w{i}", "question_id": q.id, "valid": True, "code": workflow_source("math", solve)}
+                 for i in range(2)]
 
-    def execute(runs: int, out):
+    def execute(workflows: list[dict], runs: int, out) -> list[dict]:
         it = stages.Iteration(0, out, RunConfig(runs=runs), task)
 
         async def main():
             async with ExecutorClient(server.base_url, "fake", api_key="k", cache_dir=out / "cache") as client:
-                return await stages.execute(it, [workflow], client)
+                return await stages.execute(it, workflows, client)
         return asyncio.run(main())
 
     with FakeOpenAIServer() as server:
-        execute(1, tmp_path / "one")
-        one = server.request_count
-        records = execute(3, tmp_path / "three")  # at temperature 0, each run is still its own request
-        three = server.request_count - one
-        execute(3, tmp_path / "three")
-        assert server.request_count - one == three  # the resume sent nothing
-    assert three == 3 * one and one == 2  # the Custom call and the extraction step
-    assert sorted(r["run"] for r in records) == [0, 1, 2]
+        execute([ensemble], 1, tmp_path / "ensemble")
+        assert server.request_count == 3 + 1  # three identical Custom calls and the extraction (three identical
+        # candidates need no ScEnsemble call)
+        sent = server.request_count
+        records = execute(same_call, 3, tmp_path / "same")
+        assert server.request_count - sent == 2 * 3 * 2  # 2 workflows x 3 runs x (Custom + extraction)
+        assert sorted((r["workflow_id"], r["run"]) for r in records) == [(w, r) for w in ("w0", "w1") for r in range(3)]
+        sent = server.request_count
+        (tmp_path / "same" / "executions.jsonl").unlink()  # the process died after the calls, before the records
+        resumed = execute(same_call, 3, tmp_path / "same")
+        assert server.request_count == sent  # every finished call replayed, none sent again
+        assert sorted(r["answer"] for r in resumed) == sorted(r["answer"] for r in records)
 
 
 def test_magicore_refine_is_offered_only_when_asked_for(tmp_path):

@@ -1,7 +1,8 @@
 """On-disk cache of successful chat-completion replies, one JSON file per request.
 
 Key = sha256 of the canonical JSON of everything that shapes the reply (URL path, model,
-messages, every sampling parameter). Files live in 256 shard directories
+messages, every sampling parameter) and of which call it was (the run's scope and the call's
+number in it: client.py replays a call only when a crashed run is resumed). Files live in 256 shard directories
 (`ab/abcdef....json`) so no directory grows huge. Writes go to a temp file in the same
 directory and are published with `os.replace`, which is atomic: concurrent writers of the
 same key (same request, same reply) each leave a complete file, and readers never see a

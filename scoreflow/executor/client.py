@@ -12,8 +12,12 @@ our own `scoreflow.serve`. What the reference code lacked (SPEC Part C), done he
 - at most `max_concurrency` requests in flight (an asyncio.Semaphore held per attempt,
   released while backing off);
 - usage and cost per client (`client.usage`);
-- an optional on-disk cache (`cache.py`) of deterministic requests (temperature 0 or a
-  seed): sampled requests are never cached, so k samples stay k independent samples.
+- an optional on-disk cache (`cache.py`) that only resumes: it is used by scoped views
+  (`client.scoped("iter_0/<workflow>/run2")`, one per run of a workflow), which number their
+  calls, and keys each call by (scope, number, request). A resumed run replays exactly the
+  calls its crashed predecessor had finished; identical requests inside a run, or in another
+  run or workflow, are real requests (the paper's 3 runs are 3 real calls). A client used
+  without a scope never touches the cache.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import itertools
 import os
 import random
 from dataclasses import dataclass
@@ -151,6 +156,7 @@ class ExecutorClient:
         self._price = _price_for(model, {**DEFAULT_PRICES, **(prices or {})})
         self._cache = ResponseCache(cache_dir) if cache_dir is not None else None
         self._cache_scope: str | None = None
+        self._calls = itertools.count()  # numbers this view's calls, in the order they are made
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._usage = Usage()
         key = api_key or os.environ.get("OPENAI_API_KEY")
@@ -159,11 +165,12 @@ class ExecutorClient:
             limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency))
 
     def scoped(self, scope: str) -> "ExecutorClient":
-        """The same client (connections, concurrency limit, usage totals, cache directory) whose
-        cache entries are its own: run r of a workflow uses `scoped(f"run{r}")`, so its requests
-        are real calls rather than replays of run 0's, yet a resumed run r replays run r's."""
+        """The same client (connections, concurrency limit, usage totals, cache directory) for one
+        run of one workflow, e.g. `scoped("iter_0/<workflow id>/run2")`, numbering its calls from
+        0. The n-th call replays the cache only if a view of the same scope made the same n-th
+        request before (a run that crashed); every other call is a real request."""
         view = copy.copy(self)
-        view._cache_scope = scope
+        view._cache_scope, view._calls = scope, itertools.count()
         return view
 
     @property
@@ -180,9 +187,9 @@ class ExecutorClient:
         payload = {"model": self.model, "messages": messages, "temperature": temperature, "n": n,
                    **{k: v for k, v in optional.items() if v is not None}}
         key = None
-        if self._cache is not None and (temperature == 0 or seed is not None):
-            key = ResponseCache.key({"path": urlsplit(self._url).path, **payload,
-                                     **({"scope": self._cache_scope} if self._cache_scope else {})})
+        if self._cache is not None and self._cache_scope is not None:
+            key = ResponseCache.key({"path": urlsplit(self._url).path, **payload, "scope": self._cache_scope,
+                                     "call": next(self._calls)})
             if (reply := self._cache.get(key)) is not None:
                 self._usage.cache_hits += 1
                 return dataclasses.replace(_parse(reply, n), cached=True)

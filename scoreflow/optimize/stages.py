@@ -150,8 +150,10 @@ async def execute(it: Iteration, workflows: list[dict], executor) -> list[dict]:
         async with sem:
             for r in range(it.cfg.runs):
                 if (w["id"], r) not in done:
-                    # run r is its own request (SPEC A4.2: R real calls; the cache replays a run only on resume)
-                    runner = functools.partial(run_once, it, w, q, r, executor.scoped(f"run{r}"), timeout)
+                    # every call of run r is a real request (the paper's R real calls); the cache
+                    # replays this run's own calls, and only when it is resumed after a crash
+                    scope = f"{it.dir.name}/{w['id']}/run{r}"
+                    runner = functools.partial(run_once, it, w, q, r, executor.scoped(scope), timeout)
                     log.append([await attempts.run(w, r, runner)])
                 progress.update()
 
