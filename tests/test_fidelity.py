@@ -9,7 +9,7 @@ from scoreflow.executor import ExecutorClient
 from scoreflow.optimize import stages
 from scoreflow.optimize.config import RunConfig
 from scoreflow.tasks import load_task
-from scoreflow.workflow.prompts import TEMPLATE_BODIES, template_workflow, workflow_source
+from scoreflow.workflow.prompts import TEMPLATE_BODIES, generator_prompt, template_workflow, workflow_source
 from scoreflow.workflow.validate import SIMILARITY_THRESHOLDS, NO_OPERATOR_CALL, calls_an_operator, template_similarity
 
 ENSEMBLE = """\
@@ -105,3 +105,13 @@ def test_the_dry_run_keeps_only_workflows_that_run(tmp_path):
     assert [w["valid"] for w in checked] == [True, False, False]
     assert checked[1]["problems"][0].startswith("fails its dry run on a canned executor (error): TypeError")
     assert checked[2]["problems"] == [NO_OPERATOR_CALL]
+
+
+def test_the_question_is_the_problem_the_workflow_is_written_for():
+    """As in ScoreFlow (one workflow per question, adapted to it): the question is the problem the
+    generator writes for, not an example; the guide before it is one prefix shared by every question."""
+    system, user = generator_prompt("math", "What is 2 + 2?")
+    assert user["content"].startswith("The problem to write the workflow for:\n\nWhat is 2 + 2?")
+    assert "example problem" not in (system["content"] + user["content"]).lower()
+    assert "for context only" not in user["content"]
+    assert system == generator_prompt("math", "Another question?")[0]

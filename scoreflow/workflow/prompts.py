@@ -242,18 +242,18 @@ Rules:
 1. Keep the template's shape: `class Workflow`, `__init__(self, config, problem)` creating the
    operators exactly as shown (`operator.Name(config)`), and `async def run_workflow(self)`
    returning the final answer as a string.
-2. Use between 3 and 8 operator calls. Loops that build several solutions for an ensemble,
-   conditions on intermediate results and review steps usually help. Make it better than,
-   and different from, the template.
+2. Use between 3 and 8 operator calls, matching the workflow's complexity to the problem's.
+   Loops that build several solutions for an ensemble, conditions on intermediate results and
+   review steps usually help. Make it better than, and different from, the template.
 3. Operators are the only way to reach the LLM, and only the operators above exist.
    `asyncio.gather(...)` is available to run calls concurrently.
 4. Import nothing. Pass text from one operator to the next as it is: do not convert LLM text
    to numbers and do not split it on spaces.
 5. Each operator call is independent: never ask one call for several answers, and never
    refer to "another", "a different" or "the second" answer.
-6. Write complete, concrete instructions: no placeholders. Put nothing specific to the
-   example problem into the workflow; the problem reaches the operators by itself and is
-   in `self.problem`.
+6. Write complete, concrete instructions: no placeholders. Copy no text, numbers or names
+   of the problem into the workflow: the problem reaches the operators by itself and is in
+   `self.problem`, and another LLM executes the workflow on it.
 7. Plain Python only: apart from __init__, no names or attributes starting with an
    underscore; no str.format (use f-strings or +); no eval, exec or open.
 8. Reply with the workflow only, between <graph> and </graph>."""
@@ -294,10 +294,14 @@ def generator_guide(family: str, extra: tuple[str, ...] = ()) -> str:
 
 def generator_prompt(family: str, question_text: str, extra: tuple[str, ...] = ()) -> list[dict[str, str]]:
     """Chat messages for the generator LLM: the family's guide (identical for every
-    question: a shared prefix), then the example question."""
+    question: a shared prefix), then the question the workflow is written for. ScoreFlow
+    generates one workflow per question, adapted to it; as in the reference implementation,
+    the workflow must not copy the question's content, which reaches the operators as
+    `self.problem`."""
     return [
         {"role": "system", "content": generator_guide(family, extra)},
-        {"role": "user", "content": f"An example problem of this kind (for context only):\n\n{question_text}\n\n"
-                                    f"Write a workflow that solves problems like this one well. "
-                                    f"Reply with it between <graph> and </graph>."},
+        {"role": "user", "content": f"The problem to write the workflow for:\n\n{question_text}\n\n"
+                                    f"Write the workflow that will solve this problem best, shaped by what it "
+                                    f"needs. Copy nothing of the problem into the workflow. Reply with it between "
+                                    f"<graph> and </graph>."},
     ]

@@ -1,0 +1,78 @@
+"""How often the embedded generator writes a valid workflow under the generator prompt as it is
+now (the question is the problem the workflow is written for, as in the reference
+implementation) and as it was before (the question shown "for context only").
+
+    python bench/prompt_valid_rate.py                       # the table in RESULTS.md
+    python bench/prompt_valid_rate.py --questions 2 --k 4   # a quick look
+
+Both prompts share the system message (the guide) and differ only in the user turn. Questions
+are GSM8K validation questions; each question is sampled under both prompts back to back, in
+alternating order, with the same seed and the embedded preset's sampling (temperature 0.7,
+top-p 0.95, 384 new tokens), and every workflow goes through the loop's own checks and dry run
+(optimize/stages.py check_and_dry_run, with the embedded preset's settings: invalid workflows
+kept). Prints valid rate, operator-call rate and the reasons workflows were invalid, per prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import tempfile
+import time
+from pathlib import Path
+
+from scoreflow.optimize import stages
+from scoreflow.optimize.config import resolve
+from scoreflow.optimize.generator import RESPONSE_PREFIX, make_generator
+from scoreflow.tasks import load_task
+from scoreflow.workflow.prompts import generator_prompt
+
+EARLIER_USER_TURN = ("An example problem of this kind (for context only):\n\n{question}\n\n"
+                     "Write a workflow that solves problems like this one well. Reply with it between <graph> and "
+                     "</graph>.")
+
+
+def prompts(question: str) -> dict[str, list[dict[str, str]]]:
+    now = generator_prompt("math", question)
+    return {"now": now, "earlier": [now[0], {"role": "user", "content": EARLIER_USER_TURN.format(question=question)}]}
+
+
+def main(n_questions: int, k: int) -> None:
+    cfg = resolve({"limit": n_questions, "k": k})
+    task = load_task("gsm8k", "validate")
+    questions = task.questions[:n_questions]
+    generator = make_generator(cfg, None)
+    it = stages.Iteration(0, Path(tempfile.mkdtemp()), cfg, task)
+    counts = {name: collections.Counter() for name in ("now", "earlier")}
+    seconds = collections.Counter()
+    for i, q in enumerate(questions):
+        order = ("now", "earlier") if i % 2 == 0 else ("earlier", "now")
+        for name in order:
+            ids = generator.tokenizer.encode(generator.tokenizer.apply_chat_template(prompts(q.prompt)[name])
+                                             + RESPONSE_PREFIX)
+            t0 = time.monotonic()
+            (responses,) = generator.sample([ids], k, [it.seed(i, 0)])
+            seconds[name] += time.monotonic() - t0
+            for w in stages.check_and_dry_run([responses], it)[0]:
+                counts[name]["workflows"] += 1
+                counts[name]["valid"] += w["valid"]
+                for problem in w["problems"]:
+                    counts[name][f"invalid: {problem.split(':')[0].split('(')[0].strip()}"] += 1
+        print(f"question {i + 1}/{len(questions)}: valid now {counts['now']['valid']}, "
+              f"earlier {counts['earlier']['valid']}", flush=True)
+    print(f"\n{len(questions)} GSM8K validation questions x {k} samples per prompt, {cfg.generator}\n")
+    print("| prompt | valid rate | generation s |\n|---|---|---|")
+    for name, c in counts.items():
+        print(f"| {name} | {c['valid']}/{c['workflows']} = {c['valid'] / c['workflows']:.2f} | {seconds[name]:.0f} |")
+    reasons = sorted({r for c in counts.values() for r in c if r.startswith("invalid: ")})
+    print("\n| why invalid | now | earlier |\n|---|---|---|")
+    for r in reasons:
+        print(f"| {r[len('invalid: '):]} | {counts['now'][r]} | {counts['earlier'][r]} |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--questions", type=int, default=8)
+    parser.add_argument("--k", type=int, default=8)
+    args = parser.parse_args()
+    main(args.questions, args.k)
