@@ -23,6 +23,7 @@ setup(
     ],
     extras_require={
         # Oracles and baselines: imported by tests/ and bench/ only, never by the library.
-        "test": ["pytest", "transformers", "peft", "trl", "openai", "jinja2", "psutil"],
+        "test": ["pytest", "transformers", "peft", "trl", "openai", "jinja2", "psutil", "matplotlib"],
+        "plot": ["matplotlib"],  # figures of the result tables (scoreflow/figures.py)
     },
 )

@@ -17,7 +17,9 @@ rules reject); `--judge auto` judges when the executor is a real endpoint, not t
 
 Each method writes OUT/<method>/{workflows,executions,scores}.jsonl as it goes (the training
 stages' own files), so rerunning the same command resumes; the table goes to OUT/results.md
-and OUT/results.json.
+and OUT/results.json, with calls, tokens and USD per question and run (the client's price
+list, or --price-in/--price-out), and the score against that cost to OUT/accuracy_cost.png
+(with the [plot] extra).
 """
 
 from __future__ import annotations
@@ -34,13 +36,16 @@ from typing import TYPE_CHECKING
 
 from .cli import Preset, add_flags, flag, given, run_cli
 from .executor import ExecutorClient
+from .executor.client import price_for
 from .executor.reachable import require_reachable
+from .figures import accuracy_against_cost
 from .llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL
 from .optimize.config import EMBEDDED as TRAIN_EMBEDDED
 from .optimize.config import RunConfig, check_endpoints
 from .optimize.endpoint import executor_endpoint
 from .rundir import JsonlLog, save_or_check_settings
 from .tasks import load_task
+from .tasks.registry import smaller_than_the_paper
 from .tasks.answer_judge import JUDGE_MODES, JUDGED_TASKS, AnswerJudge, JudgedTask
 from .workflow.static_baselines import BASELINES, EXECUTOR_TEMPERATURES, baseline_workflow
 
@@ -91,6 +96,10 @@ class EvalConfig:
                                       "score, lifted to 1 when the judge says Yes (ours).", choices=JUDGE_MODES)
     judge_url: str | None = flag(None, "OpenAI-compatible chat endpoint of the judge (default: the executor's).")
     judge_model: str | None = flag(None, "Model name of the judge (default: the executor's).")
+    price_in: float | None = flag(None, "USD per 1M prompt tokens of the executor model, for the cost column "
+                                        "(default: the client's price list, e.g. gpt-4o-mini 0.15).")
+    price_out: float | None = flag(None, "USD per 1M completion tokens of the executor model (default: the "
+                                         "client's price list, e.g. gpt-4o-mini 0.60).")
     temperature: float = 0.2  # the generator's sampling, as in training (SPEC A4.1)
     top_p: float = 0.95
     max_new_tokens: int = 1000
@@ -109,6 +118,15 @@ class EvalConfig:
             raise ValueError(f"judge_mode must be one of {', '.join(JUDGE_MODES)}, got {self.judge_mode!r}")
         if self.runs < 1:
             raise ValueError(f"runs must be >= 1, got {self.runs}")
+        if (self.price_in is None) != (self.price_out is None) or min(self.price_in or 0, self.price_out or 0) < 0:
+            raise ValueError("price_in and price_out go together, in USD per 1M tokens (>= 0): pass both or neither")
+
+    @property
+    def price(self) -> tuple[float, float] | None:
+        """USD per 1M (prompt, completion) tokens of the executor; None where unknown."""
+        if self.price_in is not None:
+            return self.price_in, self.price_out
+        return price_for(self.executor_model or DEFAULT_MODEL)
 
     @property
     def judged(self) -> bool:
@@ -154,11 +172,14 @@ def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
         require_reachable(cfg.judge_url, "--judge-url")
     preset = EMBEDDED.in_force(cfg)
     save_or_check_settings(out, {**asdict(cfg), "preset": preset}, lambda stored: {"preset": preset, **stored})
+    split_size, note = len(task.questions), smaller_than_the_paper(task, cfg.split)
     if cfg.limit:
         task = replace(task, questions=task.questions[: cfg.limit])
     run_cfg = replace(cfg.run_config(), api_key=api_key)
     methods = cfg.methods()
     print(f"scoreflow.evaluate: settings: {preset}", file=sys.stderr)
+    if note:
+        print(f"scoreflow.evaluate: note: {note}", file=sys.stderr)
     print(f"scoreflow.evaluate: {cfg.task}/{cfg.split}, {len(task.questions)} questions, {cfg.runs} runs each, "
           f"judge {cfg.judge_label}; methods: {', '.join(m.name for m in methods)} -> {out}",
           file=sys.stderr)
@@ -177,12 +198,15 @@ def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
         for m in methods:
             it = stages.Iteration(0, out / m.dir, run_cfg, task, m.executor_temperature, m.name)
             executions, judge_calls = asyncio.run(_execute(it, workflows[m], cfg, url, api_key, out))
-            rows.append(_method_row(m.name, cfg.runs, workflows[m], executions, judge_calls))
-    results = {"config": asdict(cfg), "questions": len(task.questions), "methods": rows,
-               "markdown": _table(cfg, len(task.questions), rows)}
+            rows.append(_method_row(m.name, cfg.runs, workflows[m], executions, judge_calls, cfg.price))
+    results = {"config": asdict(cfg), "questions": len(task.questions), "split_questions": split_size,
+               "methods": rows, "markdown": _table(cfg, len(task.questions), split_size, rows)}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(results["markdown"] + "\n")
     print("\n" + results["markdown"])
+    figure = accuracy_against_cost(rows, f"{cfg.task}/{cfg.split}", out / "accuracy_cost.png")
+    print(f"figure: {figure}" if figure else 'figure: skipped (pip install -e ".[plot]" for matplotlib)',
+          file=sys.stderr)
     return results
 
 
@@ -215,9 +239,11 @@ async def _execute(it: Iteration, workflows: list[dict], cfg: EvalConfig, url: s
             return executions, judge.calls
 
 
-def _method_row(method: str, runs: int, workflows: list[dict], executions: list[dict], judge_calls: int) -> dict:
+def _method_row(method: str, runs: int, workflows: list[dict], executions: list[dict], judge_calls: int,
+                price: tuple[float, float] | None) -> dict:
     """Score = mean over questions of the mean over runs; a question without a valid workflow
-    scores 0; runs that hit executor errors are not scores and are counted apart."""
+    scores 0; runs that hit executor errors are not scores and are counted apart. Costs are per
+    question and run: LLM calls, executor tokens and USD (None where the price is unknown)."""
     valid = {w["question_id"]: w["valid"] for w in workflows}
     by_question: dict[str, list[dict]] = {q: [] for q in valid}
     for e in executions:
@@ -235,27 +261,30 @@ def _method_row(method: str, runs: int, workflows: list[dict], executions: list[
                 per_run[e["run"]].append(e["score"])
     run_means = [statistics.fmean(r) for r in per_run if r]
     n = max(1, len(by_question) * runs)  # costs are per question and run
+    prompt, completion = (sum(e[k] for e in executions) for k in ("prompt_tokens", "completion_tokens"))
     return {"method": method, "score": statistics.fmean(per_question) if per_question else None,
             "run_std": statistics.stdev(run_means) if len(run_means) > 1 else 0.0,
             "questions_scored": len(per_question), "valid_workflows": sum(valid.values()),
             "executor_errors": sum(e["status"] == "executor_error" for e in executions),
             "llm_calls": sum(e["llm_calls"] for e in executions) / n,
-            "tokens": sum(e["prompt_tokens"] + e["completion_tokens"] for e in executions) / n,
+            "tokens": (prompt + completion) / n,
+            "usd": None if price is None else (prompt * price[0] + completion * price[1]) / 1e6 / n,
             "judge_calls": judge_calls}
 
 
-def _table(cfg: EvalConfig, questions: int, rows: list[dict]) -> str:
+def _table(cfg: EvalConfig, questions: int, split_size: int, rows: list[dict]) -> str:
     reference = next((r["score"] for r in rows if r["method"] == UNTRAINED), None)
-    lines = [f"{cfg.task}/{cfg.split}: {questions} questions, {cfg.runs} runs each, executor "
-             f"{cfg.executor_model or DEFAULT_MODEL}, generator {cfg.generator}"
+    lines = [f"{cfg.task}/{cfg.split}: {questions} of the split's {split_size} questions, {cfg.runs} runs each, "
+             f"executor {cfg.executor_model or DEFAULT_MODEL}, generator {cfg.generator}"
              f"{f' + {cfg.adapter}' if cfg.adapter else ''}, judge {cfg.judge_label}", "",
              "| method | score | ± over runs | vs untrained | valid workflows | executor errors "
-             "| LLM calls / run | executor tokens / run |", "|---|---|---|---|---|---|---|---|"]
+             "| LLM calls / run | executor tokens / run | executor USD / run |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         score = "-" if r["score"] is None else f"{r['score']:.3f}"
         delta = "-" if reference is None or r["score"] is None else f"{r['score'] - reference:+.3f}"
+        usd = "-" if r["usd"] is None else f"{r['usd']:.6f}"
         lines.append(f"| {r['method']} | {score} | {r['run_std']:.3f} | {delta} | {r['valid_workflows']}/{questions} "
-                     f"| {r['executor_errors']} | {r['llm_calls']:.1f} | {r['tokens']:.0f} |")
+                     f"| {r['executor_errors']} | {r['llm_calls']:.1f} | {r['tokens']:.0f} | {usd} |")
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ from .optimize.config import EMBEDDED, RunConfig, check_endpoints, resolve, save
 from .optimize.endpoint import executor_endpoint
 from .rundir import JsonlLog, stage_info
 from .tasks import load_task
+from .tasks.registry import smaller_than_the_paper
 
 
 def run(cfg: RunConfig, out: Path) -> list[dict]:
@@ -47,6 +48,8 @@ def run(cfg: RunConfig, out: Path) -> list[dict]:
     if cfg.limit:
         task = replace(task, questions=task.questions[: cfg.limit])
     print(f"scoreflow.train: settings: {EMBEDDED.in_force(cfg)}", file=sys.stderr)
+    if note := smaller_than_the_paper(task, cfg.split):
+        print(f"scoreflow.train: note: {note}", file=sys.stderr)
     print(f"scoreflow.train: {cfg.task}/{cfg.split}, {len(task.questions)} questions, {cfg.iterations} iterations, "
           f"k={cfg.k}, runs={cfg.runs}, pairs={cfg.pairs}, invalid={cfg.invalid} -> {out}", file=sys.stderr)
     with executor_endpoint(cfg.executor_url, cfg.executor_model) as url:

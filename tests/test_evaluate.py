@@ -58,6 +58,9 @@ def test_evaluate_scores_every_method_and_resumes(tmp_path, gsm8k_rows):
         rows = {m["method"]: m for m in results["methods"]}
         assert rows["scoreflow (trained)"]["valid_workflows"] == 2 and rows["baseline io"]["llm_calls"] == 1.0
         assert "| scoreflow (trained) | 1.000 | 0.000 | +1.000 | 2/2 | 0 |" in (out / "results.md").read_text()
+        assert "gsm8k/validate: 2 of the split's 264 questions" in results["markdown"]
+        assert rows["baseline io"]["usd"] is None  # "scripted" has no price: the column says "-"
+        assert (out / "accuracy_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # against tokens
         assert json.loads((out / "results.json").read_text())["methods"] == results["methods"]
         executions = [json.loads(line) for line in (out / "trained" / "executions.jsonl").read_text().splitlines()]
         assert sorted((e["question_id"], e["run"]) for e in executions) == sorted(
@@ -70,6 +73,14 @@ def test_evaluate_scores_every_method_and_resumes(tmp_path, gsm8k_rows):
         assert not generated and not chats  # resumed: nothing regenerated or re-executed
         with pytest.raises(ValueError, match=r"other settings \(runs: stored 2, given 3\)"):
             run(config(server, tmp_path, runs=3), out)
+
+        priced = run(config(server, tmp_path, price_in=1.0, price_out=2.0), tmp_path / "priced")
+        io = next(m for m in priced["methods"] if m["method"] == "baseline io")
+        # every call the fake executor answers: 10 prompt + 5 completion tokens
+        assert io["usd"] == pytest.approx(io["llm_calls"] * (10 * 1.0 + 5 * 2.0) / 1e6)
+        assert f"| {io['usd']:.6f} |" in priced["markdown"]
+    with pytest.raises(ValueError, match="price_in and price_out go together"):
+        EvalConfig(price_in=1.0)
 
 
 def test_command_line_defaults_and_baseline_names():

@@ -153,7 +153,7 @@ class ExecutorClient:
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.default_max_tokens = default_max_tokens
         self._url = f"{self.base_url}/chat/completions"
-        self._price = _price_for(model, {**DEFAULT_PRICES, **(prices or {})})
+        self._price = price_for(model, prices)
         self._cache = ResponseCache(cache_dir) if cache_dir is not None else None
         self._cache_scope: str | None = None
         self._calls = itertools.count()  # numbers this view's calls, in the order they are made
@@ -263,9 +263,11 @@ class ExecutorClient:
         await self.aclose()
 
 
-def _price_for(model: str, table: dict[str, tuple[float, float]]) -> tuple[float, float] | None:
-    """Longest table entry that is the model name or a prefix of it ("gpt-4o-mini-2024-07-18"
-    -> "gpt-4o-mini", not "gpt-4o"); None (cost not counted) for unknown, e.g. local, models."""
+def price_for(model: str, prices: dict[str, tuple[float, float]] | None = None) -> tuple[float, float] | None:
+    """USD per 1M (input, output) tokens: the longest entry of DEFAULT_PRICES + `prices` that is
+    the model name or a prefix of it ("gpt-4o-mini-2024-07-18" -> "gpt-4o-mini", not "gpt-4o");
+    None (cost not counted) for unknown, e.g. local, models."""
+    table = {**DEFAULT_PRICES, **(prices or {})}
     matches = [name for name in table if model == name or model.startswith(name + "-")]
     return table[max(matches, key=len)] if matches else None
 

@@ -21,6 +21,10 @@ LOADERS: dict[str, Callable[[str, Path], Task]] = {  # name -> load(split, data_
     **{name: functools.partial(magicore_sets.load, name) for name in magicore_sets.SETS},
 }
 TASK_NAMES = tuple(LOADERS)
+# ScoreFlow's DROP and HotpotQA: 1,000 sampled questions each, split 1:4 (its "Datasets"
+# paragraph); the other AFlow sets ship as the paper used them.
+PAPER_SPLIT_SIZES = {("drop", "validate"): 200, ("drop", "test"): 800,
+                     ("hotpotqa", "validate"): 200, ("hotpotqa", "test"): 800}
 
 
 def load_task(name: str, split: str, data_dir: str | os.PathLike[str] | None = None) -> Task:
@@ -34,3 +38,13 @@ def load_task(name: str, split: str, data_dir: str | os.PathLike[str] | None = N
     if name not in LOADERS:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASK_NAMES)}")
     return LOADERS[name](split, resolve_data_dir(data_dir))
+
+
+def smaller_than_the_paper(task: Task, split: str) -> str | None:
+    """One line for a split with fewer questions than the paper's, saying how to supply the
+    full one (the packaged DROP and HotpotQA files are smaller); None otherwise."""
+    paper = PAPER_SPLIT_SIZES.get((task.name, split))
+    if paper is None or len(task.questions) >= paper:
+        return None
+    return (f"{task.name}/{split} has {len(task.questions)} questions, the paper's has {paper}: put AFlow's full "
+            f"{task.name}_test.jsonl in DIR/aflow/ and pass --data-dir DIR (scoreflow/data/PROVENANCE.md)")
