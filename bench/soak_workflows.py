@@ -8,8 +8,10 @@ workflows, 16 in flight at all times, and report what a long run would show.
 Workflows, taken in a fixed rotation (MIX): the template, the CoT baseline and a gathered
 ensemble (these call the model), and attacks: a C-stack overflow (SIGSEGV), a multiplication
 that takes hours, a self-feeding iterator, a 3 GB string, a growing list of strings, an
-uncountable loop, values that cannot be printed, rebinding `self`, and operator calls in
-flight while the worker blocks. Each has the statuses it may end with.
+uncountable loop, values that cannot be printed, rebinding `self`, operator calls in flight
+while the worker blocks, a 10 MB exception that asyncio logs in the worker, a 10,000-call
+gather, requests of millions of elements, and calls abandoned while the model works on them
+(issue #27). Each has the statuses it may end with.
 
 Every 5 s: this process's RSS and open file descriptors, the worker template's pid and RSS,
 and how many workers it has. Exit status 1 when a run was lost (started, never returned) or
@@ -45,6 +47,12 @@ PROBLEM = "Natalia sold clips to 48 of her friends in April, and then she sold h
           "How many clips did Natalia sell altogether in April and May?"
 DEEP = "t = ()\nfor i in range(9):\n    for j in range(10000):\n        t = ((((((((((t,),),),),),),),),),)\n"
 BIG = "x = 10\nfor i in range(13):\n    x = x * x\n"
+# scoreflow's gather stops at this future's cancel(), leaving boom() unawaited: asyncio then logs
+# its exception, 10 MB of it, in the worker
+FAKE_FUTURE = ("class Fake:\n    _asyncio_future_blocking = False\n\n"
+               "    def cancel(self, msg=None):\n        raise ValueError('cancel refused')\n\n"
+               "    def get_loop(self):\n        raise ValueError('no loop')\n\n\n")
+BOOM = "async def boom(self):\n    raise ValueError('\\x1b[2J\\n' + 'b' * 10000000)"
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,23 @@ MIX = [
         ("timeout",), 10.0),
     Job("two calls", math('rs = await asyncio.gather(*[self.custom(instruction="Try " + str(i)) for i in range(2)])'
                           "\nreturn rs"), ("ok", "empty")),
+    Job("asyncio log flood", FAKE_FUTURE + math("try:\n    await asyncio.gather(Fake(), self.boom())\n"
+                                                "except ValueError as e:\n    pass\nreturn 'x'", BOOM),
+        ("ok", "empty")),
+    # single-solution ensembles need no model call: the call budget ends it
+    Job("10,000-call gather", math('rs = await asyncio.gather(*[self.sc_ensemble(solutions=["same"]) '
+                                   "for i in range(10000)])\nreturn 'x'"), ("error",)),
+    # refused in the worker, then 200,000 solutions (refused by ScEnsemble in the host) until 16 MiB
+    Job("huge requests", math('huge = [""] * 2000000\nfor i in range(10):\n    try:\n'
+                              "        await self.custom(instruction=huge)\n    except ValueError as e:\n        pass\n"
+                              'large = [""] * 200000\nwhile True:\n    try:\n'
+                              "        await asyncio.gather(*[self.sc_ensemble(solutions=large) for j in range(4)])\n"
+                              "    except ValueError as e:\n        pass"), ("error",)),
+    Job("abandoned calls", math('try:\n    await asyncio.gather(*[self.custom(instruction="Solve it, " + str(i)) '
+                                "for i in range(8)], self.sc_ensemble(solutions=[]))\n"
+                                "except ValueError as e:\n    pass\n"
+                                'r = await self.custom(instruction="Solve it.")\nreturn r["response"]'),
+        ("ok", "empty")),
 ]
 
 

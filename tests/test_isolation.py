@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_openai_server import FakeOpenAIServer
+from fake_openai_server import FakeOpenAIServer, Request
 from scoreflow.executor import ExecutorClient
 from scoreflow.magicore import (FORMATS, Agents, MagicoreConfig, OutcomeRewardModel, ProcessRewardModel,
                                 RewardModels, Runner, Sampling)
@@ -63,12 +63,26 @@ def run_isolated(server: FakeOpenAIServer, jobs: list[tuple[str, float]], concur
     return results
 
 
+SEND_SLACK_S = 0.25
+
+
+def carries(request: Request, tag: str) -> bool:
+    """Whether an executor request is one of the tagged run's (its body may be the raw bytes of
+    an upload the client cut off: a call cancelled while it was being sent)."""
+    return tag in repr(request.body)
+
+
 def check_contained(server: FakeOpenAIServer, results: list[dict]) -> None:
-    """What every run must satisfy: a status, in time, and no executor call after it returned."""
+    """What every run must satisfy: a status, in time, and no executor call after it returned.
+    The server stamps a request once its thread has read it, which on a loaded machine trails
+    the client's send by milliseconds: a call cancelled on its way out as the run ended can be
+    stamped just after the return, hence SEND_SLACK_S. A call made after the return (the
+    attacks' next Programmer request comes a program run later) arrives well past it."""
     for result in results:
         assert result["status"] in STATUSES, result
         assert result["elapsed_s"] <= result["timeout_s"] + GRACE_S, result
-        late = [r for r in server.requests if result["tag"] in json.dumps(r.body) and r.arrived > result["returned"]]
+        late = [r for r in server.requests
+                if carries(r, result["tag"]) and r.arrived > result["returned"] + SEND_SLACK_S]
         assert not late, f"{len(late)} executor calls after the run returned: {result}"
 
 
@@ -107,11 +121,12 @@ ATTACKS = {  # attack class -> ([workflow code], time limit in seconds: generous
                      + [math("return self.custom.name")], 20.0),
     # two Programmer calls (executor calls a second apart, a program run between) are in flight
     # in the parent when the workflow blocks its worker, which is killed at the deadline: the
-    # calls' later executor requests must never be sent
+    # calls' later executor requests must never be sent (3 s: on a loaded machine a worker can
+    # take a second to send its first calls)
     "work after return": ([math('p = await asyncio.gather(self.programmer(analysis="a"), '
                                 'self.programmer(analysis="b"), self.block())\nreturn p[0]',
                                 "async def block(self):\n    x = 7\n    for i in range(40):\n        x = x * x")],
-                          1.0),
+                          3.0),
 }
 
 
@@ -170,7 +185,7 @@ def test_no_executor_call_starts_after_a_run_returns(attacks):
     check_contained(server, results["work after return"])
     (result,) = results["work after return"]
     assert result["status"] == "timeout"
-    assert sum(result["tag"] in json.dumps(r.body) for r in server.requests) >= 2  # calls were under way
+    assert sum(carries(r, result["tag"]) for r in server.requests) >= 2  # calls were under way
 
 
 # ----------------------------------------------------------------------------- the worker template

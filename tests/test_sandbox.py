@@ -86,6 +86,16 @@ def test_exiting_before_the_call_is_an_error():
     assert result.status == "error" and "exited before `solve()` returned" in result.stderr
 
 
+def test_checks_run_after_the_program_in_its_namespace():
+    passed = run_python("def double(x):\n    return 2 * x\n", checks="assert double(3) == 6\nprint('checked')")
+    assert (passed.status, passed.stdout, passed.value) == ("ok", "checked\n", None), passed.stderr
+    failed = run_python("def double(x):\n    return x\n", checks="x = 3\nassert double(x) == 6\n")
+    assert (failed.status, failed.returncode) == ("error", 1)
+    assert 'File "<checks>", line 2' in failed.stderr and "assert double(x) == 6" in failed.stderr
+    with pytest.raises(ValueError, match="not both"):
+        run_python("pass", call="1", checks="pass")
+
+
 def test_numpy_is_importable_for_generated_programs():
     result = run_python("import numpy as np\ndef solve():\n    return int(np.arange(5).sum())", call="solve()")
     assert (result.status, result.value) == ("ok", "10"), result.stderr

@@ -14,7 +14,6 @@ from scoreflow.tasks.f1 import token_f1
 from scoreflow.tasks.gsm8k import extract_number
 from scoreflow.tasks.hotpotqa import split_of
 from scoreflow.tasks.magicore_sets import extract_option
-from scoreflow.sandbox import run_python_async
 
 AFLOW_SPLITS = ["validate", "test"]
 
@@ -297,11 +296,6 @@ async def bounded(coroutines, concurrency=4):
     return await asyncio.gather(*(one(c) for c in coroutines))
 
 
-async def run_all(programs):
-    results = await bounded(run_python_async(p, timeout_s=20.0) for p in programs)
-    return [r.status for r in results]
-
-
 # Known faults of the AFlow files, listed so that a fixed file shows up as a failure here.
 # MBPP 630's reference `code` lost its parameters (`def adjac(test_tup):` then uses the
 # undefined `ele`), so it fails every test.
@@ -322,15 +316,15 @@ def test_reference_solutions_pass_hidden_and_public_tests(name, split):
     """One sandbox run per question checks the hidden tests (what `score` runs) and, apart
     from the known-broken ones, the public tests (what the Test operator runs) together,
     to keep the suite fast; each known-broken public set is checked to fail on its own."""
-    task = load(name, split)
+    task = dataclasses.replace(load(name, split), timeout_s=20.0)  # slack for a busy machine
     broken = BROKEN_PUBLIC.get((name, split), set())
     jobs = [
         (q, [q.gold] if q.id in broken else [*task.public_tests(q), q.gold])
         for q in task.questions
     ]
     jobs += [(q, task.public_tests(q)) for q in task.questions if q.id in broken]
-    programs = [task.program(q, reference_solution(name, q), tests) for q, tests in jobs]
-    statuses = asyncio.run(run_all(programs))
+    results = asyncio.run(bounded(task.run(q, reference_solution(name, q), tests) for q, tests in jobs))
+    statuses = [r.status for r in results]
     n = len(task.questions)
     failed = {q.id for (q, _), status in zip(jobs[:n], statuses[:n]) if status != "ok"}
     failed_public_only = {q.id for (q, _), status in zip(jobs[n:], statuses[n:]) if status != "ok"}
@@ -387,9 +381,14 @@ def test_public_tests():
     assert len(missing) <= 5  # rows whose public-file asserts are not among their own tests
 
 
-def test_program_with_no_public_tests_runs_no_hidden_tests():
+def test_the_program_holds_the_answer_and_the_checks_hold_the_tests():
+    """What the program can read (its own file) has no tests; the checks, run after it, bind
+    `candidate` and hold the hidden tests, the given ones, or with no public tests none."""
     task = load("humaneval", "test")
     q = next(q for q in task.questions if not task.public_tests(q))
-    program = task.program(q, "pass", task.public_tests(q))
-    assert program.rstrip().endswith(f"candidate = {q.row['entry_point']}")
-    assert task.program(q, "pass").rstrip().endswith(q.gold.rstrip())
+    program = task.program(q, "def answer():\n    pass")
+    assert program.startswith(q.row["prompt"]) and "def answer()" in program and "check(" not in program
+    bind = f"candidate = {q.row['entry_point']}"
+    assert task.checks(q, task.public_tests(q)).strip() == bind
+    assert task.checks(q).startswith(bind) and task.checks(q).rstrip().endswith(q.gold.rstrip())
+    assert task.checks(q, ["assert candidate(1) == 2"]).rstrip().endswith("assert candidate(1) == 2")

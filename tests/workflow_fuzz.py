@@ -1,8 +1,9 @@
 """Randomly assembled valid math workflows for the isolation fuzz test (seeded, table-driven:
 hypothesis is not a test dependency). Each workflow is a few pieces drawn with the weights
 below: operator calls and gathers, loops that end or run into the step budget, big
-literals and numbers, deep nesting, caught and uncaught errors, and a return value of any
-shape, including ones that cannot be turned into text. A few pieces crash or block the
+literals and numbers, deep nesting, caught and uncaught errors, calls abandoned by a gather
+whose sibling failed, arguments of huge element counts, and a return value of any shape,
+including ones that cannot be turned into text. A few pieces crash or block the
 interpreter, so the fuzz also covers what only the worker process can contain."""
 
 from __future__ import annotations
@@ -34,6 +35,18 @@ def _review(rng: random.Random) -> str:
 
 def _programmer(rng: random.Random) -> str:
     return 'p = await self.programmer(analysis="compute it")\nacc = acc + p["output"][:30]'
+
+
+def _abandon(rng: random.Random) -> str:
+    # the ensemble fails in the host (no solutions), so the gather gives up the Custom calls in flight
+    calls = f'*[self.custom(instruction="a" + str(i)) for i in range({rng.randint(1, 20)})]'
+    return (f"try:\n    await asyncio.gather({calls}, self.sc_ensemble(solutions=[]))\n"
+            'except ValueError as e:\n    acc = acc + "abandoned"')
+
+
+def _huge_list(rng: random.Random) -> str:
+    return (f'try:\n    r = await self.custom(instruction=[""] * {rng.choice([10, 100_000, 2_000_000])})\n'
+            '    acc = acc + r["response"][:5]\nexcept ValueError as e:\n    acc = acc + "refused"')
 
 
 def _loop(rng: random.Random) -> str:
@@ -85,8 +98,9 @@ def _errors(rng: random.Random) -> str:
 
 
 PIECES: list[tuple[Piece, int]] = [
-    (_call, 20), (_gather, 8), (_ensemble, 6), (_review, 5), (_programmer, 1), (_loop, 10), (_while, 6),
-    (_endless, 2), (_big_literal, 8), (_big_number, 5), (_deep, 8), (_crash, 1), (_block, 1), (_errors, 10),
+    (_call, 20), (_gather, 8), (_ensemble, 6), (_review, 5), (_programmer, 1), (_abandon, 4), (_huge_list, 3),
+    (_loop, 10), (_while, 6), (_endless, 2), (_big_literal, 8), (_big_number, 5), (_deep, 8), (_crash, 1),
+    (_block, 1), (_errors, 10),
 ]
 RETURNS = ["return acc", 'return {"response": acc}', 'return [acc, "x"]', "return (acc, 0.1)", "return None",
            "return 12345", 'd = {}\nd["response"] = d\nreturn d',

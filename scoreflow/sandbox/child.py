@@ -1,13 +1,15 @@
 """The child side of the sandbox (see __init__.py), run as `python -I -S child.py CONFIG`: it
 imports the standard library only. Stage A enters the namespaces and builds the new root;
-the program process (PID 1 of the new PID namespace) drops privileges, sets the rlimits and
-the audit hook, and execs the program. The kernel calls (libc, mount, unshare) are also what
-the workflow worker uses to lock itself down (workflow/worker.py)."""
+the program process (PID 1 of the new PID namespace) drops privileges, sets the rlimits,
+reports the set-up facts and closes that pipe, sets the audit hook, and execs the program
+(then, for a run with checks, the checks and the nonce). The kernel calls (libc, mount,
+unshare) are also what the workflow worker uses to lock itself down (workflow/worker.py)."""
 
 from __future__ import annotations
 
 import ctypes
 import json
+import linecache
 import math
 import os
 import resource
@@ -17,6 +19,7 @@ import sysconfig
 import tempfile
 import traceback
 import types
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 NOBODY = 65534                    # uid/gid the program runs as when we start as root
@@ -31,19 +34,23 @@ SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/passwd", "/etc/group
                 "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
 # linux/sched.h, linux/mount.h, linux/prctl.h
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 
+REPORTED = b"="                   # starts what the runner writes on the report pipe: a value of '' is not none
+CHECKS_FILE = "<checks>"          # the checks' file name in tracebacks (they are in no file the program sees)
+
 
 def _child_main(config: dict) -> None:
-    fd, workdir = config["report_fd"], config["workdir"]
+    facts_fd, workdir = config["facts_fd"], config["workdir"]
     root = os.geteuid() == 0
     with open(os.path.join(workdir, "program.py"), encoding="utf-8") as f:
         source = f.read()
     try:
-        refused = unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID if root else CLONE_NEWUSER | CLONE_NEWNET)
+        refused = unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC if root
+                          else CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC)
         isolated = root and refused is None
         if isolated:
             new_root = _build_root(workdir, source)
@@ -61,14 +68,15 @@ def _child_main(config: dict) -> None:
         if isolated:  # a setsid() escapee still dies with stage A (set after setuid, which clears it)
             libc("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except OSError as e:
-        _report(fd, setup_error=f"{e} (running as uid {os.geteuid()})")
+        _report(facts_fd, setup_error=f"{e} (running as uid {os.geteuid()})")
         os._exit(1)
-    _report(fd, isolated=isolated, note=refused or "not root: own network namespace only, caller's uid")
+    _report(facts_fd, isolated=isolated, note=refused or "not root: own network and IPC namespaces only, caller's uid")
+    os.close(facts_fd)  # before any program code: nothing a program writes can become a fact
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over-long writes raise OSError instead
     _site_without_pth()
     if config["audit_hook"]:
         _install_audit_hook(workdir)
-    _run_program(config, source)
+    (_run_checked if config["checks"] else _run_program)(config, source)
 
 
 def _site_without_pth() -> None:
@@ -100,7 +108,7 @@ def unshare(flags: int) -> str | None:
         libc("unshare", flags)
         return None
     except OSError as e:
-        return f"unshare refused ({e}): no network/mount/PID namespaces, audit hook only"
+        return f"unshare refused ({e}): no network/mount/PID/IPC namespaces, audit hook only"
 
 
 def enter_empty_root() -> None:
@@ -232,29 +240,41 @@ _FORBIDDEN_EVENTS = frozenset({
     "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "subprocess.Popen",
     "socket.__new__", "socket.connect", "socket.bind",
     "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "ctypes.string_at", "ctypes.addressof",
+    # what reaches objects no frame's names lead to (the runner's generators, the hook itself)
+    # or runs code inside the runner's frames; no stdlib module a program would use needs them
+    "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
+    "sys.settrace", "sys.setprofile", "sys.addaudithook",
 })
-_PATH_EVENTS = {"open": (0,), "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1),
-                "os.symlink": (1,), "os.link": (1,), "os.chmod": (0,), "os.chown": (0,), "os.truncate": (0,)}
+_PATH_EVENTS = types.MappingProxyType({"open": (0,), "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,),
+                                       "os.rename": (0, 1), "os.symlink": (1,), "os.link": (1,), "os.chmod": (0,),
+                                       "os.chown": (0,), "os.truncate": (0,)})
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
 def _install_audit_hook(workdir: str) -> None:
-    """Defence in depth (PEP 578): refuse process creation, sockets, ctypes and file
-    changes outside the work dir, whichever way the program reached them (__import__,
-    importlib, ...). Audit hooks can be subverted from inside, so nothing relies on this."""
+    """Defence in depth (PEP 578): refuse process creation, sockets, ctypes, the introspection
+    listed in _FORBIDDEN_EVENTS and file changes outside the work dir, whichever way the
+    program reached them (__import__, importlib, ...). What the hook consults is bound here,
+    in its closure, not looked up in this module's globals, which any frame's f_globals
+    reaches: rebinding them changes nothing. The path checks can still be fooled from inside
+    (os.path.realpath looks up os functions a program can replace), so the OS isolation does
+    not rely on this; the in-process secrecy of a checks run's nonce does (see __init__.py)."""
     root = os.path.realpath(workdir) + os.sep
+    forbidden, path_events, write_flags = _FORBIDDEN_EVENTS, _PATH_EVENTS, _WRITE_FLAGS
+    realpath, fsdecode, is_path, path_types = os.path.realpath, os.fsdecode, isinstance, (str, bytes, os.PathLike)
+    sep, devnull = os.sep, os.devnull
 
     def outside(path: Any) -> bool:
-        if not isinstance(path, (str, bytes, os.PathLike)):
+        if not is_path(path, path_types):
             return False  # a file descriptor: already open
-        real = os.path.realpath(os.fsdecode(path))
-        return not (real + os.sep).startswith(root) and real != os.devnull
+        real = realpath(fsdecode(path))
+        return not (real + sep).startswith(root) and real != devnull
 
     def hook(event: str, args: tuple) -> None:
-        if event in _FORBIDDEN_EVENTS:
+        if event in forbidden:
             raise PermissionError(f"sandbox: {event} is not allowed in generated code")
-        if event in _PATH_EVENTS and not (event == "open" and not (args[2] or 0) & _WRITE_FLAGS):
-            for i in _PATH_EVENTS[event]:
+        if event in path_events and not (event == "open" and not (args[2] or 0) & write_flags):
+            for i in path_events[event]:
                 if outside(args[i]):
                     raise PermissionError(f"sandbox: {event} outside the work dir is not allowed: {args[i]!r}")
 
@@ -262,20 +282,75 @@ def _install_audit_hook(workdir: str) -> None:
 
 
 def _run_program(config: dict, source: str) -> None:
-    """Exec the program as a fresh __main__ module; report str(call) on the report fd."""
-    module = types.ModuleType("__main__")
-    sys.modules["__main__"] = module
-    path = os.path.join(config["workdir"], "program.py")
+    """Exec the program as a fresh __main__ module; report str(call) on the report pipe."""
+    namespace = _main_namespace()
     try:
-        exec(compile(source, path, "exec"), module.__dict__)
+        exec(compile(source, _program_path(config), "exec"), namespace)
         if config["call"] is None:
             return
-        value = str(eval(compile(config["call"], "<call>", "eval"), module.__dict__)).encode()
+        value = str(eval(compile(config["call"], "<call>", "eval"), namespace)).encode()
     except Exception as e:  # noqa: BLE001 - any program error is reported, not ours
-        traceback.print_exception(type(e), e, e.__traceback__.tb_next)  # drop this frame
+        _print_traceback(e)
         sys.exit(1)
-    limit = config["max_output_bytes"]
-    _report(config["report_fd"], value=clipped(value[:limit], len(value)))
+    _write_all(config["report_fd"], REPORTED + value)  # the parent cuts it to max_output_bytes
+
+
+def _run_checked(config: dict, source: str) -> None:
+    """A run with checks (see __init__.py): the program, then the checks in its namespace,
+    then the nonce on the report pipe, only if neither raised anything (SystemExit too).
+
+    Both generators read their secret from stdin before the program runs and live only on
+    this frame's value stack: no name in any frame leads to them. `exec` is bound before the
+    program runs, which may rebind any builtin or module attribute."""
+    run, namespace, lines = exec, _main_namespace(), []
+    try:
+        program = compile(source, _program_path(config), "exec")
+        for _ in _proof(config["report_fd"]):
+            for code, lines in _program_then_checks(program):
+                run(code, namespace)
+    except BaseException as e:  # noqa: BLE001 - an exit or exception of the program fails the checks
+        linecache.cache[CHECKS_FILE] = (0, None, lines, CHECKS_FILE)  # for the traceback, now that they are over
+        _print_traceback(e)
+        sys.exit(1)
+
+
+def _proof(report_fd: int) -> Iterator[None]:
+    """Reads the nonce (the first line of stdin) when the loop over it starts, and writes it
+    when that loop asks for a second item: after its body ran without an exception. Never
+    resumed in between, so nothing the program runs meanwhile (a signal handler, a finalizer)
+    can find this frame on the stack."""
+    write, report = os.write, REPORTED + sys.stdin.buffer.readline().rstrip(b"\n")
+    yield
+    write(report_fd, report)
+
+
+def _program_then_checks(program: types.CodeType) -> Iterator[tuple[types.CodeType, Sequence[str]]]:
+    """The program's code, then the checks' code and source lines (the rest of stdin, read and
+    compiled before the program runs, since it may rebind `compile`)."""
+    source = sys.stdin.buffer.read().decode()
+    checks, lines = compile(source, CHECKS_FILE, "exec"), source.splitlines(True)
+    yield program, []
+    yield checks, lines
+
+
+def _main_namespace() -> dict[str, Any]:
+    module = types.ModuleType("__main__")
+    sys.modules["__main__"] = module
+    return module.__dict__
+
+
+def _program_path(config: dict) -> str:
+    return os.path.join(config["workdir"], "program.py")
+
+
+def _print_traceback(error: BaseException) -> None:
+    traceback.print_exception(type(error), error, error.__traceback__.tb_next)  # without the runner's frame
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # a signal can cut a large write to a pipe short
+        view = view[os.write(fd, view):]
 
 
 def _report(fd: int, **facts: Any) -> None:

@@ -1,24 +1,31 @@
-"""The parent side of the sandbox (see __init__.py): start child.py in a new session, drain and
-cap its output, kill its process group at the time limit, and read what it reported."""
+"""The parent side of the sandbox (see __init__.py): take a share of the memory budget, start
+child.py in a new session, give it a checks run's nonce and checks on stdin, drain and cap
+its output and report pipe, kill its process group at the time limit, and read its set-up
+facts and report."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from scoreflow.sandbox.child import clipped
+from scoreflow.sandbox.budget import PROCESS_BUDGET, MemoryBudget
+from scoreflow.sandbox.child import REPORTED, clipped
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child.py")
 DRAIN_GRACE_S = 1.0               # after the process ends, wait this long for pipes to close
+FACTS_LIMIT = 64 << 10            # the set-up facts: one short JSON line
 
 
 class SandboxError(RuntimeError):
@@ -29,11 +36,12 @@ class SandboxError(RuntimeError):
 class SandboxResult:
     """Outcome of one run.
 
-    status: "ok" (exit 0), "error" (exception or non-zero exit; traceback in stderr),
-    "timeout" (we killed it at timeout_s), "killed" (died from any other signal, e.g. a
-    segfault or the CPU limit). `value` is str() of the `call` expression, None without one.
-    `isolated` is True when the run had its own network, mount and PID namespaces and an
-    unprivileged uid; False means part of that was unavailable (see the module docstring).
+    status: "ok" (exit 0; with `checks`, also the nonce back: the checks ran to their end),
+    "error" (exception, non-zero exit, or an early end; traceback in stderr), "timeout" (we
+    killed it at timeout_s), "killed" (died from any other signal, e.g. a segfault or the CPU
+    limit). `value` is str() of the `call` expression, None without one. `isolated` is True
+    when the run had its own network, mount, PID and IPC namespaces and an unprivileged uid;
+    False means part of that was unavailable (see the module docstring).
     """
 
     status: str
@@ -55,59 +63,84 @@ def run_python(code: str, **options: Any) -> SandboxResult:
     return asyncio.run(run_python_async(code, **options))
 
 
-async def run_python_async(code: str, *, call: str | None = None, timeout_s: float = 10.0,
-                           memory_mb: int = 1024, max_output_bytes: int = 64 * 1024,
-                           audit_hook: bool = True) -> SandboxResult:
+async def run_python_async(code: str, *, call: str | None = None, checks: str | None = None,
+                           timeout_s: float = 10.0, memory_mb: int = 1024, max_output_bytes: int = 64 * 1024,
+                           audit_hook: bool = True, budget: MemoryBudget = PROCESS_BUDGET) -> SandboxResult:
     """Run `code` as a module in a fresh sandboxed process; if `call` is given (e.g.
     "solve()"), evaluate it in the module's namespace afterwards and return str() of it.
 
-    stdout, stderr and the value are each cut to `max_output_bytes` with a marker.
-    `audit_hook=False` leaves out the in-process defence layer; it exists so tests can show
-    the OS-level isolation holds on its own — keep it on in real use.
+    `checks` (trusted code, e.g. a task's tests; not with `call`) runs after `code`, in its
+    namespace; the run is "ok" only if the checks ran to their end, which the child proves
+    by sending back a nonce made here for this run (see __init__.py). The program never
+    sees the checks in a file, its argv or its environment.
+
+    The run waits for `memory_mb` of `budget` (budget.py). stdout, stderr and the value are
+    each cut to `max_output_bytes` with a marker. `audit_hook=False` leaves out the
+    in-process defence layer; it exists so tests can show the OS-level isolation holds on
+    its own — keep it on in real use.
     """
-    workdir = tempfile.mkdtemp(prefix="scoreflow_sandbox_")
-    try:
-        with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as f:
-            f.write(code)
-        with tempfile.TemporaryFile() as report:
-            config = dict(workdir=workdir, report_fd=report.fileno(), call=call, timeout_s=timeout_s,
-                          memory_mb=memory_mb, max_output_bytes=max_output_bytes, audit_hook=audit_hook)
-            return await _supervise(config, report)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-async def _supervise(config: dict, report) -> SandboxResult:
-    limit = config["max_output_bytes"]
-    start = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-I", "-S", "-u", "-B", "-X", "utf8", CHILD, json.dumps(config),
-        cwd=config["workdir"], env=_child_env(config["workdir"]), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True, pass_fds=(config["report_fd"],))
-    out, err = _Capture(limit), _Capture(limit)
-    readers = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr))
-    timed_out = False
-    try:
-        await asyncio.wait_for(proc.wait(), config["timeout_s"])
-    except asyncio.TimeoutError:  # builtin TimeoutError only from 3.11 on
-        timed_out = True
-    finally:  # also on cancellation: never leave the group running or unreaped
-        _kill_group(proc.pid)
-        await proc.wait()
+    if call is not None and checks is not None:
+        raise ValueError("a sandbox run takes `call` or `checks`, not both")
+    nonce = None if checks is None else secrets.token_hex(16)
+    async with budget.share(memory_mb):
+        workdir = tempfile.mkdtemp(prefix="scoreflow_sandbox_")
         try:
-            await asyncio.wait_for(readers, DRAIN_GRACE_S)
-        except asyncio.TimeoutError:
-            pass  # a fallback-mode escapee keeps a pipe open; keep what was read
+            with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as f:
+                f.write(code)
+            config = dict(workdir=workdir, call=call, checks=checks is not None, timeout_s=timeout_s,
+                          memory_mb=memory_mb, max_output_bytes=max_output_bytes, audit_hook=audit_hook)
+            secret = b"" if checks is None else f"{nonce}\n{checks}".encode()
+            return await _supervise(config, secret, nonce)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _supervise(config: dict, secret: bytes, nonce: str | None) -> SandboxResult:
+    limit = config["max_output_bytes"]
+    facts_pipe, report_pipe = os.pipe(), os.pipe()
+    config.update(facts_fd=facts_pipe[1], report_fd=report_pipe[1])
+    start = time.monotonic()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-I", "-S", "-u", "-B", "-X", "utf8", CHILD, json.dumps(config),
+            cwd=config["workdir"], env=_child_env(config["workdir"]), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True, pass_fds=(facts_pipe[1], report_pipe[1]))
+    except BaseException:
+        os.close(facts_pipe[0])
+        os.close(report_pipe[0])
+        raise
+    finally:  # the child holds the write ends now; EOF comes when it is gone
+        os.close(facts_pipe[1])
+        os.close(report_pipe[1])
+    out, err, facts, report = _Capture(limit), _Capture(limit), _Capture(FACTS_LIMIT), _Capture(limit + 1)
+    async with _read_pipe(facts_pipe[0]) as facts_stream, _read_pipe(report_pipe[0]) as report_stream:
+        readers = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr), facts.drain(facts_stream),
+                                 report.drain(report_stream), _feed(proc.stdin, secret))
+        timed_out = False
+        try:
+            await asyncio.wait_for(proc.wait(), config["timeout_s"])
+        except asyncio.TimeoutError:  # builtin TimeoutError only from 3.11 on
+            timed_out = True
+        finally:  # also on cancellation: never leave the group running or unreaped
+            _kill_group(proc.pid)
+            await proc.wait()
+            try:
+                await asyncio.wait_for(readers, DRAIN_GRACE_S)
+            except asyncio.TimeoutError:
+                pass  # a fallback-mode escapee keeps a pipe open; keep what was read
     duration = time.monotonic() - start
 
-    facts = _read_report(report, limit)
-    if "setup_error" in facts:
-        raise SandboxError(f"could not set up the sandbox: {facts['setup_error']}")
-    if facts.get("isolated") is False:
-        warnings.warn(f"sandbox runs with reduced isolation: {facts.get('note', 'unknown reason')}",
+    setup = _setup_facts(bytes(facts.kept))
+    if "setup_error" in setup:
+        raise SandboxError(f"could not set up the sandbox: {setup['setup_error']}")
+    if setup.get("isolated") is False:
+        warnings.warn(f"sandbox runs with reduced isolation: {setup.get('note', 'unknown reason')}",
                       RuntimeWarning, stacklevel=2)
-    code, stderr, value = proc.returncode, err.text(), facts.get("value")
+    reported = report.kept[:1] == REPORTED
+    value = clipped(bytes(report.kept[1:]), report.total - 1) if config["call"] is not None and reported else None
+    proven = nonce is not None and bytes(report.kept) == REPORTED + nonce.encode()
+    code, stderr = proc.returncode, err.text()
     if timed_out:
         status = "timeout"
     elif code < 0:
@@ -117,9 +150,12 @@ async def _supervise(config: dict, report) -> SandboxResult:
     elif config["call"] is not None and value is None:
         status = "error"
         stderr += f"\n[sandbox: the program exited before `{config['call']}` returned]"
+    elif nonce is not None and not proven:
+        status = "error"
+        stderr += "\n[sandbox: the program ended before its checks did]"
     else:
         status = "ok"
-    return SandboxResult(status, out.text(), stderr, value, code, duration, facts.get("isolated", False))
+    return SandboxResult(status, out.text(), stderr, value, code, duration, setup.get("isolated") is True)
 
 
 def _child_env(workdir: str) -> dict[str, str]:
@@ -152,18 +188,36 @@ class _Capture:
         return clipped(bytes(self.kept), self.total)
 
 
-def _read_report(report, limit: int) -> dict:
-    """Facts the child wrote as JSON lines: setup facts first, then (from the program's own
-    process, which can write anything there) only the value is believed."""
-    report.seek(0)
-    facts: dict = {}
-    believed = {"setup_error", "isolated", "note"}
-    for line in report.read(2 * limit + 4096).splitlines():  # value (<= limit + marker) + small facts
-        try:
-            fact = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(fact, dict):
-            facts.update((k, v) for k, v in fact.items() if k in believed)
-            believed = {"value"} if "isolated" in fact else believed
-    return facts
+def _setup_facts(written: bytes) -> dict:
+    """The JSON line the child wrote before the program ran: setup_error, or isolated and
+    note. The program never holds this pipe, but where it runs as the caller's uid (the
+    fallbacks) it could open the parent's end through /proc: only the first line counts."""
+    try:
+        facts = json.loads(written.partition(b"\n")[0])
+    except ValueError:
+        return {}
+    return facts if isinstance(facts, dict) else {}
+
+
+@asynccontextmanager
+async def _read_pipe(fd: int) -> AsyncIterator[asyncio.StreamReader]:
+    """The read end of an os.pipe() as a stream; closed on leaving."""
+    stream = asyncio.StreamReader()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stream), open(fd, "rb", buffering=0))
+    try:
+        yield stream
+    finally:
+        transport.close()
+
+
+async def _feed(stdin: asyncio.StreamWriter, secret: bytes) -> None:
+    """Write a checks run's nonce and checks to the child's stdin, then close it (a run without
+    checks reads EOF there, as from /dev/null)."""
+    try:
+        stdin.write(secret)
+        await stdin.drain()
+    except ConnectionError:  # the child ended before reading it all (set-up failed, killed)
+        pass
+    finally:
+        stdin.close()

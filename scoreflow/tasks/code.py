@@ -1,8 +1,11 @@
 """HumanEval and MBPP: a code answer scores 1.0 iff the hidden tests pass in the sandbox.
 
-The answer is complete code (the function and anything it needs). The program run in an
-isolated process (scoreflow/sandbox) is preamble + answer + `candidate = <entry_point>`
-+ hidden tests:
+The answer is complete code (the function and anything it needs). It runs in an isolated
+process (scoreflow/sandbox) as the program preamble + answer, and then, in the program's
+namespace, the checks `candidate = <entry_point>` + hidden tests, which the program never
+sees in a file. A pass is proven, not assumed: it counts only if the checks ran to their
+end (the sandbox's nonce came back); exiting, cleanly or not, at import or inside the
+function, always fails.
 
 - HumanEval: preamble = the task prompt, so helpers the tests call (`poly`,
   `encode_cyclic`, ...) and the prompt's imports exist; the answer's definition replaces
@@ -14,18 +17,19 @@ Public example tests (for the Test operator, never for scoring) come from
 is their `HumanEval/84`); MBPP rows only carry `entry_point`, which is not unique, so a
 row's public tests are those for its entry point that are also among its own hidden
 asserts. Most asserts call `candidate`, some the function by name, and some need the
-preamble (`import math`): run them with `CodeTask.program(question, solution, tests)`.
+preamble (`import math`): run them with `CodeTask.run(question, solution, tests)`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from scoreflow.sandbox import run_python, run_python_async
+from scoreflow.sandbox import SandboxResult, run_python_async
 
 from .base import Question, Task
 from .data import aflow_rows, check_split, read_jsonl
@@ -44,28 +48,31 @@ class CodeTask(Task):
     timeout_s: float = DEFAULT_TIMEOUT_S
     memory_mb: int = DEFAULT_MEMORY_MB
 
-    def program(self, question: Question, answer: str, tests: Sequence[str] | None = None) -> str:
-        """The script whose clean exit means `answer` passes `tests` (None: the hidden
-        tests): preamble, answer, `candidate = <entry point>`, tests. The Test operator
-        runs `public_tests(question)` through it (an empty list then runs no tests)."""
-        bind = f"candidate = {question.row['entry_point']}"
-        checks = [question.gold] if tests is None else list(tests)
-        return "\n\n".join([self.preamble(question.row), answer, bind, *checks]) + "\n"
+    def program(self, question: Question, answer: str) -> str:
+        """The module the answer runs in (preamble + answer): all the program can read."""
+        return "\n\n".join([self.preamble(question.row), answer]) + "\n"
+
+    def checks(self, question: Question, tests: Sequence[str] | None = None) -> str:
+        """What runs after the program, in its namespace: `candidate = <entry point>` and
+        `tests` (None: the hidden tests; an empty list: none, so only that the answer loads
+        and defines the entry point)."""
+        tests = [question.gold] if tests is None else list(tests)
+        return "\n\n".join([f"candidate = {question.row['entry_point']}", *tests]) + "\n"
+
+    async def run(self, question: Question, answer: str, tests: Sequence[str] | None = None) -> SandboxResult:
+        """Run `answer` against `tests` (None: the hidden tests) in the sandbox, under this
+        task's limits; "ok" only if every check ran."""
+        return await run_python_async(self.program(question, answer), checks=self.checks(question, tests),
+                                      timeout_s=self.timeout_s, memory_mb=self.memory_mb)
 
     def score(self, question: Question, answer: str) -> float:
-        if not answer.strip():
-            return 0.0
-        program = self.program(question, answer)
-        result = run_python(program, timeout_s=self.timeout_s, memory_mb=self.memory_mb)
-        return float(result.status == "ok")
+        return asyncio.run(self.ascore(question, answer))
 
     async def ascore(self, question: Question, answer: str) -> float:
         """Like `score`, without blocking the event loop while the tests run."""
         if not answer.strip():
             return 0.0
-        program = self.program(question, answer)
-        result = await run_python_async(program, timeout_s=self.timeout_s, memory_mb=self.memory_mb)
-        return float(result.status == "ok")
+        return float((await self.run(question, answer)).ok)
 
     def public_tests(self, question: Question) -> list[str]:
         """Public example asserts (calling `candidate`) for the Test operator; may be empty."""

@@ -158,10 +158,11 @@ class CustomCodeGenerate(Operator):
 
 
 class Test(Operator):
-    """Runs the code question's public example tests (`task.program(question, code,
-    task.public_tests(question))`) in the sandbox; on failure asks the executor to reflect
-    and repair, at most MAX_TRIES rounds. Without public tests the run still checks that
-    the code loads and defines the entry point."""
+    """Runs the code question's public example tests (`task.public_tests(question)`, as the
+    checks after `task.program(question, code)`) in the sandbox: they pass only if they ran
+    to their end, never by an early exit. On failure asks the executor to reflect and
+    repair, at most MAX_TRIES rounds. Without public tests the run still checks that the
+    code loads and defines the entry point."""
 
     async def _run(self, call: Call, solution: str, problem: str | None = None,
                    entry_point: str | None = None) -> dict:
@@ -171,8 +172,8 @@ class Test(Operator):
         entry = self._entry_point(entry_point)
         code, tests = code_block(as_text(solution), entry), task.public_tests(question)
         for repair in range(MAX_TRIES + 1):
-            result = await call.run_program(task.program(question, code, tests), timeout_s=task.timeout_s,
-                                            memory_mb=task.memory_mb)
+            result = await call.run_program(task.program(question, code), checks=task.checks(question, tests),
+                                            timeout_s=task.timeout_s, memory_mb=task.memory_mb)
             if result.ok:
                 return {"result": True, "solution": code}
             if repair == MAX_TRIES:

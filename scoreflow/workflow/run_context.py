@@ -114,10 +114,11 @@ class Call:
     async def ask(self, prompt: str, *, temperature: float | None = None) -> str:
         return await self.chat([{"role": "user", "content": prompt}], temperature=temperature)
 
-    async def run_program(self, code: str, *, call: str | None = None, timeout_s: float = PROGRAM_TIMEOUT_S,
-                          memory_mb: int = PROGRAM_MEMORY_MB) -> SandboxResult:
+    async def run_program(self, code: str, *, call: str | None = None, checks: str | None = None,
+                          timeout_s: float = PROGRAM_TIMEOUT_S, memory_mb: int = PROGRAM_MEMORY_MB) -> SandboxResult:
+        """One sandbox run (`run_python_async`: `call` for a value, `checks` for tests that must run to their end)."""
         self.sandbox_runs += 1
-        return await run_python_async(code, call=call, timeout_s=timeout_s, memory_mb=memory_mb)
+        return await run_python_async(code, call=call, checks=checks, timeout_s=timeout_s, memory_mb=memory_mb)
 
 
 def _shown(value: Any) -> str:

@@ -14,7 +14,8 @@ operator with the parent's executor, sandbox and task, and replies with one of
 Arguments are reduced to what the operators read: None stays None (it means "the run's
 problem"), a list or tuple becomes a list or tuple of texts, anything else its text
 (context.as_text). So nothing but strings crosses the boundary, and the stub, not the
-workflow, decides what is sent.
+workflow, decides what is sent. A request is measured as the bytes of its encoding (wire.py),
+so a list of a million empty strings costs what it costs the side that decodes it.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from types import SimpleNamespace
 from typing import Any, Awaitable, Callable, ClassVar
 
 from scoreflow.workflow.context import RunLimits, WorkflowConfig, as_text
+from scoreflow.workflow.wire import encode
 
 Gateway = Callable[[dict], Awaitable[dict]]
-MAX_REQUEST_CHARS = 1_000_000  # all argument text of one call
+MAX_REQUEST_BYTES = 1 << 20   # one call's request, encoded (ASCII-escaped JSON)
 _RAISABLE = {e.__name__: e for e in (TypeError, ValueError, RuntimeError, KeyError, IndexError, LookupError,
                                      AttributeError, ZeroDivisionError, ArithmeticError, AssertionError)}
 
@@ -47,9 +49,9 @@ class OperatorStub:
         self._limits.check()
         request = {"op": self.name, "problem": self._problem, "args": [encode_argument(a) for a in args],
                    "kwargs": {k: encode_argument(v) for k, v in kwargs.items()}}
-        size = request_chars(request)
-        if size > MAX_REQUEST_CHARS:
-            raise ValueError(f"{self.name}: {size} characters of arguments; the limit is {MAX_REQUEST_CHARS}")
+        size = len(encode(request))
+        if size > MAX_REQUEST_BYTES:
+            raise ValueError(f"{self.name}: its arguments take {size} bytes encoded; the limit is {MAX_REQUEST_BYTES}")
         return self._answer(await self._gateway(request))
 
     def _answer(self, reply: dict) -> dict:
@@ -87,14 +89,3 @@ def decode_argument(value: Any) -> str | None | list[str] | tuple[str, ...]:
         if kind in ("list", "tuple") and isinstance(items, list) and all(isinstance(i, str) for i in items):
             return items if kind == "list" else tuple(items)
     raise ValueError(f"not an encoded operator argument: {type(value).__name__}")
-
-
-def request_chars(request: dict) -> int:
-    """All argument text of an encoded request (its problem, args and kwargs)."""
-    return sum(_chars(v) for v in (request["problem"], *request["args"], *request["kwargs"].values()))
-
-
-def _chars(encoded: Any) -> int:
-    if isinstance(encoded, str):
-        return len(encoded)
-    return sum(len(item) for items in encoded.values() for item in items) if isinstance(encoded, dict) else 0

@@ -3,21 +3,28 @@
     parent (isolation.py)                        zygote: python -m scoreflow.workflow.worker FD
     -----------------------------------------    ---------------------------------------------------
     starts the zygote once (own session,          imports and warms up the restricted runtime, then
-      minimal environment)                          (as root) enters its own network and mount
+      minimal environment)                          (as root) enters its own network, mount and IPC
                                                     namespaces and an empty read-only root
-    per run: a socket pair and a status pipe,     keeps SPARES children forked and warmed up ahead
-      spawn(token, fds) on the control socket -->   spawn: hands the run's socket to a spare (forks
-    job and operator replies on the socket          one if none is ready), forks a replacement;
-    kill(token) when the run is over                SIGKILL at the deadline (+ KILL_GRACE_S) or on
-                                                    kill(token); reaps it and writes its wait status,
-                                                    and why it was killed, to the run's status pipe
-                                                  child: uid nobody, no_new_privs, rlimits (CORE,
-                                                    NOFILE, NPROC; AS and CPU once it has a run),
-                                                    dies with the zygote; warms up, waits for a run,
-                                                    runs it with restricted.run_restricted, its
-                                                    operators proxied to the parent (stubs.py)
+    per run: a socket pair, a status pipe and a   keeps SPARES children forked and warmed up ahead
+      stderr pipe, spawn(token, fds) on the         spawn: hands the run's socket and stderr pipe to
+      control socket -->                            a spare (forks one if none is ready), forks a
+    job and operator replies on the socket          replacement; SIGKILL at the deadline
+    kill(token) when the run is over                (+ KILL_GRACE_S) or on kill(token); reaps it and
+                                                    writes its wait status, and why it was killed,
+                                                    to the run's status pipe
+                                                  child: (as root) an IPC namespace of its own, uid
+                                                    nobody, no_new_privs, rlimits (CORE, NOFILE,
+                                                    NPROC; AS and CPU once it has a run), dies with
+                                                    the zygote; warms up, waits for a run, makes the
+                                                    run's pipe its stderr, runs it with
+                                                    restricted.run_restricted, its operators proxied
+                                                    to the parent (stubs.py), at most
+                                                    MAX_CALLS_IN_FLIGHT at a time
 
-Every run gets a process of its own, used once: nothing a workflow does outlives its run.
+Every run gets a process of its own, used once: nothing a workflow does outlives its run,
+SysV shared memory and message queues included (they live in the child's IPC namespace, which
+ends with it). What the run prints to stderr, asyncio's logger included, goes to its own pipe,
+of which the parent keeps a bounded part: never to the host's stderr.
 Forking and warming up a child costs a few milliseconds of CPU (copy-on-write faults, on
 this VM ~5 us each), which the spares take off the path of the run. The zygote itself
 never runs workflow code, and a spare has run only the zygote's own warm-up workflow.
@@ -27,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import itertools
 import json
 import math
 import os
@@ -45,8 +51,8 @@ from typing import NoReturn
 from scoreflow.workflow.context import RunLimits, WorkflowConfig
 from scoreflow.workflow.prompts import FAMILY_OPERATORS
 from scoreflow.workflow.restricted import run_restricted
-from scoreflow.sandbox.child import (CLONE_NEWNET, CLONE_NEWNS, NOBODY, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG,
-                                     enter_empty_root, libc, unshare)
+from scoreflow.sandbox.child import (CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, NOBODY, PR_SET_NO_NEW_PRIVS,
+                                     PR_SET_PDEATHSIG, enter_empty_root, libc, unshare)
 from scoreflow.workflow.stubs import stub_operators
 from scoreflow.workflow.wire import frame, read_message
 
@@ -58,6 +64,8 @@ RECURSION_LIMIT = 1000
 MAX_REPLY_BYTES = 256 << 20   # what a child accepts from the (trusted) parent
 CHANNEL_FD = 3                # where a child keeps its socket to the zygote, on which its run arrives
 SPARES = 2                    # children kept forked and warm, waiting for a run
+MAX_CALLS_IN_FLIGHT = 16      # a run's operator calls the parent works on at once; more wait in the child
+MAX_REQUEST_BYTES_PER_RUN = 16 << 20  # all operator requests of a run, as framed: what the parent decodes
 
 
 @dataclass(frozen=True)
@@ -82,11 +90,11 @@ def main(control_fd: int) -> NoReturn:
 
 
 def _seal() -> dict:
-    """As root: no network and no files for anything forked from here on. Best effort:
-    without the privilege the children still get their rlimits."""
+    """As root: no network, no files and none of the host's SysV IPC objects for anything
+    forked from here on. Best effort: without the privilege the children still get their rlimits."""
     if os.geteuid() != 0:
         return {"sealed": False, "why": "not root"}
-    refused = unshare(CLONE_NEWNET | CLONE_NEWNS)
+    refused = unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWIPC)
     if refused is not None:
         return {"sealed": False, "why": refused}
     enter_empty_root()
@@ -123,13 +131,13 @@ class _Zygote:
             self._expire()
 
     def _receive(self) -> None:
-        message, fds, _, _ = socket.recv_fds(self.control, 4096, 2)
+        message, fds, _, _ = socket.recv_fds(self.control, 4096, 3)
         if not message:  # the parent is gone: so are its runs
             for pid in [*self.children, *self.spares]:
                 os.kill(pid, signal.SIGKILL)
             os._exit(0)
         request = json.loads(message)
-        if "spawn" in request and len(fds) == 2:
+        if "spawn" in request and len(fds) == 3:
             self._spawn(Spawn(request["spawn"], request["deadline"], request["cpu_s"], request["memory_mb"]), *fds)
             return
         for fd in fds:
@@ -137,18 +145,20 @@ class _Zygote:
         if "kill" in request:
             self._kill(request["kill"], "stopped")
 
-    def _spawn(self, spawn: Spawn, proto_fd: int, status_fd: int) -> None:
-        """Give the run to a spare; the spare keeps the socket, the zygote the status pipe."""
+    def _spawn(self, spawn: Spawn, proto_fd: int, status_fd: int, stderr_fd: int) -> None:
+        """Give the run to a spare; the spare keeps the socket and the stderr pipe, the zygote
+        the status pipe."""
         try:
             pid = next(iter(self.spares)) if self.spares else self._fork()
             os.setpriority(os.PRIO_PROCESS, pid, 0)  # back from the warm-up's low priority
             with self.spares.pop(pid) as channel:
-                socket.send_fds(channel, [json.dumps(asdict(spawn)).encode()], [proto_fd])
+                socket.send_fds(channel, [json.dumps(asdict(spawn)).encode()], [proto_fd, stderr_fd])
             self.children[pid] = (spawn, status_fd)
         except OSError as e:
             _report(status_fd, {"spawn_error": str(e)})
         finally:
             os.close(proto_fd)
+            os.close(stderr_fd)
 
     def _refill(self) -> None:
         try:
@@ -225,12 +235,14 @@ def _child(channel_fd: int, zygote: int) -> NoReturn:
         _silence_workflow_noise()
         _warm_up()  # the copy-on-write faults of a run, taken before it is waited for
         channel = socket.socket(fileno=CHANNEL_FD)
-        message, fds, _, _ = socket.recv_fds(channel, 4096, 1)
+        message, fds, _, _ = socket.recv_fds(channel, 4096, 2)
         if not fds:
             os._exit(0)  # the zygote is gone
         channel.close()
+        proto_fd, stderr_fd = fds
+        _take_stderr(stderr_fd)
         _limit(Spawn(**json.loads(message)))
-        os._exit(asyncio.run(_session(socket.socket(fileno=fds[0]))))
+        os._exit(asyncio.run(_session(socket.socket(fileno=proto_fd))))
     except MemoryError:
         os._exit(MEMORY_EXIT)
     except BaseException:  # noqa: BLE001 - our own failure; the workflow's are outcomes
@@ -244,6 +256,9 @@ def _confine(zygote: int) -> None:
     for kind, limit in ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, MAX_OPEN_FILES)):
         resource.setrlimit(kind, (limit, limit))
     if os.geteuid() == 0:
+        # SysV shared memory, semaphores and message queues of its own, outside every rlimit but
+        # freed with the namespace when this process ends (refused only where _seal was too)
+        unshare(CLONE_NEWIPC)
         os.setgroups([])
         os.setgid(NOBODY)
         os.setuid(NOBODY)
@@ -265,6 +280,15 @@ def _silence_workflow_noise() -> None:
     sys.unraisablehook = lambda unraisable: None
 
 
+def _take_stderr(fd: int) -> None:
+    """Make the run's pipe this process's stderr (fd 2, so C-level writes go there too): the
+    parent keeps its first bytes and closes it, so whatever the workflow makes Python or
+    asyncio's logger print costs the host a bounded read and never reaches its stderr."""
+    sys.stderr.flush()
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def _limit(spawn: Spawn) -> None:
     """The run's limits: its whole address space, and CPU time on top of the warm-up's
     (lowering a hard limit needs no privilege)."""
@@ -279,20 +303,9 @@ async def _session(sock: socket.socket) -> int:
     """Read the job, run it with operator calls sent to the parent, send the outcome."""
     reader, writer = await asyncio.open_connection(sock=sock)
     job = await read_message(reader, MAX_REPLY_BYTES)
-    pending: dict[int, asyncio.Future] = {}
-    ids = itertools.count()
-
-    async def gateway(request: dict) -> dict:
-        call_id, reply = next(ids), asyncio.get_running_loop().create_future()
-        pending[call_id] = reply
-        writer.write(frame({"id": call_id, "call": request}))
-        try:
-            return await reply
-        finally:
-            pending.pop(call_id, None)
-
-    replies = asyncio.create_task(_dispatch(reader, pending))
     limits = RunLimits(max_steps=job["max_steps"], deadline=job["deadline"])
+    gateway = _Gateway(writer, limits, job["max_requests"])
+    replies = asyncio.create_task(gateway.dispatch(reader))
     config = WorkflowConfig(job["family"], job["model"], limits)
     operators = stub_operators(FAMILY_OPERATORS[job["family"]], gateway)
     outcome = await run_restricted(job["code"], job["problem"], limits, config, operators, job["timeout_s"])
@@ -302,13 +315,51 @@ async def _session(sock: socket.socket) -> int:
     return 0
 
 
-async def _dispatch(reader: asyncio.StreamReader, pending: dict[int, asyncio.Future]) -> None:
-    """Hand each reply to the call waiting for it (the parent closes the socket only after
-    asking the zygote to kill this process)."""
-    while (message := await read_message(reader, MAX_REPLY_BYTES)) is not None:
-        reply = pending.get(message["id"])
-        if reply is not None and not reply.done():
-            reply.set_result(message["reply"])
+class _Gateway:
+    """The run's operator calls, sent to the parent as {"id", "call"} messages. The parent's
+    work for a run stays bounded: at most MAX_CALLS_IN_FLIGHT calls at a time (the others wait
+    here, where they cost the parent nothing), at most `max_requests` requests and
+    MAX_REQUEST_BYTES_PER_RUN bytes of them in all (then the run ends with an error), and a
+    call the workflow abandons (a gathered sibling raised) is cancelled there too, by a
+    {"cancel": id} message. The parent checks each of these bounds again (isolation.py):
+    this process runs untrusted code."""
+
+    def __init__(self, writer: asyncio.StreamWriter, limits: RunLimits, max_requests: int):
+        self.writer, self.limits, self.max_requests = writer, limits, max_requests
+        self.slots = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
+        self.pending: dict[int, asyncio.Future] = {}
+        self.sent = 0  # also the next call's id: ids count up from 0
+        self.sent_bytes = 0
+
+    async def __call__(self, request: dict) -> dict:
+        async with self.slots:
+            self.limits.check()  # a call that waited for its slot must not start after the run was stopped
+            call_id = self.sent
+            if call_id == self.max_requests:
+                self.limits.abort("error", f"more than {self.max_requests} operator requests "
+                                           f"(abandoned calls included)")
+            data = frame({"id": call_id, "call": request})
+            if self.sent_bytes + len(data) > MAX_REQUEST_BYTES_PER_RUN:
+                self.limits.abort("error", f"more than {MAX_REQUEST_BYTES_PER_RUN >> 20} MiB of operator requests "
+                                           f"(abandoned calls included)")
+            self.sent, self.sent_bytes = call_id + 1, self.sent_bytes + len(data)
+            reply = self.pending[call_id] = asyncio.get_running_loop().create_future()
+            self.writer.write(data)
+            try:
+                return await reply
+            except asyncio.CancelledError:
+                self.writer.write(frame({"cancel": call_id}))
+                raise
+            finally:
+                del self.pending[call_id]
+
+    async def dispatch(self, reader: asyncio.StreamReader) -> None:
+        """Hand each reply to the call waiting for it (the parent closes the socket only after
+        asking the zygote to kill this process)."""
+        while (message := await read_message(reader, MAX_REPLY_BYTES)) is not None:
+            reply = self.pending.get(message["id"])
+            if reply is not None and not reply.done():
+                reply.set_result(message["reply"])
 
 
 # ----------------------------------------------------------------------------- warm-up
@@ -337,7 +388,7 @@ def _warm_up() -> None:
     async def parent(sock: socket.socket) -> None:
         reader, writer = await asyncio.open_connection(sock=sock)
         writer.write(frame({"code": _WARM_UP, "problem": "p", "family": "math", "model": "m", "timeout_s": 10.0,
-                            "deadline": time.monotonic() + 10, "max_steps": 1000}))
+                            "deadline": time.monotonic() + 10, "max_steps": 1000, "max_requests": 10}))
         while "result" not in (message := await read_message(reader, MAX_REPLY_BYTES)):
             writer.write(frame({"id": message["id"], "reply": {"ok": {"response": "r"}}}))
         assert message["result"]["error"].startswith("ValueError: warm"), message
