@@ -11,7 +11,7 @@ setup(
     packages=find_packages(include=["scoreflow", "scoreflow.*"]),
     # The benchmark splits ship with the package (scoreflow/data/PROVENANCE.md): a fresh install
     # runs `python -m scoreflow.train` with nothing beside it.
-    package_data={"scoreflow": ["data/PROVENANCE.md", "data/aflow/*.jsonl", "data/magicore/*.json"]},
+    package_data={"scoreflow": ["PAPERS.md", "data/PROVENANCE.md", "data/aflow/*.jsonl", "data/magicore/*.json"]},
     install_requires=[
         "torch>=2.3",
         "safetensors",

@@ -5,9 +5,9 @@
 
 The executor is replaced by a scorer whose expected score for a workflow is a known function
 of its structure, observed with the noise of a real executor: each of 3 runs solves with
-probability p(w) (a Bernoulli draw), and the workflow's score is the mean, as in SPEC A4.2.
+probability p(w) (a Bernoulli draw), and the workflow's score is the mean, as in PAPERS.md §S4.2.
 
-    p(w) = 0                                           invalid workflow (SPEC A3)
+    p(w) = 0                                           invalid workflow (PAPERS.md §S3)
     p(w) = min(0.95, 0.3 + 0.2 [ScEnsemble] + 0.15 [Review] + 0.1 [Programmer]
                      + 0.04 min(calls, 6))             otherwise
 

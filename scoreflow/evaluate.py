@@ -5,11 +5,11 @@
         --adapter runs/math/iter_2/adapter --executor-url https://api.openai.com/v1 \\
         --executor-model gpt-4o-mini --out runs/math-eval
 
-Inference as in the paper (SPEC A4): one workflow per test question from the generator
+Inference as in the paper (PAPERS.md §S4): one workflow per test question from the generator
 (sampled as in training; an invalid one is resampled up to --max-resample times, and a
 question left without a valid workflow scores 0), executed --runs times and scored; the
 method's score is the mean over questions of the mean over runs. The static baselines
-(SPEC A6) run through the same runtime on the same questions. At test time the paper asks an
+(PAPERS.md §S6) run through the same runtime on the same questions. At test time the paper asks an
 LLM judge for MATH, DROP and HotpotQA, and its verdict is the score (tasks/answer_judge.py;
 `--judge-mode rescue` instead keeps the rule score and lets the judge only lift answers the
 rules reject); `--judge auto` judges when the executor is a real endpoint, not the embedded
@@ -100,7 +100,7 @@ class EvalConfig:
                                         "(default: the client's price list, e.g. gpt-4o-mini 0.15).")
     price_out: float | None = flag(None, "USD per 1M completion tokens of the executor model (default: the "
                                          "client's price list, e.g. gpt-4o-mini 0.60).")
-    temperature: float = 0.2  # the generator's sampling, as in training (SPEC A4.1)
+    temperature: float = 0.2  # the generator's sampling, as in training (PAPERS.md §S4.1)
     top_p: float = 0.95
     max_new_tokens: int = 1000
     max_resample: int = flag(3, "Resamples of an invalid workflow; a question left without a valid one scores 0.")

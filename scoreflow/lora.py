@@ -5,7 +5,7 @@ A frozen linear W (out, in) gets a trainable low-rank update:
     h = W x + (α / r) · B A x        A: (r, in) kaiming-uniform, B: (out, r) zeros
 
 so a fresh adapter is exactly the base model. Only parameters whose name contains `lora_`
-train. Score-DPO's reference policy π_ref is the same model under `disable_adapter` (SPEC A4).
+train. Score-DPO's reference policy π_ref is the same model under `disable_adapter` (PAPERS.md §S4).
 
 On disk (what `peft` 0.21 writes and reads for a transformers LlamaForCausalLM):
 
@@ -52,7 +52,7 @@ _UNSUPPORTED = ("alora_invocation_tokens", "alpha_pattern", "arrow_config", "exc
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    """Defaults are the paper's (SPEC A4). targets: module names (PEFT list form: a name matches
+    """Defaults are the paper's (PAPERS.md §S4). targets: module names (PEFT list form: a name matches
     when it equals the HF module name or ends with `.name`) or one regex fullmatched against it."""
 
     r: int = 8

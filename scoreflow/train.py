@@ -1,4 +1,4 @@
-"""`python -m scoreflow.train`: the ScoreFlow optimisation loop (SPEC A4), resumable.
+"""`python -m scoreflow.train`: the ScoreFlow optimisation loop (PAPERS.md §S4), resumable.
 
     python -m scoreflow.train                       # the embedded preset: a small CPU run
     python -m scoreflow.train --task math --generator /models/Llama-3.1-8B-Instruct \\
@@ -9,7 +9,7 @@ times by the executor and scored -> pairs with s_w > s_l, N drawn from P* ∝ (s
 Score-DPO on the generator's LoRA -> the next iteration samples from the updated generator.
 Rerun the same command after a crash or kill: finished work is read back, not redone.
 
-Defaults are the paper's (SPEC A4). When both models are ours and local (an embedded generator,
+Defaults are the paper's (PAPERS.md §S4). When both models are ours and local (an embedded generator,
 a known model name, by default Qwen2.5-Coder-0.5B-Instruct; no --generator-url and no
 --executor-url), the embedded preset applies instead where it differs (shown as "embedded
 preset" below): 4 GSM8K questions, 2 iterations, 32 pairs, one Score-DPO step per question, and

@@ -1,4 +1,4 @@
-"""Every static baseline (SPEC A6) is a valid workflow and runs end to end, through the same
+"""Every static baseline (PAPERS.md §S6) is a valid workflow and runs end to end, through the same
 runtime, on a real MATH and a real HumanEval question against the loopback server."""
 
 import asyncio

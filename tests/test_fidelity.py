@@ -1,4 +1,4 @@
-"""The optimisation loop as the paper runs it (SPEC A3/A4): template similarity on the
+"""The optimisation loop as the paper runs it (PAPERS.md §S3/§S4): template similarity on the
 run_workflow body, a workflow must call an operator, and every executor call is a real request
 (R runs, identical calls, other workflows) unless a crashed run is resumed."""
 

@@ -1,4 +1,4 @@
-"""The generate stage's resampling of invalid workflows ("drop" mode, SPEC A3): every question of
+"""The generate stage's resampling of invalid workflows ("drop" mode, PAPERS.md §S3): every question of
 a chunk resamples in the same call, each with its own count and seed, until valid or out of rounds."""
 
 from dataclasses import replace

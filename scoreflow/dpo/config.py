@@ -23,7 +23,7 @@ SCORE_MAPS: dict[str, ScoreMap] = {
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Defaults = the paper's (SPEC A4: batch 1, 1 epoch, beta 0.1, lr 1e-6) and, where the paper
+    """Defaults = the paper's (PAPERS.md §S4: batch 1, 1 epoch, beta 0.1, lr 1e-6) and, where the paper
     is silent, the HF Trainer defaults its reference code ran under (AdamW, linear decay, clip 1)."""
 
     loss: str = flag("score_dpo", "Training loss: score_dpo (the paper's) or dpo (plain DPO, the ablation).",

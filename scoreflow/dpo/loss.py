@@ -1,4 +1,4 @@
-"""Score-DPO (ScoreFlow, SPEC A5) and plain DPO, with a hand-derived backward.
+"""Score-DPO (ScoreFlow, PAPERS.md §S5) and plain DPO, with a hand-derived backward.
 
 Notation, one row per preference pair m = (w, l) — w the winner, the higher-scored response:
 

@@ -1,4 +1,4 @@
-"""Preference pairs from scored workflows (SPEC A4 steps 3–4).
+"""Preference pairs from scored workflows (PAPERS.md §S4 steps 3–4).
 
     1. per question, every two workflows with different scores give a pair (w, l), s_w > s_l;
        near-template workflows are dropped first (difflib ratio to the template >= threshold);

@@ -1,4 +1,4 @@
-"""Score-DPO fine-tuning of the generator's LoRA (SPEC A4 step 5, A5).
+"""Score-DPO fine-tuning of the generator's LoRA (PAPERS.md §S4 step 5, §S5).
 
     for each optimizer step (batch_size x grad_accum x world_size units):
         logπθ(y|x) of the units' responses    one shared-prompt packed forward per micro-batch (batch.py)

@@ -1,7 +1,7 @@
 """Async client for OpenAI-compatible chat completions: the executor LLM of every operator.
 
 POST {base_url}/chat/completions over one `httpx.AsyncClient`; works against OpenAI, vLLM and
-our own `scoreflow.serve`. What the reference code lacked (SPEC Part C), done here:
+our own `scoreflow.serve`. What the reference code lacked (PAPERS.md §R), done here:
 
 - transient failures are retried: HTTP 408/409/429/5xx, timeouts, refused or dropped
   connections, with exponential backoff and jitter, waiting at least `Retry-After` seconds

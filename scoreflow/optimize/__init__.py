@@ -1,1 +1,1 @@
-"""The ScoreFlow optimisation loop (SPEC A4): generate -> execute -> score -> pairs -> Score-DPO."""
+"""The ScoreFlow optimisation loop (PAPERS.md §S4): generate -> execute -> score -> pairs -> Score-DPO."""

@@ -1,4 +1,4 @@
-"""RunConfig: every setting of a ScoreFlow run, defaults equal to the paper's (SPEC A4).
+"""RunConfig: every setting of a ScoreFlow run, defaults equal to the paper's (PAPERS.md §S4).
 
 When everything runs here (an embedded generator, a model known by name, Qwen2.5-Coder-0.5B
 by default, and no generator or executor URL), the run uses the EMBEDDED preset below and the

@@ -1,4 +1,4 @@
-"""SPEC A3's runnability check, made free: before a workflow is executed for real, it runs
+"""PAPERS.md §S3's runnability check, made free: before a workflow is executed for real, it runs
 once on its task's first question against a stand-in executor that answers every operator
 with one canned, well-formed reply, so the check costs no LLM call.
 

@@ -39,7 +39,7 @@ class LocalGenerator:
         self.cfg = cfg
         self.tokenizer = load_tokenizer(cfg.generator)
         self.model = load_model(cfg.generator)
-        if adapter_dir is not None:  # later iterations continue the same adapter (SPEC A4.5)
+        if adapter_dir is not None:  # later iterations continue the same adapter (PAPERS.md §S4.5)
             load_adapter(self.model, adapter_dir)
         else:
             torch.manual_seed(cfg.seed)  # the LoRA A init: a rerun or resumed run starts from the same adapter

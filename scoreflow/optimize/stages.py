@@ -1,4 +1,4 @@
-"""The five stages of one ScoreFlow iteration (SPEC A4), each resumable from the run directory:
+"""The five stages of one ScoreFlow iteration (PAPERS.md §S4), each resumable from the run directory:
 
     workflows.jsonl   k workflows per question, with validity and resample count   (1)
     executions.jsonl  every run of every valid workflow: answer, score, status       (2)
@@ -52,7 +52,7 @@ class Iteration:
     dir: Path
     cfg: RunConfig
     task: Task
-    executor_temperature: float = 0.0  # generating operator calls (SPEC A1: 0); cot_sc's samples need > 0
+    executor_temperature: float = 0.0  # generating operator calls (PAPERS.md §S1: 0); cot_sc's samples need > 0
     label: str | None = None  # how progress lines name it (default "iter N")
 
     @property
@@ -72,7 +72,7 @@ class Iteration:
 
 
 def check_workflow(response: str, it: Iteration) -> dict:
-    """SPEC A3 validity: a <graph> with a valid Workflow that calls an operator, no forbidden
+    """PAPERS.md §S3 validity: a <graph> with a valid Workflow that calls an operator, no forbidden
     snippets, not near the template (on the run_workflow bodies)."""
     code = extract_graph(RESPONSE_PREFIX + response)
     problems = ["no <graph> block with code"] if code is None else validate_workflow(code, it.family)

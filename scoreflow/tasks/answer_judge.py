@@ -1,4 +1,4 @@
-"""An LLM judge for test-time scoring, as the paper does for MATH, DROP and HotpotQA (SPEC A4).
+"""An LLM judge for test-time scoring, as the paper does for MATH, DROP and HotpotQA (PAPERS.md §S4).
 
 Rule-based scorers miss answers that are right in another form ("1/2" vs "0.5 dollars",
 "Paris, France" vs "Paris"). At test time the paper asks an LLM whether the prediction

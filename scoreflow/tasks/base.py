@@ -1,7 +1,7 @@
 """The objects every benchmark module produces: `Question`s and a `Task` that scores them.
 
 A task is one split of one benchmark plus its rule-based evaluator S(q, answer) in [0, 1]
-(SPEC A1). Most tasks compare the answer with a gold string (`AnswerTask`); code tasks
+(PAPERS.md §S1). Most tasks compare the answer with a gold string (`AnswerTask`); code tasks
 run the answer against hidden tests instead (`code.CodeTask`).
 """
 

@@ -26,7 +26,7 @@ from scoreflow.workflow.stubs import decode_argument
 from scoreflow.workflow.wire import ProtocolError
 
 MAX_MESSAGE_CHARS = 2000
-# Every operator a workflow may call, by name: the paper's (SPEC A2) and ours, MagicoreRefine,
+# Every operator a workflow may call, by name: the paper's (PAPERS.md §S2) and ours, MagicoreRefine,
 # which a run offers only with --operators +MagicoreRefine (prompts.FAMILY_OPERATORS, validate.py).
 OPERATORS: dict[str, type[Operator]] = {**operators.OPERATORS, MagicoreRefine.name: MagicoreRefine}
 

@@ -1,4 +1,4 @@
-"""LLM-backed operators (SPEC A2) and the extraction step after every workflow.
+"""LLM-backed operators (PAPERS.md §S2) and the extraction step after every workflow.
 
 A workflow builds its operators from the `config` it is given and calls them:
 
@@ -202,7 +202,7 @@ def extraction_kind(family: str, task_name: str | None = None) -> str:
 
 
 class Extract(Operator):
-    """The step after every workflow (SPEC A2; not offered to workflows): the final answer
+    """The step after every workflow (PAPERS.md §S2; not offered to workflows): the final answer
     in the form the scorer reads. Rule-based when the text already has that form (a
     `\\boxed{}`, a bare number, a short one-line answer) and always for code (the code
     block defining the entry point, top-level statements other than definitions dropped);

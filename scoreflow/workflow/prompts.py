@@ -4,12 +4,12 @@ Written for this project (not the reference's wording). Two audiences:
 
 - the executor LLM: one template per operator step and per extraction kind, filled with
   `str.format` (fields in braces; literal braces doubled);
-- the generator LLM (SPEC A1/A2): per family, the template workflow (a single Custom call),
+- the generator LLM (PAPERS.md §S1/§S2): per family, the template workflow (a single Custom call),
   the operators it may use with their parameters, return values and an example, and the
   rules (3-8 LLM calls; loops, ensembles and conditions welcome; no imports, no
   placeholders; the answer between <graph> and </graph>). `generator_prompt(family,
   question)` puts the guide in a system message that is the same for every question of a
-  family, so all k samples and all questions share that prefix (SPEC A4), and the question
+  family, so all k samples and all questions share that prefix (PAPERS.md §S4), and the question
   last.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 # --------------------------------------------------------------------------- operators
 
-# The operators each task family offers the generator (SPEC A2: the paper's set), the ones
+# The operators each task family offers the generator (PAPERS.md §S2: the paper's set), the ones
 # a run may add (ours: `--operators +MagicoreRefine`), and so what the runtime can run; and
 # the attribute the template binds each one to.
 PAPER_OPERATORS: dict[str, tuple[str, ...]] = {
@@ -271,7 +271,7 @@ def workflow_source(family: str, body: str, methods: str = "", operators: tuple[
 
 
 def template_workflow(family: str, extra: tuple[str, ...] = ()) -> str:
-    """The template workflow shown to the generator (a single call, SPEC A2), binding the
+    """The template workflow shown to the generator (a single call, PAPERS.md §S2), binding the
     run's operators; generation and pairs compare generated workflows with its body."""
     return workflow_source(family, TEMPLATE_BODIES[family], operators=search_operators(family, extra))
 

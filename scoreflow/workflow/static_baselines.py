@@ -1,4 +1,4 @@
-"""The static baselines of SPEC A6, written as ordinary workflows and run by the same runtime.
+"""The static baselines of PAPERS.md §S6, written as ordinary workflows and run by the same runtime.
 
     code = baseline_workflow("cot_sc", "math")
     result = await run_workflow(code, question.prompt, executor, "math", 120, task, question,
@@ -113,7 +113,7 @@ return solution
 ''',
 }
 BASELINES: tuple[str, ...] = tuple(BODIES)
-# The executor temperature each baseline runs at: 0 (SPEC A1) unless its samples must differ.
+# The executor temperature each baseline runs at: 0 (PAPERS.md §S1) unless its samples must differ.
 EXECUTOR_TEMPERATURES: dict[str, float] = {name: 0.7 if name == "cot_sc" else 0.0 for name in BASELINES}
 
 

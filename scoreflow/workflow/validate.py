@@ -1,9 +1,9 @@
 """Static checks on generated workflow code, and the instrumentation that bounds its run.
 
 `validate_workflow(code, family)` lists what is wrong with a workflow (empty: acceptable):
-its shape (SPEC A1: `class Workflow` with `__init__(self, config, problem)` and
-`async def run_workflow(self)`), the operators it builds (only the family's, SPEC A2), the
-forbidden snippets (SPEC A3), a size limit, and everything that could reach outside the
+its shape (PAPERS.md §S1: `class Workflow` with `__init__(self, config, problem)` and
+`async def run_workflow(self)`), the operators it builds (only the family's, PAPERS.md §S2), the
+forbidden snippets (PAPERS.md §S3), a size limit, and everything that could reach outside the
 restricted namespace the runtime gives it:
 
 - imports; names with a double underscore (`__import__`, `__builtins__`), however bound
@@ -57,7 +57,7 @@ DENIED_ATTRIBUTE_PREFIXES = ("_", "cr_", "gi_", "ag_", "f_", "tb_", "co_")
 _TOP_LEVEL = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef, ast.Assign, ast.AnnAssign)
 _HUGE_OPS = {ast.Pow: "**", ast.LShift: "<<"}
 
-# SPEC A3's validity knobs.
+# PAPERS.md §S3's validity knobs.
 # difflib ratio against the template at or above which a workflow counts as "near the
 # template" and is dropped from pairs (ref); None: the check is off for that task.
 SIMILARITY_THRESHOLDS: dict[str, float | None] = {
@@ -123,7 +123,7 @@ NO_OPERATOR_CALL = "calls no operator: the problem reaches the executor only thr
 
 
 def calls_an_operator(code: str) -> bool:
-    """SPEC A3's "no operator call" test, statically: some method of Workflow calls
+    """PAPERS.md §S3's "no operator call" test, statically: some method of Workflow calls
     `self.<name>(...)` where `self.<name> = operator.X(config)` (or calls `operator.X(config)(...)`
     directly). A validity rule of the optimisation loop, not a safety rule: run_workflow runs
     such code. Unparsable code: False."""
@@ -173,7 +173,7 @@ def workflow_body(code: str) -> str | None:
 
 
 def template_similarity(code: str, family: str) -> float:
-    """SPEC A3's near-template test: difflib ratio between the body of `code`'s run_workflow
+    """PAPERS.md §S3's near-template test: difflib ratio between the body of `code`'s run_workflow
     and the body of the family's template, in [0, 1]. Only the body: the template's
     `__init__` binds every operator, boilerplate that would lift every ratio. Code that does
     not parse is compared as raw text with the whole template."""
