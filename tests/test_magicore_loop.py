@@ -1,70 +1,15 @@
-"""MAgICoRE's loop and run bookkeeping against a deterministic scripted endpoint (the loopback
-fake server, replying by role and content) and a table-driven fake reward model."""
+"""MAgICoRE's loop on one question as the MAgICoRE paper describes it, and each of the paper's
+variants, against the scripted endpoint and table-driven reward model of scripted_magicore.py."""
 
 import asyncio
-import json
-import re
 
 import pytest
 
 from fake_openai_server import FakeOpenAIServer, Reply, completion
 from scoreflow.executor import ExecutorClient
-from scoreflow.magicore import (FORMATS, Agents, Ledger, MagicoreConfig, OutcomeRewardModel, ProcessRewardModel,
-                                RewardModels, RewardStats, MagicoreRunConfig, Runner, Sampling, refine_until_easy, solve)
 from scoreflow.magicore.agents import NO_REVIEW
-from scoreflow.tasks.base import AnswerTask, Question
-from scoreflow.tasks.gsm8k import check_number
-
-# Solver chains of the hard question by seed (chain index), and their (ORM, PRM steps):
-HARD = ["a\n\n\\boxed{1}", "b\n\n\\boxed{2}", "c\n\n\\boxed{3}", "d\n\n\\boxed{4}"]
-FIXED, AGAIN, LOST, EASY = "fixed\n\n\\boxed{7}", "again\n\n\\boxed{4}", "lost\n\n\\boxed{9}", "e\n\n\\boxed{5}"
-SCORES = {
-    HARD[0]: (0.2, (0.5, 0.2)), HARD[1]: (0.2, (0.5, 0.2)), HARD[2]: (0.2, (0.5, 0.2)),  # r = 0.3
-    HARD[3]: (0.3, (0.5, 0.6)),   # r = 0.6
-    FIXED: (0.9, (0.9, 0.9)),     # r = 1.71
-    AGAIN: (0.3, (0.5, 0.6)),     # r = 0.6, ties with HARD[3]
-    LOST: (0.1, (0.1, 0.1)),      # r = 0.11
-    EASY: (0.8, (0.9, 0.9)),      # r = 1.61
-}
-
-
-class TableRM(OutcomeRewardModel, ProcessRewardModel):
-    """Scores looked up by the exact chain text (an unknown text fails the test)."""
-
-    def __init__(self):
-        self.scored: list[str] = []
-
-    async def orm(self, question, solutions):
-        self.scored += solutions
-        return [SCORES[s][0] for s in solutions]
-
-    async def prm(self, question, solution):
-        return list(SCORES[solution][1])
-
-
-def role(prompt: str) -> str:
-    return ("solver" if prompt.startswith("Solve the following") else
-            "reviewer" if "give step-by-step feedback" in prompt else "refiner")
-
-
-class ScriptedServer(FakeOpenAIServer):
-    """Solver: HARD[seed] for questions containing "hard", else EASY. Reviewer: "feedback".
-    Refiner: by the answer of the chain it rewrites: 1-3 -> FIXED, 4 -> AGAIN, 5 -> EASY; always
-    LOST when `lose` is set."""
-
-    lose = False
-
-    def _default_reply(self, path, body):
-        prompt = body["messages"][-1]["content"]
-        kind = role(prompt)
-        if kind == "solver":
-            text = HARD[body["seed"] % 4] if "hard" in prompt else EASY
-        elif kind == "reviewer":
-            text = "feedback"
-        else:
-            answer = re.search(r"Current solution:\n.*?\\boxed\{(\d)\}", prompt, re.S).group(1)
-            text = LOST if self.lose else {"4": AGAIN, "5": EASY}.get(answer, FIXED)
-        return Reply(body=completion(text))
+from scripted_magicore import EASY, FIXED, FLATTERING, HARD, SPLIT, WORSE, ScriptedServer, role, run_loop
+from scripted_magicore import reviewed_solution as shown
 
 
 @pytest.fixture
@@ -73,72 +18,80 @@ def server():
         yield s
 
 
-def run_loop(server, question, iterations, stats=RewardStats(1.0, 0.5), k=4, ablation="none"):
-    async def main():
-        async with ExecutorClient(server.base_url, "fake", api_key="k") as executor:
-            agents, rms = Agents(executor, FORMATS["gsm8k"], Sampling(seed=0)), RewardModels(TableRM(), TableRM())
-            chains, ledgers = await solve(agents, rms, question, k)
-            ledger = Ledger()
-            for one in ledgers:
-                ledger = ledger.merged(one)
-            config = MagicoreConfig(k=k, iterations=iterations, ablation=ablation)
-            return await refine_until_easy(agents, rms, question, chains, config, stats, ledger)
-    return asyncio.run(main())
-
-
-def prompts(server, kind):
-    return [r.body["messages"][-1]["content"] for r in server.requests
-            if role(r.body["messages"][-1]["content"]) == kind]
-
-
-# (question, condition-1 statistics) -> which conditions hold at round 0:
-#   "easy", mean 1: both; "easy", mean 2: only condition 2 (z < 0, one answer);
-#   "hard", mean 0: only condition 1 (z > 0, four answers); "hard", mean 1: neither.
-ABLATION_CASES = [  # question, stats, ablation, refined at round 0
-    ("an easy question", RewardStats(1.0, 0.5), "none", False),
-    ("an easy question", RewardStats(1.0, 0.5), "refine-all", True),
-    ("an easy question", RewardStats(2.0, 0.5), "none", False),
-    ("an easy question", RewardStats(2.0, 0.5), "cond1-only", True),
-    ("an easy question", RewardStats(2.0, 0.5), "cond2-only", False),
-    ("a hard question", RewardStats(0.0, 0.5), "none", False),
-    ("a hard question", RewardStats(0.0, 0.5), "cond1-only", False),
-    ("a hard question", RewardStats(0.0, 0.5), "cond2-only", True),
+# question -> which conditions hold at round 0 (scripted_magicore.py): easy: condition 2 only;
+# mixed: condition 1 only; split: neither by the paper's rule (the PRM scores the majority low),
+# but condition 1 for the ORM alone
+ABLATION_CASES = [  # question, ablation, refined at round 0
+    ("an easy question", "none", False),
+    ("an easy question", "refine-all", True),
+    ("an easy question", "cond1-only", True),
+    ("an easy question", "cond2-only", False),
+    ("a mixed question", "none", False),
+    ("a mixed question", "cond1-only", False),
+    ("a mixed question", "cond2-only", True),
+    ("a split question", "none", True),
+    ("a split question", "orm-only", False),
+    ("a split question", "prm-only", True),
 ]
 
 
-@pytest.mark.parametrize("question, stats, ablation, refined", ABLATION_CASES)
-def test_ablations_change_which_questions_are_refined(server, question, stats, ablation, refined):
-    trace = run_loop(server, question, iterations=1, stats=stats, ablation=ablation)
+@pytest.mark.parametrize("question, ablation, refined", ABLATION_CASES)
+def test_ablations_change_which_questions_are_refined(server, question, ablation, refined):
+    trace = run_loop(server, question, iterations=1, ablation=ablation)
     assert trace.rounds[0].hard == refined
     assert len(trace.rounds) == (2 if refined else 1)
-    assert bool(prompts(server, "refiner")) == refined
+    assert bool(server.prompts("refiner")) == refined
 
 
-def test_no_review_ablation_refines_without_reviewer_or_step_scores(server):
-    trace = run_loop(server, "a hard question", iterations=1, ablation="no-review")
-    assert trace.rounds[0].hard and trace.answer == "7"  # refined as MAgICoRE would be
-    refines = prompts(server, "refiner")
-    assert not prompts(server, "reviewer") and len(refines) == 4
-    assert all(NO_REVIEW in p and "(Score:" not in p for p in refines)
-    assert trace.rounds[1].calls == 4 + 4  # Solver, then the Refiner alone
+def test_a_majority_only_the_orm_likes_is_refined_by_the_paper_rule_not_by_the_reference(server):
+    paper = run_loop(server, "a split question", iterations=1)
+    d = paper.rounds[0].difficulty
+    # majority "1" (4-way tie: the first chain): ORM 0.9 - 1.65 / 4 > 0, PRM 0.1 - 1.9 / 4 < 0
+    assert (d.majority, d.orm_margin > 0, d.prm_margin < 0) == ("1", True, True) and paper.rounds[0].hard
+    assert sorted(map(shown, server.prompts("reviewer"))) == sorted(SPLIT)  # reviews run concurrently
+    requests = server.request_count
+    # the reference's combined reward: 1.0 for the majority, 0.85 for the others; z = (1.0 - 1.0) / 0.5 = 0
+    reference = run_loop(server, "a split question", iterations=1, difficulty_rule="reference")
+    assert reference.rounds[0].difficulty.majority_z == 0.0 and not reference.rounds[0].hard
+    assert server.request_count == requests + 4  # the Solver only
+
+
+def test_kept_chains_are_the_top_k_by_orm_whatever_the_prm_says(server):
+    server.refine_to = FLATTERING  # ORM 0.15, below every Solver chain; PRM 1.0, above every one
+    trace = run_loop(server, "a hard question", iterations=1)
+    assert list(trace.chains) == sorted(trace.chains, key=lambda c: -c.orm)
+    assert [c.text for c in trace.chains] == [HARD[3], HARD[0], HARD[1], HARD[2]]  # ORM 0.3, 0.2, 0.2, 0.2
+    # the reference ranks by ORM + PRM product: the flattering chains (1.15) beat every Solver chain
+    reference = run_loop(server, "a hard question", iterations=1, difficulty_rule="reference")
+    assert sorted(c.text for c in reference.chains) == sorted(FLATTERING.values())
+
+
+def test_each_round_reviews_the_chains_the_round_before_wrote(server):
+    server.refine_to = WORSE  # the rewrites score below every Solver chain, so those stay the top k
+    trace = run_loop(server, "a hard question", iterations=2)
+    assert [c.text for c in trace.chains] == list(WORSE.values())  # the 2k of round 2 are all WORSE
+    for kind in ("reviewer", "refiner"):
+        assert sorted(map(shown, server.prompts(kind, iteration=1))) == sorted(HARD)
+        assert sorted(map(shown, server.prompts(kind, iteration=2))) == sorted(WORSE.values())  # not the kept HARD
 
 
 def test_hard_question_is_refined_then_answered_when_it_becomes_easy(server):
     trace = run_loop(server, "a hard question", iterations=3)
     first, second = trace.rounds
-    # round 0: answers 1,2,3,4 (majority by tie: "1", z = (0.3 - 1) / 0.5 = -1.4), ORM/PRM spread: hard
-    assert first.hard and first.difficulty.majority == "1" and not first.difficulty.condition2
-    assert first.answer == "4"  # weighted vote: 0.6 beats 0.3
-    # round 1: top 4 of the 8 = three FIXED (1.71) + HARD[3] (0.6, ties with AGAIN and is older)
+    # round 0: answers 1,2,3,4 (majority by tie: "1"; ORM 0.2 - 0.9 / 4 < 0), ORM/PRM spread: hard
+    assert first.hard and first.difficulty.majority == "1" and not first.difficulty.condition1
+    assert not first.difficulty.condition2 and first.answer == "4"  # weighted vote: 0.35 beats 0.3
+    # round 1: top 4 of the 8 by ORM = three FIXED (0.9) + HARD[3] (0.3, ties with AGAIN and is older)
     assert [c.text for c in trace.chains] == [FIXED, FIXED, FIXED, HARD[3]]
     assert [c.origin for c in trace.chains] == [1, 1, 1, 0]
-    # the majority is recomputed: now "7", z = (1.71 - 1) / 0.5 = 1.42 -> easy, stop early
+    # the majority is recomputed: now "7", ORM 0.9 - 3.0 / 4 > 0, PRM 0.81 - 2.48 / 4 > 0 -> easy, stop
     assert not second.hard and second.difficulty.majority == "7" and second.difficulty.condition1
+    assert second.difficulty.orm_margin == pytest.approx(0.15) and second.difficulty.prm_margin == pytest.approx(0.19)
     assert trace.answer == "7" and len(trace.rounds) == 2
     assert (first.calls, second.calls) == (4, 12)  # k Solver calls, then k Reviewer + k Refiner
     assert (first.tokens, second.tokens) == (60, 180)  # 15 tokens per fake reply
     assert trace.scored == 8
-    reviews, refines = prompts(server, "reviewer"), prompts(server, "refiner")
+    reviews, refines = server.prompts("reviewer"), server.prompts("refiner")
     assert len(reviews) == len(refines) == 4
     review_a = next(p for p in reviews if "\\boxed{1}" in p)
     assert "a (Score: 5/10)\n\n\\boxed{1} (Score: 2/10)" in review_a and "below 6/10" in review_a
@@ -146,12 +99,13 @@ def test_hard_question_is_refined_then_answered_when_it_becomes_easy(server):
 
 
 def test_question_that_stays_hard_runs_all_iterations(server):
-    server.lose = True  # every refinement scores below every old chain
+    server.refine_to = WORSE
     trace = run_loop(server, "a hard question", iterations=2)
     assert [r.hard for r in trace.rounds] == [True, True, True]
-    assert [r.answer for r in trace.rounds] == ["4", "4", "4"]
+    # round 1 keeps the Solver chains (ORM above WORSE's 0.1); round 2 the 2k are all WORSE, equal: "1"
+    assert [r.answer for r in trace.rounds] == ["4", "4", "1"]
     assert [r.calls for r in trace.rounds] == [4, 12, 20]
-    assert [c.origin for c in trace.chains] == [0, 0, 0, 0] and trace.scored == 12
+    assert [c.origin for c in trace.chains] == [1, 1, 1, 1] and trace.scored == 12
 
 
 def test_easy_question_is_answered_without_refinement(server):
@@ -160,40 +114,44 @@ def test_easy_question_is_answered_without_refinement(server):
     assert server.request_count == 4 and trace.rounds[0].calls == 4
 
 
-def test_run_writes_resumable_results_with_baselines_on_the_same_chains(server, tmp_path):
-    questions = [Question("hard", "a hard question", "7", {}), Question("easy", "an easy question", "5", {})]
-    task = AnswerTask("magicore-gsm8k", "math", questions, check_number)
-    config = MagicoreRunConfig("gsm8k", 2, MagicoreConfig(k=4, iterations=1), Sampling(seed=0), self_refine_rounds=1)
+def test_no_review_ablation_refines_without_reviewer_or_step_scores(server):
+    trace = run_loop(server, "a hard question", iterations=1, ablation="no-review")
+    assert trace.rounds[0].hard and trace.answer == "7"  # refined as MAgICoRE would be
+    refines = server.prompts("refiner")
+    assert not server.prompts("reviewer") and len(refines) == 4
+    assert all(NO_REVIEW in p and "(Score:" not in p for p in refines)
+    assert trace.rounds[1].calls == 4 + 4  # Solver, then the Refiner alone
 
-    async def main(run_config):
-        async with ExecutorClient(server.base_url, "fake", api_key="k") as executor:
-            agents = Agents(executor, FORMATS["gsm8k"], run_config.sampling)
-            runner = Runner(task, questions, agents, RewardModels(TableRM(), TableRM()), run_config, tmp_path,
-                            concurrency=2, log=lambda line: None)
-            return await runner.run()
 
-    summary = asyncio.run(main(config))
-    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "results.jsonl").read_text().splitlines())}
-    hard, easy = rows["hard"], rows["easy"]
-    assert hard["magicore"]["answers"] == ["4", "7"] and hard["magicore"]["correct"] == [0.0, 1.0]
-    assert hard["magicore"]["hard"] == [True, False] and hard["magicore"]["calls"] == [4, 12]
-    assert easy["magicore"]["answers"] == ["5", "5"] and easy["magicore"]["hard"] == [False, False]
-    assert easy["magicore"]["calls"] == [4, 4]  # stopped at iteration 0: carried forward
-    b = hard["baselines"]
-    assert {n: r["answer"] for n, r in b.items()} == {
-        "best_of_k": "4", "self_consistency": "1", "weighted_sc": "4", "self_refine": "7", "self_refine_sc": "7"}
-    assert [b[n]["calls"] for n in ("best_of_k", "self_refine", "self_refine_sc")] == [4, 3, 12]  # 1 + 2, 4 + 4*2
-    methods = {m["method"]: m for m in summary["methods"]}
-    assert methods["MAgICoRE (T=1)"]["accuracy"] == 1.0 and methods["MAgICoRE (T=1)"]["calls"] == 8.0
-    assert methods["Self-consistency (k-way)"]["accuracy"] == 0.5
-    assert [i["accuracy"] for i in summary["iterations"]] == [0.5, 1.0]
-    assert [i["hard"] for i in summary["iterations"]] == [0.5, 0.0]
-    assert "| MAgICoRE (T=1) | 1.000 | 8.0 |" in (tmp_path / "results.md").read_text()
+def test_llm_feedback_ablation_reviews_without_step_scores(server):
+    trace = run_loop(server, "a hard question", iterations=1, ablation="llm-feedback")
+    assert trace.rounds[0].hard and trace.answer == "7" and trace.rounds[1].calls == 4 + 8
+    reviews, refines = server.prompts("reviewer"), server.prompts("refiner")
+    assert len(reviews) == len(refines) == 4
+    assert all("(Score:" not in p and "below 6/10" not in p and "Check every step" in p for p in reviews)
+    assert all("(Score:" not in p and "Teacher feedback:\nfeedback" in p for p in refines)
 
-    sent = server.request_count
-    assert asyncio.run(main(config)) == summary and server.request_count == sent  # resumed: nothing redone
-    with pytest.raises(ValueError, match=r"other settings \(magicore\.iterations: stored 1, given 2; self_refine_rounds: stored 1, given 2\)"):
-        asyncio.run(main(MagicoreRunConfig("gsm8k", 2, MagicoreConfig(k=4, iterations=2), Sampling(seed=0))))
+
+def test_joint_role_ablation_reviews_and_refines_in_one_call(server):
+    trace = run_loop(server, "a hard question", iterations=1, ablation="joint-role")
+    assert not server.prompts("reviewer") and not server.prompts("refiner")
+    joint = server.prompts("joint")
+    assert len(joint) == 4 and all("(Score:" in p and "below 6/10" in p for p in joint)
+    # the rewrite is what follows "Corrected solution:", not the feedback before it
+    assert [c.text for c in trace.chains] == [FIXED, FIXED, FIXED, HARD[3]] and trace.answer == "7"
+    assert trace.rounds[1].calls == 4 + 4
+
+
+def test_llm_difficulty_ablation_follows_the_models_verdict_every_round(server):
+    # the scripted model calls the easy question hard and the hard one easy
+    easy = run_loop(server, "an easy question", iterations=2, ablation="llm-difficulty")
+    assert [r.hard for r in easy.rounds] == [True, True, True] and easy.rounds[0].difficulty.easy
+    assert len(server.prompts("difficulty")) == 1 and easy.rounds[0].calls == 4 + 1
+    assert [c.text for c in easy.chains] == [EASY] * 4  # refined twice: the Refiner keeps answering 5
+    reviews = len(server.prompts("reviewer"))
+    hard = run_loop(server, "a hard question", iterations=2, ablation="llm-difficulty")
+    assert [r.hard for r in hard.rounds] == [False] and not hard.rounds[0].difficulty.easy
+    assert hard.answer == "4" and len(server.prompts("reviewer")) == reviews  # nothing refined
 
 
 class OperatorServer(FakeOpenAIServer):

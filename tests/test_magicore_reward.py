@@ -4,6 +4,7 @@ model for one example, and the LLM judge's parsing against the loopback fake ser
 
 import asyncio
 import json
+import math
 import shutil
 
 import pytest
@@ -11,10 +12,12 @@ import torch
 
 from fake_openai_server import FakeOpenAIServer, Reply, completion
 from scoreflow.executor import ExecutorClient
-from scoreflow.magicore import JudgeRewardModel, LocalLMRewardModel, RewardLayout, split_steps
+from scoreflow.magicore import Chain, JudgeRewardModel, LocalLMRewardModel, RewardLayout, split_steps
+from scoreflow.magicore.batches import length_batches, right_padded
 from scoreflow.magicore.judge_rm import NEUTRAL, parse_score, parse_step_scores
 
 transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
 
 QUESTION = "Janet has 16 eggs and eats 3. How many are left?"
 SOLUTIONS = [
@@ -85,6 +88,74 @@ def test_raw_layout_is_math_shepherds_text(tmp_path, default_model_dir):
     custom = LocalLMRewardModel.from_loaded(rm.model, rm.tokenizer, RewardLayout(step_tag=" ###", chat=False))
     ids, positions = custom.prm_inputs("Q?", "a ###\n\nb")  # the tag in a step is removed first
     assert custom.tokenizer.decode(ids) == "Q? a  ###\nb ###" and len(positions) == 2
+
+
+class ScriptedLM(torch.nn.Module):
+    """A stand-in causal LM for LocalLMRewardModel: its final hidden state at a row's j-th step tag
+    is script[j] = (l_good, l_bad) and elsewhere (30, -30); its LM head maps hidden dims 0 and 1 to
+    the good and bad tokens' logits. So the logits at each tag are scripted, and a score read
+    anywhere else would be sigmoid(60) ~ 1."""
+
+    def __init__(self, vocab: int, tag: int, good: int, bad: int, script: list[tuple[float, float]]):
+        super().__init__()
+        self.embed_tokens = torch.nn.Embedding(vocab, 2)
+        self.lm_head = torch.nn.Linear(2, vocab, bias=False)
+        with torch.no_grad():
+            self.lm_head.weight.zero_()
+            self.lm_head.weight[good, 0] = self.lm_head.weight[bad, 1] = 1.0
+        self.tag, self.script = tag, torch.tensor(script)  # (n, 2)
+
+    def trunk(self, ids, positions, plan):
+        tags = ids == self.tag  # (B, T)
+        j = (tags.cumsum(-1) - 1).clamp(0, len(self.script) - 1)
+        return torch.where(tags[..., None], self.script[j], torch.tensor([30.0, -30.0]))  # (B, T, 2)
+
+
+def test_step_scores_on_a_scripted_model(default_tokenizer):
+    """s_j = P(+) / (P(+) + P(-)) at tag j, from logits we set; a chain's score is their product."""
+    script = [(2.0, -1.0), (0.0, 0.0), (-3.0, 0.5), (1.25, 2.5)]  # exact in float32: the formula to 1e-12
+    tag, good, bad = (default_tokenizer.encode(text)[-1] for text in (" ки", "+", "-"))  # Math-Shepherd's
+    model = ScriptedLM(default_tokenizer.vocab_size, tag, good, bad, script)
+    rm = LocalLMRewardModel.from_loaded(model, default_tokenizer, RewardLayout(chat=False), max_batch_tokens=80)
+    solutions = [*SOLUTIONS[:2], "a\n\nb\n\nc\n\nd"]  # the stub counts every tag token: none inside a step
+    steps = asyncio.run(rm.prm_batch(QUESTION, solutions))  # 3, 1 and 4 steps, in more than one batch
+    formula = [math.exp(g) / (math.exp(g) + math.exp(b)) for g, b in script]
+    assert steps == [pytest.approx(formula[:n], abs=1e-12) for n in (3, 1, 4)]
+    chain = Chain(solutions[2], None, 0.5, tuple(steps[2]))
+    assert chain.prm_product == pytest.approx(math.prod(formula), abs=1e-12)
+
+
+def test_raw_layout_scores_as_math_shepherds_reference_code(tmp_path, default_model_dir):
+    """Math-Shepherd's published scoring code, run on transformers with a tokenizer that adds a
+    BOS (as its Mistral tokenizer does), gives our scores: same text, same BOS, same tag positions."""
+    path, hf = tiny_rm_dir(tmp_path, default_model_dir, chat=False)
+    tok = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
+    tok.post_processor = tokenizers.processors.TemplateProcessing(single="<|endoftext|> $A",
+                                                                  special_tokens=[("<|endoftext|>", 0)])
+    tok.save(str(path / "tokenizer.json"))
+    # Under a sentencepiece vocabulary (Math-Shepherd's) "+ -" encodes to the tokens "+" and "-"
+    # encode to alone; this byte-level one keeps the space: its bad token is " -".
+    rm = LocalLMRewardModel(path, RewardLayout(good="+", bad=" -"))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    good_token, bad_token, step_tag = "+", "-", "ки"  # the reference, verbatim from here on
+    candidate_tokens = tokenizer.encode(f"{good_token} {bad_token}")[1:]
+    step_tag_id = tokenizer.encode(f"{step_tag}")[-1]
+    for solution in SOLUTIONS[:2]:
+        output = "\n".join(step + " ки" for step in split_steps(solution))
+        input_id = torch.tensor([tokenizer.encode(f"{QUESTION} {output}")])
+        with torch.no_grad():
+            logits = hf(input_id).logits[:, :, candidate_tokens]
+        scores = logits.softmax(dim=-1)[:, :, 0]
+        step_scores = scores[input_id == step_tag_id]
+        assert input_id[0, 0] == 0 and rm.prm_inputs(QUESTION, solution)[0] == input_id[0].tolist()
+        assert rm.step_scores(QUESTION, [solution])[0] == pytest.approx(step_scores.tolist(), abs=1e-5)
+
+
+def test_length_batches_bound_rows_times_longest():
+    assert length_batches([5, 90, 7, 88], 200) == [[0, 2], [3, 1]]
+    assert length_batches([300, 4], 200) == [[1], [0]]  # too long for the bound: a batch of its own
+    ids, valid = right_padded([[1, 2, 3], [4]], torch.device("cpu"))
+    assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and valid.tolist() == [[True] * 3, [True, False, False]]
 
 
 def test_multi_token_verdicts_are_refused(tmp_path, default_model_dir):

@@ -14,6 +14,7 @@ import json
 import re
 import struct
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -100,18 +101,39 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def placement(dtype: torch.dtype | None, device: torch.device | str | None) -> tuple[torch.dtype, torch.device]:
+    """(dtype, device) of loaded weights: the given ones, by default fp32 on CPU and bf16 on CUDA."""
+    device = torch.device(device) if device is not None else default_device()
+    return dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32), device
+
+
 def load_model(path_or_name, dtype: torch.dtype | None = None,
                device: torch.device | str | None = None) -> Transformer:
     """Load a Llama-family checkpoint. dtype defaults to fp32 on CPU and bf16 on CUDA."""
     model_dir = resolve_model_dir(path_or_name)
     cfg = LlamaConfig.from_json(model_dir)
-    device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype, device = placement(dtype, device)
     with torch.device("meta"):
         model = Transformer(cfg)
     expected = dict(model.named_parameters(remove_duplicate=False))
     if cfg.tie_word_embeddings:
         expected.pop("lm_head.weight")
+    load_weights(model, model_dir, our_name, expected, dtype, device,
+                 skip=lambda hf_name: hf_name == "lm_head.weight" and cfg.tie_word_embeddings)
+    model.tie_weights()
+    model.init_buffers(device)
+    return model.eval()
+
+
+def load_weights(model: nn.Module, model_dir: Path, name_of: Callable[[str], str | None],
+                 expected: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device,
+                 skip: Callable[[str], bool] = lambda hf_name: False) -> None:
+    """Read every tensor of the checkpoint in `model_dir` into `model` (built on meta): the
+    tensor named `hf_name` becomes parameter `name_of(hf_name)`, which must be one of `expected`
+    (our name -> the meta parameter, for its shape). Fails on a tensor that maps to nothing
+    (unless `skip(hf_name)` or a harmless buffer), on a shape mismatch, and on any expected
+    parameter the checkpoint lacks."""
+    expected = dict(expected)
     unexpected = []
     for file in _shard_files(model_dir):
         if not file.exists():
@@ -119,9 +141,9 @@ def load_model(path_or_name, dtype: torch.dtype | None = None,
         header, data_start = read_header(file)
         with open(file, "rb") as fh:
             for hf_name, entry in header.items():
-                name = our_name(hf_name)
+                name = name_of(hf_name)
                 if name is None or name not in expected:
-                    if not (_HARMLESS.match(hf_name) or (hf_name == "lm_head.weight" and cfg.tie_word_embeddings)):
+                    if not (_HARMLESS.match(hf_name) or skip(hf_name)):
                         unexpected.append(hf_name)
                     continue
                 want, got = tuple(expected[name].shape), tuple(entry["shape"])
@@ -140,9 +162,6 @@ def load_model(path_or_name, dtype: torch.dtype | None = None,
     if unexpected:
         raise ValueError(f"{model_dir}: checkpoint has tensors this architecture does not use: "
                          f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-    model.tie_weights()
-    model.init_buffers(device)
-    return model.eval()
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -3,14 +3,23 @@
     python -m scoreflow.magicore --task gsm8k --limit 20 --k 8 --iterations 3 --out runs/magicore-gsm8k
     python -m scoreflow.magicore --task math --executor-url https://api.openai.com/v1 \\
         --executor-model gpt-4o-mini --orm judge --prm judge --out runs/math-4o-mini
+    python -m scoreflow.magicore --limit 20 --baseline-k 24 --k-sweep 2,4,8 --out runs/magicore-gsm8k
+
+Besides the tables, a run draws the MAgICoRE paper's figures (with the [plot] extra):
+OUT/iterations.png, accuracy per refinement round of MAgICoRE, Best-of-k and Self-Refine + SC,
+and with --k-sweep OUT/k_sweep.png, accuracy against k of MAgICoRE, k-way self-consistency and
+Best-of-k (sweep.py). --difficulty-rule reference runs the authors' repository's rule instead of
+the paper's; --baseline-k N adds self-consistency and Best-of-N on N samples of their own.
 
 The executor runs the Solver, Reviewer and Refiner. Without --executor-url our own
 OpenAI-compatible server (scoreflow.engine) serves --executor-model on loopback and stops at the
 end; that is the embedded preset, with fewer Solver chains per question. --orm/--prm take a model
-name or an HF-format directory of a causal LM (local_rm.LocalLMRewardModel; the default chat model
-is only a weak stand-in) or "judge" (the executor scores, judge.JudgeRewardModel). Rerunning the
-same command resumes from OUT; the results table is printed and written to OUT/results.md and
-OUT/summary.json. The flags are scoreflow.train's where they mean the same thing.
+name or an HF-format directory (a value-head ORM, value_head_rm.ValueHeadRewardModel; a causal LM,
+local_rm.LocalLMRewardModel), "judge" (the executor scores, judge_rm.JudgeRewardModel) or "embedded"
+(the default chat model, a weak stand-in: the default without --executor-url; with it both flags
+are required). Rerunning the same command resumes from OUT; the results table is printed and
+written to OUT/results.md and OUT/summary.json. The flags are scoreflow.train's where they mean
+the same thing.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import asyncio
 import contextlib
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +42,24 @@ from scoreflow.tasks import Question, Task, load_task
 
 from .agents import Agents, Sampling
 from .answers import DATASETS, answer_format
-from .baselines import BASELINES, SELF_REFINE_ROUNDS
+from .baselines import BASELINES, MATCHED_BASELINES
+from .difficulty import RULES
 from .judge_rm import JudgeRewardModel
 from .loop import ABLATIONS, MagicoreConfig
+from .report import write_figures
 from .reward import RewardModels
 from .runner import MagicoreRunConfig, Runner
+from .sweep import k_sweep, parse_ks
 
 LOCAL_TIMEOUT_S = 3600.0   # a CPU server may take minutes per long completion; never retry those early
 LOCAL_CONTEXT = 4096       # Refiner prompts hold the question, a chain and its feedback
 LOCAL_BATCH = 16           # Solver chains decoded together on our own server
+EMBEDDED_RM = "embedded"   # --orm/--prm value: the default chat model as a (weak) stand-in reward model
 
 
 @dataclass(frozen=True)
 class MagicoreSettings:
-    """Every flag of `python -m scoreflow.magicore` but --out; defaults are the reference's (SPEC B)."""
+    """Every flag of `python -m scoreflow.magicore` but --out; defaults are the MAgICoRE paper's."""
 
     task: str = flag("gsm8k", "MAgICoRE evaluation set (its test split).", choices=DATASETS, aliases=("--dataset",))
     data_dir: str | None = flag(None, "Folder holding magicore/ (default: $SCOREFLOW_DATA, else the copy shipped in "
@@ -53,11 +67,19 @@ class MagicoreSettings:
     limit: int | None = flag(None, "Use only the first N questions (default: all).")
     k: int = flag(MagicoreConfig.k, "Solver chains per question.")
     iterations: int = flag(MagicoreConfig.iterations, "Refinement iterations T at most.", aliases=("--iters",))
-    ablation: str = flag("none", "none = MAgICoRE; refine-all = every question is hard; cond1-only / cond2-only = "
-                                 "easy on one difficulty condition alone; no-review = the Refiner without the "
-                                 "Reviewer.", choices=ABLATIONS)
-    normalization: str = flag("dataset", "Condition-1 statistics: each question's first chain over the dataset (the "
-                                         "reference), or the question's own chains.", choices=("dataset", "question"))
+    ablation: str = flag("none", "none = MAgICoRE; the paper's variants: refine-all = every question is hard; "
+                                 "cond1-only / cond2-only = easy on one difficulty condition alone; orm-only / "
+                                 "prm-only = the conditions judged by one RM; llm-difficulty = the Solver's model "
+                                 "says whether the question is hard; no-review = the Refiner without the Reviewer; "
+                                 "llm-feedback = the Reviewer without PRM step scores; joint-role = one agent "
+                                 "reviews and refines in one call.", choices=ABLATIONS)
+    difficulty_rule: str = flag("paper", "paper = condition 1 per RM (the majority's mean score above the mean of "
+                                         "all chains, for the ORM and the PRM) and the top k by ORM; reference = "
+                                         "the authors' repository: one combined reward ORM + PRM product, "
+                                         "z-normalised, for condition 1 and the top k.", choices=RULES)
+    normalization: str = flag("dataset", "The reference rule's condition-1 statistics: each question's first chain "
+                                         "over the dataset (the reference), or the question's own chains.",
+                              choices=("dataset", "question"))
     executor_url: str | None = flag(None, "OpenAI-compatible chat endpoint of the Solver, Reviewer and Refiner "
                                           "(default: our own server on loopback).", aliases=("--solver-url",))
     executor_model: str | None = flag(None, "Model name at --executor-url (required with it); without it, the model "
@@ -67,11 +89,21 @@ class MagicoreSettings:
                                compare=False, repr=False)
     executor_concurrency: int = flag(16, "Executor requests in flight at once.")
     question_concurrency: int = flag(4, "Questions in flight at once.", aliases=("--concurrency",))
-    orm: str = flag(DEFAULT_MODEL, 'Outcome reward model: a causal-LM name or HF-format directory, or "judge".')
-    prm: str = flag(DEFAULT_MODEL, 'Process reward model: a causal-LM name or HF-format directory (Math-Shepherd), '
-                                   'or "judge".')
-    baselines: str = flag("all", f"all, none, or a comma list of {', '.join(BASELINES)}.")
-    self_refine_rounds: int = flag(SELF_REFINE_ROUNDS, "Rounds of the Self-Refine baselines.")
+    orm: str | None = flag(None, 'Outcome reward model: a model name or HF-format directory (a value-head ORM, '
+                                 '*ForSequenceClassification, or a causal LM asked Yes/No), "judge" (the executor '
+                                 f'scores) or "{EMBEDDED_RM}" (the weak stand-in {DEFAULT_MODEL}). Required with '
+                                 f'--executor-url; without it, {EMBEDDED_RM}.')
+    prm: str | None = flag(None, 'Process reward model: a model name or HF-format directory (a step-tag causal LM, '
+                                 f'Math-Shepherd style), "judge" or "{EMBEDDED_RM}". Required with --executor-url; '
+                                 f'without it, {EMBEDDED_RM}.')
+    baselines: str = flag("all", f"all, none, or a comma list of {', '.join(BASELINES)} (all: "
+                                 f"{', '.join(MATCHED_BASELINES)} only with --baseline-k).")
+    baseline_k: int | None = flag(None, "Budget-matched baselines: self-consistency and Best-of-N over N Solver "
+                                        "samples of their own (the paper: N = 120 against k = 40).")
+    self_refine_rounds: int | None = flag(None, "Rounds of the Self-Refine baselines, each reported (default: "
+                                                "--iterations).")
+    k_sweep: str | None = flag(None, "A comma list of k (e.g. 4,8,16): also run MAgICoRE, k-way self-consistency "
+                                     "and Best-of-k for each k, into OUT/k_sweep/, and draw OUT/k_sweep.png.")
     temperature: float = flag(0.8, "Solver sampling temperature.")
     top_p: float = flag(0.95, "Solver nucleus (top-p) sampling threshold.")
     max_new_tokens: int = flag(1000, "Completion tokens per Solver, Reviewer or Refiner call at most.",
@@ -82,15 +114,25 @@ class MagicoreSettings:
     def embedded(self) -> bool:
         return self.executor_url is None
 
+    def __post_init__(self) -> None:
+        # The stand-in reward models are chosen by name ("embedded") or, on our own server, by
+        # default. A real executor gets no silent default (main refuses it): the small chat model
+        # would score its chains with little signal.
+        for name in ("orm", "prm"):
+            if getattr(self, name) == EMBEDDED_RM or (getattr(self, name) is None and self.embedded):
+                object.__setattr__(self, name, DEFAULT_MODEL)
+
 
 # The embedded preset: on our own CPU server, 40 chains of a small model cost minutes per question.
 EMBEDDED = Preset({"k": 8}, applies=lambda settings: settings.embedded)
 
 
-def parse_baselines(spec: str) -> tuple[str, ...]:
-    """"all", "none", or a comma-separated subset of BASELINES."""
+def parse_baselines(spec: str, baseline_k: int | None = None) -> tuple[str, ...]:
+    """"all", "none", or a comma-separated subset of BASELINES; "all" has the budget-matched
+    ones only with `baseline_k`."""
     if spec in ("all", "none"):
-        return BASELINES if spec == "all" else ()
+        every = BASELINES if baseline_k is not None else tuple(b for b in BASELINES if b not in MATCHED_BASELINES)
+        return every if spec == "all" else ()
     names = tuple(n.strip() for n in spec.split(",") if n.strip())
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
@@ -98,11 +140,34 @@ def parse_baselines(spec: str) -> tuple[str, ...]:
     return names
 
 
+def missing_reward_models(settings: MagicoreSettings) -> str:
+    """The refusal of a run on a real executor without --orm/--prm: what to pass instead."""
+    missing = " and ".join(f"--{name}" for name in ("orm", "prm") if getattr(settings, name) is None)
+    return (f"--executor-url without {missing}: the reward models would default to the embedded chat model "
+            f"{DEFAULT_MODEL}, a weak stand-in never trained to score solutions. Pass trained ones (--orm "
+            "/path/to/orm --prm /path/to/prm: a value-head ORM, a Math-Shepherd style PRM), let the executor judge "
+            "(--orm judge --prm "
+            f"judge), or choose the stand-in on purpose (--orm {EMBEDDED_RM} --prm {EMBEDDED_RM})")
+
+
 def reward_models(orm: str, prm: str, executor: ExecutorClient, loaded: dict[str, tuple]) -> RewardModels:
     """The ORM and PRM named on the command line; one object where both names agree, and a
-    model already loaded for the server is reused, not loaded twice."""
-    from .local_rm import LocalLMRewardModel  # torch (~2 s): only once the flags are checked
+    model already loaded for the server is reused, not loaded twice. A directory whose config
+    declares *ForSequenceClassification is a value-head ORM; as the PRM it is refused (it
+    scores whole solutions, not steps) before any reward model loads."""
+    # torch (~2 s): only once the flags are checked
+    from scoreflow.llama.sequence_classification import is_sequence_classifier
 
+    from .local_rm import LocalLMRewardModel
+    from .value_head_rm import ValueHeadRewardModel
+
+    def value_head(spec: str) -> bool:
+        return spec != "judge" and spec not in loaded and is_sequence_classifier(resolve_model_dir(spec))
+
+    if value_head(prm):
+        raise ValueError(f"--prm {prm} is a value-head model (*ForSequenceClassification): it scores whole "
+                         "solutions, not steps; pass it as --orm, and as --prm a step-tag causal LM (Math-Shepherd "
+                         "style) or judge")
     built: dict[str, Any] = {}
     for spec in (orm, prm):
         if spec not in built:
@@ -110,6 +175,8 @@ def reward_models(orm: str, prm: str, executor: ExecutorClient, loaded: dict[str
                 built[spec] = JudgeRewardModel(executor)
             elif spec in loaded:
                 built[spec] = LocalLMRewardModel.from_loaded(*loaded[spec])
+            elif value_head(spec):
+                built[spec] = ValueHeadRewardModel(spec)
             else:
                 built[spec] = LocalLMRewardModel(spec)
     return RewardModels(built[orm], built[prm])
@@ -128,13 +195,17 @@ def main(settings: MagicoreSettings, out: Path) -> dict | None:
         raise ValueError("--executor-url needs --executor-model (the model name that endpoint serves)")
     if url is not None:
         require_reachable(url, "--executor-url")
+    if settings.orm is None or settings.prm is None:  # only with --executor-url: MagicoreSettings.__post_init__
+        raise ValueError(missing_reward_models(settings))
     for name in {model if url is None else None, settings.orm, settings.prm} - {None, "judge"}:
         resolve_model_dir(name)  # an unknown model fails now, in one line, not after the server started
     config = MagicoreRunConfig(settings.task, len(questions),
-                               MagicoreConfig(settings.k, settings.iterations, settings.normalization, settings.ablation),
+                               MagicoreConfig(settings.k, settings.iterations, settings.normalization,
+                                              settings.ablation, settings.difficulty_rule),
                                Sampling(settings.temperature, settings.top_p, settings.max_new_tokens, settings.seed),
-                               parse_baselines(settings.baselines), settings.self_refine_rounds,
-                               str(model), settings.orm, settings.prm, EMBEDDED.in_force(settings))
+                               parse_baselines(settings.baselines, settings.baseline_k), settings.self_refine_rounds,
+                               str(model), settings.orm, settings.prm, EMBEDDED.in_force(settings), settings.baseline_k)
+    ks = parse_ks(settings.k_sweep) if settings.k_sweep else ()
     print(f"scoreflow.magicore: settings: {config.preset}", file=sys.stderr, flush=True)
     with contextlib.ExitStack() as stack:
         loaded: dict[str, tuple] = {}
@@ -144,28 +215,34 @@ def main(settings: MagicoreSettings, out: Path) -> dict | None:
             server = stack.enter_context(serve_locally(model, max_batch=LOCAL_BATCH,
                                                        max_seq_len=LOCAL_CONTEXT, who="scoreflow.magicore"))
             url, loaded[config.solver] = server.base_url, (server.engine.model, server.engine.tokenizer)
-        summary = asyncio.run(_run(task, questions, config, url, settings, loaded, out))
+        summary, sweep = asyncio.run(_run(task, questions, config, url, settings, loaded, out, ks))
     if summary is not None:
         print("\n" + summary["markdown"], flush=True)
+        write_figures(summary, sweep, out)
     return summary
 
 
 async def _run(task: Task, questions: list[Question], config: MagicoreRunConfig, url: str,
-               settings: MagicoreSettings, loaded: dict[str, tuple], out: Path) -> dict | None:
+               settings: MagicoreSettings, loaded: dict[str, tuple], out: Path, ks: tuple[int, ...]
+               ) -> tuple[dict | None, dict | None]:
+    """The run's summary and, for the ks of --k-sweep, its accuracies (sweep.k_sweep); None for
+    what is incomplete."""
     timeout = LOCAL_TIMEOUT_S if loaded else 120.0
     async with ExecutorClient(url, config.solver, settings.api_key, max_concurrency=settings.executor_concurrency,
                               timeout=timeout) as executor:
         rms = reward_models(config.orm, config.prm, executor, loaded)
         agents = Agents(executor, answer_format(config.dataset), config.sampling)
-        summary = await Runner(task, questions, agents, rms, config, out, settings.question_concurrency,
-                               log=lambda line: print(line, flush=True)).run()
+        log, sweep = partial(print, flush=True), None
+        summary = await Runner(task, questions, agents, rms, config, out, settings.question_concurrency, log).run()
+        if summary is not None and ks:
+            sweep = await k_sweep(task, questions, agents, rms, config, ks, out, settings.question_concurrency, log)
         for rm in {id(r): r for r in (rms.orm, rms.prm)}.values():
             if isinstance(rm, JudgeRewardModel):
                 print(f"judge: {rm.calls} calls, {rm.unparsed} scores unreadable (scored 0.5)", flush=True)
         usage = executor.usage
         print(f"executor: {usage.requests} requests ({usage.retries} retries, {usage.errors} errors), "
               f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens", flush=True)
-        return summary
+        return summary, sweep
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[MagicoreSettings, Path]:

@@ -5,15 +5,21 @@
               told to focus on steps scored below 6/10 and not to write a new solution
     Refiner   rewrites the chain using that feedback
 
+The paper's variants of the roles (loop.py's ablations): the Reviewer without step scores
+(LLM self-feedback; also the critic of the Self-Refine baseline, baselines.py), the Refiner
+without any Reviewer, one agent that reviews and rewrites in one call (`review_and_refine_jointly`),
+and the Solver's model asked whether the question is hard (`judges_hard`).
+
 Every call is a separate chat request with n=1 (portable: not every server supports n > 1),
 sampled with the same `Sampling`. With `Sampling.seed` set, each call gets its own seed
-(seed + 10000 * iteration + chain index), so a rerun asks the same questions and an
-on-disk executor cache can answer it. The Reviewer without scores is the critic of the
-Self-Refine baseline (baselines.py).
+(seed + 1000000 * stream + 10000 * iteration + chain index; stream 1 is the budget-matched
+baselines' own Solver samples), so a rerun asks the same questions and an on-disk executor
+cache can answer it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -65,6 +71,31 @@ Teacher feedback:
 {feedback}"""
 
 
+# The joint-role ablation: one agent is Reviewer and Refiner at once; the rewrite follows the marker.
+CORRECTED = "Corrected solution:"
+JOINT = f"""\
+Your task is to review the current solution of a math problem and then fix it.
+{{guidance}}
+- First explain each error and how it can be fixed. Then write the line "{CORRECTED}" and, after it,
+the complete corrected solution step by step, each step as its own paragraph with a blank line
+between steps. {{answer_instruction}}
+
+Question:
+{{question}}
+
+Current solution:
+{{solution}}"""
+
+# The llm-difficulty ablation: the Solver's model says whether the question is hard.
+DIFFICULTY = """\
+Is the following problem easy or hard for you to solve correctly? Do not solve it. Answer with
+one word: easy or hard.
+
+Problem:
+{question}"""
+_VERDICT = re.compile(r"\b(easy|hard)\b", re.I)
+
+
 class SamplingExecutor(Protocol):
     async def chat(self, messages: list[dict[str, str]], *, temperature: float = 0.0, max_tokens: int | None = None,
                    seed: int | None = None, top_p: float | None = None) -> ChatResult: ...
@@ -79,8 +110,8 @@ class Sampling:
     max_tokens: int | None = 1000
     seed: int | None = None
 
-    def seed_for(self, iteration: int, index: int) -> int | None:
-        return None if self.seed is None else self.seed + 10_000 * iteration + index
+    def seed_for(self, iteration: int, index: int, stream: int = 0) -> int | None:
+        return None if self.seed is None else self.seed + 1_000_000 * stream + 10_000 * iteration + index
 
 
 @dataclass
@@ -122,17 +153,24 @@ class Agents:
     def __init__(self, executor: SamplingExecutor, answer_format: AnswerFormat, sampling: Sampling = Sampling()):
         self.executor, self.answer_format, self.sampling = executor, answer_format, sampling
 
-    async def _ask(self, prompt: str, ledger: Ledger, iteration: int, index: int) -> str:
+    async def _ask(self, prompt: str, ledger: Ledger, iteration: int, index: int, stream: int = 0) -> str:
         s = self.sampling
         result = await self.executor.chat([{"role": "user", "content": prompt}], temperature=s.temperature,
-                                          top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed_for(iteration, index))
+                                          top_p=s.top_p, max_tokens=s.max_tokens,
+                                          seed=s.seed_for(iteration, index, stream))
         ledger.add(result)
         return result.text
 
-    async def solve(self, question: str, index: int, ledger: Ledger) -> str:
-        """Solver chain number `index`."""
+    async def solve(self, question: str, index: int, ledger: Ledger, stream: int = 0) -> str:
+        """Solver chain number `index` of sample stream `stream` (0: MAgICoRE's chains)."""
         prompt = SOLVER.format(answer_instruction=self.answer_format.instruction, question=question)
-        return await self._ask(prompt, ledger, 0, index)
+        return await self._ask(prompt, ledger, 0, index, stream)
+
+    async def judges_hard(self, question: str, ledger: Ledger) -> bool:
+        """Whether the model calls the question hard: the last "easy" or "hard" of its reply; a
+        reply with neither counts as hard (when the model cannot say, refining is the cautious side)."""
+        verdicts = _VERDICT.findall(await self._ask(DIFFICULTY.format(question=question), ledger, 0, 0))
+        return not verdicts or verdicts[-1].lower() == "hard"
 
     async def review(self, question: str, solution: str, step_scores: list[float] | None, ledger: Ledger,
                      iteration: int, index: int) -> str:
@@ -149,10 +187,16 @@ class Agents:
         return await self._ask(prompt, ledger, iteration, index)
 
     async def review_and_refine(self, question: str, solution: str, step_scores: list[float] | None,
-                                ledger: Ledger, iteration: int, index: int, review: bool = True) -> str:
-        """Reviewer then Refiner on one chain (two calls); `review` False: the Refiner alone,
-        without feedback or step scores (one call, the no-review ablation)."""
-        if not review:
-            return await self.refine(question, solution, None, NO_REVIEW, ledger, iteration, index)
+                                ledger: Ledger, iteration: int, index: int) -> str:
+        """Reviewer then Refiner on one chain (two calls); without step scores, LLM self-feedback."""
         feedback = await self.review(question, solution, step_scores, ledger, iteration, index)
         return await self.refine(question, solution, step_scores, feedback, ledger, iteration, index)
+
+    async def review_and_refine_jointly(self, question: str, solution: str, step_scores: list[float] | None,
+                                        ledger: Ledger, iteration: int, index: int) -> str:
+        """One agent in both roles (one call): the text after its last "Corrected solution:"
+        (its whole reply when the marker is missing)."""
+        prompt = JOINT.format(guidance=_UNSCORED if step_scores is None else _SCORED, question=question,
+                              answer_instruction=self.answer_format.instruction,
+                              solution=annotate(solution, step_scores))
+        return (await self._ask(prompt, ledger, iteration, index)).rpartition(CORRECTED)[2].strip()

@@ -1,23 +1,38 @@
-"""MAgICoRE's per-question difficulty test and the RM-weighted vote (SPEC B).
+"""MAgICoRE's per-question difficulty test, the RM-weighted vote and the top-k selection
+(the MAgICoRE paper, its coarse-to-fine method: easy problems are aggregated, hard ones refined;
+scoreflow/PAPERS.md §M).
 
 A scored chain i has an answer a_i (None when it states none), an ORM score o_i in [0, 1]
-and PRM step scores s_i1..s_in in [0, 1]. Its reward is
+and PRM step scores s_i1..s_in in [0, 1]; its PRM score is the product p_i = prod_j s_ij.
+Answer groups G_a = {i : a_i = a}; chains without an answer belong to no group. The majority
+is the largest group, G_maj; the question has k chains in all.
 
-    r_i = o_i + prod_j s_ij                                  (ORM + PRM-product)
-
-Answer groups G_a = {i : a_i = a}; chains without an answer belong to no group. The
-majority is the largest group.
-
-Condition 1 (majority quality), with reference statistics (mu, sigma):
+Condition 1 (majority quality), rule "paper" (the paper's text), for each RM separately,
+w_i = o_i and w_i = p_i:
+    S_avg = mean_{i in G_maj} w_i - mean_{i = 1..k} w_i,   true iff S_avg > 0 for BOTH RMs
+("if either RM gives the majority a low score, condition 1 is false"). The paper normalises the
+majority's mean score by the mean over all the question's solutions; we take the difference.
+Dividing it by any positive spread (the question's std, say) gives the same sign, so the test
+is the same; the difference needs no spread, and is defined when every score is equal (then it
+is 0: condition 1 false, a majority no better than the rest).
+Rule "reference" (the authors' repository, dinobby/MAgICoRE, refine.py): one combined reward
+r_i = o_i + p_i, z-normalised with statistics (mu, sigma),
     z_i = (r_i - mu) / sigma,    true iff mean_{i in G_maj} z_i >= 0
-Condition 2 (RM confidence), separately for w_i = o_i and for w_i = prod_j s_ij:
-    W_a = sum_{i in G_a} w_i,   p_a = W_a / sum_b W_b,   H = -sum_a p_a ln p_a
+with (mu, sigma) over each question's first Solver chain in the dataset (or, "question"
+normalisation, over the question's own chains).
+
+Condition 2 (RM confidence), both rules, separately for w_i = o_i and for w_i = p_i:
+    W_a = sum_{i in G_a} w_i,   q_a = W_a / sum_b W_b,   H = -sum_a q_a ln q_a
     confidence = 2 (1 - sigmoid(H)),   true iff confidence >= 0.5 for BOTH RMs
 (one answer: H = 0, confidence 1; two equal answers: H = ln 2, confidence 2/3; the bound
 0.5 is H = ln 3, so with k <= 3 chains condition 2 always holds and no question is hard.)
-A question is EASY when either condition holds, HARD otherwise.
+A question is EASY when either condition holds, HARD otherwise. The paper's ablations that
+judge with one RM (`rms=("orm",)` or `("prm",)`) apply both conditions to that RM alone.
 
-RM-weighted vote: answer = argmax_a sum_{i in G_a} r_i.
+RM-weighted vote: answer = argmax_a sum_{i in G_a} (o_i + p_i).
+Top k: the k chains of highest ORM score (rule "paper": the Reviewer's feedback came from the
+PRM, so selecting with the other RM avoids overfitting to it); of highest o_i + p_i
+("reference").
 
 Tie rule, everywhere (majority, vote, best chain, top-k): the earlier wins. Answers rank by
 their first chain's position in the list, chains by their position; the loop lists old
@@ -32,9 +47,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from statistics import fmean
+from typing import Iterable, Literal
 
+Rule = Literal["paper", "reference"]
+RULES = ("paper", "reference")
+RMS = ("orm", "prm")
 STD_FLOOR = 1e-12
+MARGIN_FLOOR = 1e-9  # equal scores must not pass S_avg > 0 by a rounding error
 CONFIDENCE_THRESHOLD = 0.5
 
 
@@ -58,10 +78,14 @@ class Chain:
         """r = ORM + PRM-product."""
         return self.orm + self.prm_product
 
+    def score(self, rm: str) -> float:
+        """The chain's score by one RM: "orm" -> o, "prm" -> the PRM product."""
+        return self.orm if rm == "orm" else self.prm_product
+
 
 @dataclass(frozen=True)
 class RewardStats:
-    """Reference mean and (population) standard deviation of rewards for condition 1."""
+    """Reference mean and (population) standard deviation of rewards for the reference rule."""
 
     mean: float
     std: float
@@ -133,10 +157,14 @@ def confidence(weights: Iterable[float]) -> float:
 
 @dataclass(frozen=True)
 class Difficulty:
-    """The test's inputs and outcome for one question at one iteration."""
+    """The test's inputs and outcome for one question at one iteration. The margins (S_avg)
+    and confidences are given for both RMs whatever the rule, for the record."""
 
+    rule: Rule
     majority: str | None
-    majority_z: float | None      # mean normalised reward of the majority's chains
+    orm_margin: float | None      # S_avg of the ORM; None without a majority
+    prm_margin: float | None      # S_avg of the PRM product
+    majority_z: float | None      # the reference rule's mean z over the majority; None under the paper's
     orm_confidence: float
     prm_confidence: float
     condition1: bool
@@ -147,20 +175,36 @@ class Difficulty:
         return self.condition1 or self.condition2
 
 
-def classify(chains: list[Chain], stats: RewardStats) -> Difficulty:
-    """Conditions 1 and 2 of the module docstring for one question's chains."""
+def classify(chains: list[Chain], rule: Rule = "paper", stats: RewardStats | None = None,
+             rms: tuple[str, ...] = RMS) -> Difficulty:
+    """Conditions 1 and 2 of the module docstring for one question's chains, judged by `rms`.
+    `stats`: the reference rule's (mu, sigma); None: the question's own chains'."""
+    if rule not in RULES:
+        raise ValueError(f"difficulty rule must be one of {', '.join(RULES)}, got {rule!r}")
+    if rule == "reference" and tuple(rms) != RMS:
+        raise ValueError("the reference rule combines both RMs into one reward; judging with one RM needs the "
+                         "paper's rule")
     answers = groups(chains)
     top = majority(chains)
-    z = None if top is None else math.fsum(stats.z(c.reward) for c in answers[top]) / len(answers[top])
-    orm_conf = confidence(math.fsum(c.orm for c in g) for g in answers.values())
-    prm_conf = confidence(math.fsum(c.prm_product for c in g) for g in answers.values())
-    return Difficulty(top, z, orm_conf, prm_conf, condition1=z is not None and z >= 0,
-                      condition2=min(orm_conf, prm_conf) >= CONFIDENCE_THRESHOLD)
+    margin = {rm: None if top is None else
+              fmean(c.score(rm) for c in answers[top]) - fmean(c.score(rm) for c in chains) for rm in RMS}
+    conf = {rm: confidence(math.fsum(c.score(rm) for c in g) for g in answers.values()) for rm in RMS}
+    z = None
+    if rule == "paper":
+        condition1 = all(margin[rm] is not None and margin[rm] > MARGIN_FLOOR for rm in rms)
+    else:
+        stats = stats or RewardStats.of(c.reward for c in chains)
+        z = None if top is None else fmean(stats.z(c.reward) for c in answers[top])
+        condition1 = z is not None and z >= 0
+    return Difficulty(rule, top, margin["orm"], margin["prm"], z, conf["orm"], conf["prm"], condition1,
+                      condition2=all(conf[rm] >= CONFIDENCE_THRESHOLD for rm in rms))
 
 
-def top_k(chains: list[Chain], k: int) -> list[Chain]:
-    """The k chains of highest reward, best first (stable: ties keep list order)."""
-    return sorted(chains, key=lambda c: -c.reward)[:k]
+def top_k(chains: list[Chain], k: int, rule: Rule = "paper") -> list[Chain]:
+    """The k chains of highest ORM score ("paper") or ORM + PRM-product ("reference"), best
+    first (stable: ties keep list order)."""
+    key = (lambda c: -c.orm) if rule == "paper" else (lambda c: -c.reward)
+    return sorted(chains, key=key)[:k]
 
 
 def best_by_orm(chains: list[Chain]) -> Chain | None:

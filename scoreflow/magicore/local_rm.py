@@ -7,11 +7,14 @@ one forward pass reads the next-token logits at every tag, and step j's score is
 
     s_j = P(good | prefix through tag j) / (P(good) + P(bad)) = sigmoid(l_good - l_bad)
 
-With a real Math-Shepherd checkpoint (`peiyi9979/math-shepherd-mistral-7b-prm`, HF format,
-Mistral = Llama layout) the defaults are its own: tag "ки", good "+", bad "-", no chat
-template. The ORM of a causal LM asks "Is this solution correct?" after the solution and
-reads o = P(Yes) / (P(Yes) + P(No)) at the next token. Reward models with a value head
-(e.g. internlm2-7b-reward, the reference ORM) are not causal LMs and do not load here.
+(a chain's PRM score is the product of its s_j: difficulty.Chain.prm_product). With a real
+Math-Shepherd checkpoint (`peiyi9979/math-shepherd-mistral-7b-prm`, HF format, Mistral = Llama
+layout) the defaults are its own: tag "ки", good "+", bad "-", no chat template, and the text
+encoded as its reference code encodes it, `tokenizer.encode(text)`, i.e. after the tokenizer's
+BOS where its tokenizer.json adds one (Mistral's does). The ORM of a causal LM asks "Is this
+solution correct?" after the solution and reads o = P(Yes) / (P(Yes) + P(No)) at the next
+token. Reward models with a value head (*ForSequenceClassification) load through
+value_head_rm.py.
 
 For a chat model (the tokenizer has a chat template, e.g. our default SmolLM2-135M-Instruct)
 the same texts are wrapped in a user turn that explains the tag and the +/- verdicts. That
@@ -32,6 +35,7 @@ import torch
 from scoreflow.llama import DEFAULT_MODEL, Tokenizer, Transformer, load_model, load_tokenizer
 from scoreflow.llama.model import MaskedPlan, real_token_positions
 
+from .batches import length_batches, right_padded
 from .reward import OutcomeRewardModel, ProcessRewardModel, split_steps
 
 
@@ -99,6 +103,11 @@ class LocalLMRewardModel(OutcomeRewardModel, ProcessRewardModel):
     def _render(self, content: str) -> str:
         return self.tokenizer.apply_chat_template([{"role": "user", "content": content}]) if self.chat else content
 
+    def _encode(self, text: str) -> list[int]:
+        """Token ids of a rendered text: a chat template writes its own BOS; raw text gets the
+        tokenizer's special tokens, as Math-Shepherd's `tokenizer.encode(text)` does."""
+        return self.tokenizer.encode(text, add_special_tokens=not self.chat)
+
     # -- inputs ------------------------------------------------------------------------------
     def prm_inputs(self, question: str, solution: str) -> tuple[list[int], list[int]]:
         """Token ids of the tagged chain and the position of each step's tag (one per step).
@@ -119,8 +128,8 @@ class LocalLMRewardModel(OutcomeRewardModel, ProcessRewardModel):
             offset += len(step)
             ends.append(offset)
             offset += 1  # the "\n" between steps
-        ids = self.tokenizer.encode(full)
-        positions = [len(self.tokenizer.encode(full[:end])) - 1 for end in ends]
+        ids = self._encode(full)
+        positions = [len(self._encode(full[:end])) - 1 for end in ends]
         if any(ids[p] != self.tag_id for p in positions):
             raise ValueError(f"the step tag {tag!r} merges with the text after it under this tokenizer; choose "
                              f"another RewardLayout.step_tag")
@@ -129,7 +138,7 @@ class LocalLMRewardModel(OutcomeRewardModel, ProcessRewardModel):
     def orm_inputs(self, question: str, solution: str) -> list[int]:
         """Token ids ending where the Yes/No answer comes next."""
         text = ORM_TEXT.format(question=question, solution=solution.strip())
-        return self.tokenizer.encode(self._render(text) if self.chat else text + "\n")
+        return self._encode(self._render(text) if self.chat else text + "\n")
 
     # -- scores ------------------------------------------------------------------------------
     def step_scores(self, question: str, solutions: list[str]) -> list[list[float]]:
@@ -158,26 +167,10 @@ class LocalLMRewardModel(OutcomeRewardModel, ProcessRewardModel):
         device = self.model.embed_tokens.weight.device
         head = self.model.lm_head.weight[[good, bad]].float()  # (2, C)
         with self._lock, torch.inference_mode():
-            for batch in self._batches(sequences):
-                width = max(len(sequences[i]) for i in batch)
-                ids = torch.zeros(len(batch), width, dtype=torch.long)
-                mask = torch.zeros(len(batch), width, dtype=torch.long)
-                for row, i in enumerate(batch):
-                    ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
-                    mask[row, : len(sequences[i])] = 1
-                valid = mask.to(device).bool()
-                hidden = self.model.trunk(ids.to(device), real_token_positions(valid), MaskedPlan.causal(valid))  # (B, T, C)
+            for batch in length_batches([len(s) for s in sequences], self.max_batch_tokens):
+                ids, valid = right_padded([sequences[i] for i in batch], device)  # (B, T)
+                hidden = self.model.trunk(ids, real_token_positions(valid), MaskedPlan.causal(valid))  # (B, T, C)
                 for row, i in enumerate(batch):
                     logits = (hidden[row, positions[i]].float() @ head.T).double()  # (n_i, 2)
                     out[i] = torch.sigmoid(logits[:, 0] - logits[:, 1]).tolist()
         return out
-
-    def _batches(self, sequences: list[list[int]]) -> list[list[int]]:
-        """Indices grouped by length (shortest first) so rows x longest <= max_batch_tokens."""
-        batches: list[list[int]] = []
-        for i in sorted(range(len(sequences)), key=lambda i: len(sequences[i])):
-            if batches and (len(batches[-1]) + 1) * len(sequences[i]) <= self.max_batch_tokens:
-                batches[-1].append(i)
-            else:
-                batches.append([i])
-        return batches

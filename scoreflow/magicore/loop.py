@@ -1,61 +1,83 @@
-"""MAgICoRE's coarse-to-fine loop for one question (SPEC B).
+"""MAgICoRE's coarse-to-fine loop for one question, as the MAgICoRE paper describes it
+(scoreflow/PAPERS.md §M).
 
-    chains_0 = k Solver chains, each scored by the ORM and the PRM
-    for t = 0, 1, ..., T:
-        d_t      = classify(chains_t)                     difficulty.py: both conditions
-        answer_t = weighted_vote(chains_t)                each chain votes ORM + PRM-product
-        stop if d_t is easy, or t = T
-        for each chain i (separate calls, concurrently):
-            feedback_i = Reviewer(chain_i with its PRM step scores)
-            new_i      = Refiner(chain_i, feedback_i)
-        chains_{t+1} = top_k(chains_t + score(new), k)    by ORM + PRM-product
+    Solver: k chains S_0, each scored by the ORM and the PRM
+    kept_0 = S_0
+        |
+        v
+    t = 0, 1, ..., T:                                         (classify and vote on kept_t)
+    +-> d_t = classify(kept_t)             difficulty.py: the majority and both conditions,
+    |   answer_t = weighted_vote(kept_t)   recomputed at every iteration
+    |   easy, or t = T?  -- yes --> answer_t
+    |       | no (hard)
+    |       v
+    |   PRM step scores of S_t --> Reviewer: feedback per chain   (separate calls, concurrently)
+    |       |
+    |       v
+    |   Refiner: S_{t+1} = k chains rewritten with that feedback, scored by the ORM and the PRM
+    |       |
+    |       v
+    |   kept_{t+1} = top k of the 2k chains S_t + S_{t+1} by ORM score
+    +---S_{t+1} goes back to the Reviewer in the next round
 
-An easy question is answered at once by the vote (coarse); a hard one is refined (fine)
-until it becomes easy or T refinements were made. answer_t is what the method would answer
-after t refinements; a question that stopped early keeps its answer for later t.
+The Refiner's output is what the next round reviews (S_t: the chains round t wrote); the top k
+of the 2k old + new chains decide the vote and the difficulty test. Ranking by the ORM, not by
+the PRM whose scores guided the feedback, keeps the selection from overfitting to the PRM
+(the paper). An easy question is answered at once by the vote (coarse); a hard one is refined
+(fine) until it becomes easy or T refinements were made. answer_t is what the method would
+answer after t refinements; a question that stopped early keeps its answer for later t.
 
-Where this differs from the reference code (refine.py), on purpose (SPEC C):
-- The majority and both conditions are recomputed on the current chains at every
-  iteration. The reference fixes the majority once, from the Solver chains.
-- The top k of the 2k old + new chains are what the next iteration classifies and refines.
-  The reference ranks the top k only to vote; it refines the k new chains next time, and a
-  question that is not refined in an iteration is reset to its iteration-0 chains (so an
-  answer improved earlier can be lost later).
+Rule "reference" (difficulty.py, the authors' repository) keeps the reference's combined
+ranking (ORM + PRM product) for the top k and its condition 1; the flow above is the same.
+Where the flow differs from the reference code (refine.py), on purpose:
+- The difficulty test runs on kept_t, the chains that vote (the paper); the reference tests the
+  k newest chains S_t, and fixes the majority once, from the Solver chains.
+- A question that is easy at some iteration stops there: the reference resets such a question
+  to its iteration-0 chains, so an answer improved earlier can be lost later.
 - Chains without a readable answer are kept and ranked, but neither form an answer group nor
   vote (the reference votes for a "N/A"-like key in condition 2 and gives such chains a PRM
   of 0).
-Normalisation (condition 1): "dataset" uses the reference's statistics (each question's first
-Solver chain, over the dataset), given by the caller; "question" uses the mean and std of the
-question's current chains.
+
+The paper's ablations (`MagicoreConfig.ablation`), each changing one thing:
+    refine-all      every question is hard (no coarse/fine split; refined T times)
+    cond1-only      easy on condition 1 alone;   cond2-only  on condition 2 alone
+    orm-only        both conditions judged by the ORM alone;   prm-only  by the PRM alone
+    llm-difficulty  the Solver's model is asked once whether the question is hard; its verdict
+                    holds for every iteration (the question does not change)
+    no-review       the Refiner rewrites without any Reviewer, feedback or step scores
+    llm-feedback    the Reviewer writes feedback without step scores (LLM self-feedback)
+    joint-role      one agent reviews and rewrites in one call (with step scores)
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Awaitable, Literal, Sequence
 
-from .agents import Agents, Ledger
+from .agents import NO_REVIEW, Agents, Ledger
 from .answers import AnswerFormat
-from .difficulty import Chain, Difficulty, RewardStats, classify, top_k, weighted_vote
+from .difficulty import RMS, RULES, Chain, Difficulty, RewardStats, Rule, classify, top_k, weighted_vote
 from .reward import RewardModels
 
 Normalization = Literal["dataset", "question"]
-# The paper's ablations: "none" is MAgICoRE itself; refine-all treats every question as hard;
-# cond1-only / cond2-only call a question easy on one condition alone; no-review skips the
-# Reviewer, so the Refiner rewrites each chain with neither feedback nor step scores.
-ABLATIONS = ("none", "refine-all", "cond1-only", "cond2-only", "no-review")
+ABLATIONS = ("none", "refine-all", "cond1-only", "cond2-only", "orm-only", "prm-only", "llm-difficulty",
+             "no-review", "llm-feedback", "joint-role")
+_JUDGED_BY = {"orm-only": ("orm",), "prm-only": ("prm",)}
 
 
 @dataclass(frozen=True)
 class MagicoreConfig:
-    """Defaults are the reference's: k = 40 chains, T = 3 refinement iterations (sampling
-    settings live in agents.Sampling)."""
+    """Defaults are the paper's: k = 40 chains, T = 3 refinement iterations, its difficulty rule
+    (sampling settings live in agents.Sampling). `normalization` is the reference rule's
+    condition-1 statistics: each question's first chain over the dataset ("dataset", given by
+    the caller), or the question's own chains ("question"); the paper's rule needs none."""
 
     k: int = 40
     iterations: int = 3
     normalization: Normalization = "dataset"
     ablation: str = "none"  # one of ABLATIONS
+    difficulty_rule: Rule = "paper"
 
     def __post_init__(self):
         if self.k < 1 or self.iterations < 0:
@@ -64,18 +86,27 @@ class MagicoreConfig:
             raise ValueError(f"normalization must be 'dataset' or 'question', got {self.normalization!r}")
         if self.ablation not in ABLATIONS:
             raise ValueError(f"ablation must be one of {', '.join(ABLATIONS)}, got {self.ablation!r}")
+        if self.difficulty_rule not in RULES:
+            raise ValueError(f"difficulty rule must be one of {', '.join(RULES)}, got {self.difficulty_rule!r}")
+        if self.ablation in _JUDGED_BY and self.difficulty_rule == "reference":
+            raise ValueError(f"ablation {self.ablation} judges with one RM, which the reference rule's combined "
+                             "reward cannot; use --difficulty-rule paper")
+
+    def classify(self, chains: list[Chain], stats: RewardStats | None) -> Difficulty:
+        """difficulty.classify under this config's rule, by the RMs its ablation keeps."""
+        return classify(chains, self.difficulty_rule, stats, _JUDGED_BY.get(self.ablation, RMS))
 
     def hard(self, difficulty: Difficulty) -> bool:
         """Whether the question is refined: neither condition holds (MAgICoRE), or as the ablation says."""
-        easy = {"none": difficulty.easy, "no-review": difficulty.easy, "refine-all": False,
-                "cond1-only": difficulty.condition1, "cond2-only": difficulty.condition2}[self.ablation]
+        easy = {"refine-all": False, "cond1-only": difficulty.condition1,
+                "cond2-only": difficulty.condition2}.get(self.ablation, difficulty.easy)
         return not easy
 
 
 @dataclass(frozen=True)
 class Round:
-    """Iteration t: the classification and vote on the chains after t refinements, and the
-    LLM calls spent on the question up to that vote (Solver included)."""
+    """Iteration t: the classification and vote on the kept chains after t refinements, and
+    the LLM calls spent on the question up to that vote (Solver included)."""
 
     iteration: int
     answer: str | None
@@ -88,7 +119,7 @@ class Round:
 @dataclass(frozen=True)
 class Trace:
     rounds: tuple[Round, ...]   # iterations 0 .. last classified (stops at the first easy one)
-    chains: tuple[Chain, ...]   # the final k chains
+    chains: tuple[Chain, ...]   # the final kept k chains (what the last vote counted)
     scored: int                 # chains the reward models scored (Solver's included)
 
     @property
@@ -108,30 +139,44 @@ async def score_chains(rms: RewardModels, answer_format: AnswerFormat, question:
     return [Chain(t, a, o, tuple(p), origin) for t, a, o, p in zip(texts, answers, orm, prm)]
 
 
-async def solve(agents: Agents, rms: RewardModels, question: str, k: int) -> tuple[list[Chain], list[Ledger]]:
-    """k scored Solver chains and what each chain's call cost."""
+async def solve(agents: Agents, rms: RewardModels, question: str, k: int, stream: int = 0
+                ) -> tuple[list[Chain], list[Ledger]]:
+    """k scored Solver chains (of sample stream `stream`, agents.py) and what each chain's call cost."""
     ledgers = [Ledger() for _ in range(k)]
-    texts = await asyncio.gather(*(agents.solve(question, i, ledgers[i]) for i in range(k)))
+    texts = await asyncio.gather(*(agents.solve(question, i, ledgers[i], stream) for i in range(k)))
     return await score_chains(rms, agents.answer_format, question, list(texts), origin=0), ledgers
+
+
+def _rewrite(agents: Agents, ablation: str, question: str, chain: Chain, ledger: Ledger, iteration: int,
+             index: int) -> Awaitable[str]:
+    """One chain's review + rewrite as the ablation has it."""
+    if ablation == "no-review":
+        return agents.refine(question, chain.text, None, NO_REVIEW, ledger, iteration, index)
+    if ablation == "joint-role":
+        return agents.review_and_refine_jointly(question, chain.text, list(chain.prm), ledger, iteration, index)
+    scores = None if ablation == "llm-feedback" else list(chain.prm)
+    return agents.review_and_refine(question, chain.text, scores, ledger, iteration, index)
 
 
 async def refine_until_easy(agents: Agents, rms: RewardModels, question: str, chains: list[Chain],
                             config: MagicoreConfig, stats: RewardStats | None, ledger: Ledger) -> Trace:
-    """The loop of the module docstring from scored chains on. `stats` None: per-question
-    normalisation. `ledger` holds the Solver's cost on entry and collects the refinement calls."""
+    """The loop of the module docstring from the k scored Solver chains on. `stats`: the
+    reference rule's statistics (None: per question). `ledger` holds the Solver's cost on
+    entry and collects the later calls."""
+    verdict = await agents.judges_hard(question, ledger) if config.ablation == "llm-difficulty" else None
     rounds: list[Round] = []
+    kept = reviewed = chains
     scored = len(chains)
     for t in range(config.iterations + 1):
-        difficulty = classify(chains, stats or RewardStats.of(c.reward for c in chains))
-        hard = config.hard(difficulty)
-        rounds.append(Round(t, weighted_vote(chains), hard, difficulty, ledger.calls, ledger.tokens))
+        difficulty = config.classify(kept, stats)
+        hard = config.hard(difficulty) if verdict is None else verdict
+        rounds.append(Round(t, weighted_vote(kept), hard, difficulty, ledger.calls, ledger.tokens))
         if not hard or t == config.iterations:
             break
-        review = config.ablation != "no-review"
-        texts = await asyncio.gather(*(agents.review_and_refine(question, c.text, list(c.prm), ledger, t + 1, i,
-                                                                review=review) for i, c in enumerate(chains)))
-        known = [c.answer for c in chains if c.answer is not None]
+        texts = await asyncio.gather(*(_rewrite(agents, config.ablation, question, c, ledger, t + 1, i)
+                                       for i, c in enumerate(reviewed)))
+        known = [c.answer for c in (*kept, *reviewed) if c.answer is not None]
         new = await score_chains(rms, agents.answer_format, question, list(texts), origin=t + 1, known=known)
         scored += len(new)
-        chains = top_k(chains + new, config.k)
-    return Trace(tuple(rounds), tuple(chains), scored)
+        kept, reviewed = top_k(reviewed + new, config.k, config.difficulty_rule), new
+    return Trace(tuple(rounds), tuple(kept), scored)

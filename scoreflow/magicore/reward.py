@@ -1,12 +1,13 @@
-"""Reward models: an ORM scores whole solutions, a PRM scores each step (SPEC B).
+"""Reward models: an ORM scores whole solutions, a PRM scores each step (the MAgICoRE paper).
 
     await rm.orm(question, solutions)        -> [o_1, ..., o_k]        o in [0, 1]
     await rm.prm(question, solution)         -> [s_1, ..., s_n]        one per step, s in [0, 1]
     await rm.prm_batch(question, solutions)  -> [[s_11, ...], ...]     (batched where it can be)
 
 Steps are the paragraphs of a solution: `split_steps` cuts on blank lines (a solution without
-any is one step). Two implementations: `local_rm.LocalLMRewardModel` (a causal LM run here) and
-`judge_rm.JudgeRewardModel` (an LLM judge behind an OpenAI-compatible API).
+any is one step). Implementations: `local_rm.LocalLMRewardModel` (a causal LM run here, ORM and
+PRM), `value_head_rm.ValueHeadRewardModel` (a value-head ORM run here) and
+`judge_rm.JudgeRewardModel` (an LLM judge behind an OpenAI-compatible API, ORM and PRM).
 """
 
 from __future__ import annotations

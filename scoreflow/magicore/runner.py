@@ -1,13 +1,15 @@
-"""A resumable MAgICoRE run over a dataset, with the baselines on the same chains.
+"""A resumable MAgICoRE run over a dataset, with the baselines on the same chains (and the
+budget-matched ones on samples of their own).
 
 Two phases, each writing one JSON line per finished question, so a rerun with the same
 OUT skips what is done (and a crash loses at most the questions in flight):
 
     1. solve    OUT/initial.jsonl   k Solver chains per question with ORM/PRM scores and cost
-    2. refine   OUT/results.jsonl   MAgICoRE per iteration + every baseline, scored against gold
+    2. refine   OUT/results.jsonl   MAgICoRE per iteration + every baseline (the Self-Refine
+                                    ones per round), scored against gold
 
 Phase 2 starts only when phase 1 is complete for every question that did not crash: the
-reference's normalisation statistics (condition 1) are taken over the first chain of every
+reference rule's normalisation statistics (condition 1) are taken over the first chain of every
 such question of the run (all of the test set, or the first --limit questions).
 A question whose executor calls fail (after the client's retries) is recorded in
 OUT/errors.jsonl, not in the results; rerun to retry it. A question that fails any other
@@ -33,7 +35,8 @@ from scoreflow.tasks import Question, Task
 from scoreflow.gather import gather
 
 from .agents import Agents, Ledger, Sampling
-from .baselines import BASELINES, SELF_REFINE_ROUNDS, chain_baselines, refine_baselines, total
+from .baselines import (BASELINES, MATCHED_BASELINES, MethodResult, chain_baselines, matched_baselines,
+                        refine_baselines, total)
 from .difficulty import Chain, RewardStats, dataset_stats
 from .loop import MagicoreConfig, Trace, refine_until_easy, solve
 from .report import summarize
@@ -42,25 +45,43 @@ from .reward import RewardModels
 
 @dataclass(frozen=True)
 class MagicoreRunConfig:
-    """Everything that decides a run's results (concurrency does not, and is not stored)."""
+    """Everything that decides a run's results (concurrency does not, and is not stored).
+    self_refine_rounds None: MAgICoRE's T. baseline_k: N of the budget-matched baselines
+    (baselines.py), which run only with it."""
 
     dataset: str
     questions: int
     magicore: MagicoreConfig
     sampling: Sampling
-    baselines: tuple[str, ...] = BASELINES
-    self_refine_rounds: int = SELF_REFINE_ROUNDS
+    baselines: tuple[str, ...] = tuple(b for b in BASELINES if b not in MATCHED_BASELINES)
+    self_refine_rounds: int | None = None
     solver: str = ""
     orm: str = ""
     prm: str = ""
     preset: str = "paper defaults"  # or the command's preset that set some of the above
+    baseline_k: int | None = None
+
+    def __post_init__(self):
+        matched = [b for b in self.baselines if b in MATCHED_BASELINES]
+        if matched and self.baseline_k is None:
+            raise ValueError(f"{', '.join(matched)} need(s) --baseline-k N, the samples of their own")
+        if (self.baseline_k is not None and self.baseline_k < 1) or (self.self_refine_rounds or 0) < 0:
+            raise ValueError(f"need --baseline-k >= 1 and --self-refine-rounds >= 0, got {self.baseline_k} and "
+                             f"{self.self_refine_rounds}")
+
+    @property
+    def refine_rounds(self) -> int:
+        """R of the Self-Refine baselines."""
+        return self.magicore.iterations if self.self_refine_rounds is None else self.self_refine_rounds
 
 
 def _with_new_defaults(stored: dict, current: MagicoreRunConfig) -> dict:
     """A config.json written before a MagicoreConfig field existed reads as that field's default;
-    one written before a top-level field existed (preset) reads as the current value."""
+    one written before a top-level field existed (preset) reads as the current value. A run
+    written before the difficulty rule existed followed neither rule's loop: it reads as rule
+    None and is refused rather than resumed."""
     return {**dataclasses.asdict(current), **stored,
-            "magicore": {**dataclasses.asdict(MagicoreConfig()), **stored.get("magicore", {})}}
+            "magicore": {**dataclasses.asdict(MagicoreConfig()), "difficulty_rule": None, **stored.get("magicore", {})}}
 
 
 def _chain_row(chain: Chain, ledger: Ledger) -> dict[str, Any]:
@@ -118,7 +139,9 @@ class Runner:
                      f"rerun the same command to retry them before refinement starts")
             return None
         first = [_chains(initial[q.id])[0][0] for q in self.questions if q.id in initial]
-        stats = dataset_stats(first) if self.config.magicore.normalization == "dataset" else None
+        magicore = self.config.magicore
+        reference = magicore.difficulty_rule == "reference" and magicore.normalization == "dataset"
+        stats = dataset_stats(first) if reference else None
         results = await self._phase("refine", self.out / "results.jsonl",
                                     lambda q: self._refine(q, initial[q.id], stats),
                                     [q for q in self.questions if q.id in initial])
@@ -178,19 +201,26 @@ class Runner:
 
     async def _refine(self, question: Question, initial: dict, stats: RewardStats | None) -> dict:
         chains, solver = _chains(initial)
-        baselines = self.config.baselines
-        trace, refined = await gather(  # if one fails, the other is cancelled rather than left running
-            refine_until_easy(self.agents, self.rms, question.prompt, chains, self.config.magicore, stats,
-                              total(solver)),
-            refine_baselines(self.agents, question.prompt, chains, solver, baselines,
-                             self.config.self_refine_rounds))
-        methods = {**chain_baselines(chains, solver, baselines), **refined}
+        config, baselines = self.config, self.config.baselines
+        trace, refined, matched = await gather(  # if one fails, the others are cancelled rather than left running
+            refine_until_easy(self.agents, self.rms, question.prompt, chains, config.magicore, stats, total(solver)),
+            refine_baselines(self.agents, question.prompt, chains, solver, config.refine_rounds, baselines),
+            matched_baselines(self.agents, self.rms, question.prompt, config.baseline_k or 0, baselines))
+        methods = {**chain_baselines(chains, solver, baselines), **matched,
+                   **{name: rounds[-1] for name, rounds in refined.items()}}
+        rows = {name: {**dataclasses.asdict(r), "correct": self._correct(question, r.answer)}
+                for name, r in methods.items()}
+        for name, rounds in refined.items():
+            rows[name]["rounds"] = [self._round(question, r) for r in rounds]
         return {"id": question.id, "gold": question.gold, "magicore": self._iterations(question, trace),
-                "baselines": {name: {**dataclasses.asdict(r), "correct": self._correct(question, r.answer)}
-                              for name, r in methods.items()}}
+                "baselines": rows}
 
     def _correct(self, question: Question, answer: str | None) -> float:
         return self.task.score(question, self.agents.answer_format.scorable(answer))
+
+    def _round(self, question: Question, result: MethodResult) -> dict:
+        return {"answer": result.answer, "correct": self._correct(question, result.answer), "calls": result.calls,
+                "tokens": result.prompt_tokens + result.completion_tokens}
 
     def _iterations(self, question: Question, trace: Trace) -> dict:
         """Per iteration 0..T; after an early stop the last round's answer and cost carry on."""
@@ -200,4 +230,3 @@ class Runner:
                 "hard": [r.hard for r in rounds], "calls": [r.calls for r in rounds],
                 "tokens": [r.tokens for r in rounds], "refinements": len(trace.rounds) - 1,
                 "scored": trace.scored, "difficulty": [dataclasses.asdict(r.difficulty) for r in trace.rounds]}
-
