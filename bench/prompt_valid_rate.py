@@ -6,11 +6,12 @@ implementation) and as it was before (the question shown "for context only").
     python bench/prompt_valid_rate.py --questions 2 --k 4   # a quick look
 
 Both prompts share the system message (the guide) and differ only in the user turn. Questions
-are GSM8K validation questions; each question is sampled under both prompts back to back, in
-alternating order, with the same seed and the embedded preset's sampling (temperature 0.7,
-top-p 0.95, 384 new tokens), and every workflow goes through the loop's own checks and dry run
-(optimize/stages.py check_and_dry_run, with the embedded preset's settings: invalid workflows
-kept). Prints valid rate, operator-call rate and the reasons workflows were invalid, per prompt.
+are GSM8K validation questions, in two halves; each half is sampled under both prompts back to
+back (one batch per prompt, every question's k samples together as the loop samples them; the
+second half swaps which prompt goes first), with the same seeds and the embedded preset's
+sampling (temperature 0.7, top-p 0.95, 384 new tokens), and every workflow goes through the
+loop's own checks and dry run (optimize/stages.py check_and_dry_run, with the embedded preset's
+settings: invalid workflows kept). Prints valid rate, operator-call rate and the reasons workflows were invalid, per prompt.
 """
 
 from __future__ import annotations
@@ -45,21 +46,24 @@ def main(n_questions: int, k: int) -> None:
     it = stages.Iteration(0, Path(tempfile.mkdtemp()), cfg, task)
     counts = {name: collections.Counter() for name in ("now", "earlier")}
     seconds = collections.Counter()
-    for i, q in enumerate(questions):
-        order = ("now", "earlier") if i % 2 == 0 else ("earlier", "now")
+    # One batch per prompt (every question's k samples together, as the loop samples them),
+    # the two batches back to back; the question halves swap which prompt goes first.
+    half = (len(questions) + 1) // 2
+    for part, order in ((questions[:half], ("now", "earlier")), (questions[half:], ("earlier", "now"))):
         for name in order:
-            ids = generator.tokenizer.encode(generator.tokenizer.apply_chat_template(prompts(q.prompt)[name])
-                                             + RESPONSE_PREFIX)
+            if not part:
+                continue
+            ids = [generator.tokenizer.encode(generator.tokenizer.apply_chat_template(prompts(q.prompt)[name])
+                                              + RESPONSE_PREFIX) for q in part]
             t0 = time.monotonic()
-            (responses,) = generator.sample([ids], k, [it.seed(i, 0)])
+            samples = generator.sample(ids, k, [it.seed(questions.index(q), 0) for q in part])
             seconds[name] += time.monotonic() - t0
-            for w in stages.check_and_dry_run([responses], it)[0]:
+            for w in (w for ws in stages.check_and_dry_run(samples, it) for w in ws):
                 counts[name]["workflows"] += 1
                 counts[name]["valid"] += w["valid"]
                 for problem in w["problems"]:
                     counts[name][f"invalid: {problem.split(':')[0].split('(')[0].strip()}"] += 1
-        print(f"question {i + 1}/{len(questions)}: valid now {counts['now']['valid']}, "
-              f"earlier {counts['earlier']['valid']}", flush=True)
+            print(f"{name}: {counts[name]['valid']}/{counts[name]['workflows']} valid so far", flush=True)
     print(f"\n{len(questions)} GSM8K validation questions x {k} samples per prompt, {cfg.generator}\n")
     print("| prompt | valid rate | generation s |\n|---|---|---|")
     for name, c in counts.items():
