@@ -34,6 +34,7 @@ def _pyplot() -> Any:
 
 
 def _save(plt: Any, fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    ax.set_ylim(-0.03, 1.03)  # scores and accuracies are in [0, 1]: the same scale in every figure
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -53,10 +54,9 @@ def accuracy_against_cost(rows: list[dict], title: str, path: Path) -> Path | No
     scored = [r for r in rows if r["score"] is not None]
     in_usd = all(r["usd"] is not None for r in scored)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for r in scored:
-        cost = r["usd"] if in_usd else r["tokens"]
-        ax.scatter(cost, r["score"], s=36)
-        ax.annotate(r["method"], (cost, r["score"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    for r in scored:  # a legend, not labels at the points: methods of equal cost and score coincide
+        ax.scatter(r["usd"] if in_usd else r["tokens"], r["score"], s=36, label=r["method"])
+    ax.legend(fontsize=8)
     xlabel = "executor USD per question and run" if in_usd else "executor tokens per question and run"
     return _save(plt, fig, ax, xlabel, "score", title, path)
 
