@@ -38,7 +38,7 @@ from .cli import Preset, add_flags, flag, given, run_cli
 from .executor import ExecutorClient
 from .executor.client import price_for
 from .executor.reachable import require_reachable
-from .figures import accuracy_against_cost
+from .figures import PLOT_HINT, accuracy_against_cost
 from .llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL
 from .optimize.config import EMBEDDED as TRAIN_EMBEDDED
 from .optimize.config import RunConfig, check_endpoints
@@ -205,7 +205,7 @@ def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
     (out / "results.md").write_text(results["markdown"] + "\n")
     print("\n" + results["markdown"])
     figure = accuracy_against_cost(rows, f"{cfg.task}/{cfg.split}", out / "accuracy_cost.png")
-    print(f"figure: {figure}" if figure else 'figure: skipped (pip install -e ".[plot]" for matplotlib)',
+    print(f"figure: {figure}" if figure else f"figure: skipped, matplotlib is not installed ({PLOT_HINT} to get it)",
           file=sys.stderr)
     return results
 
