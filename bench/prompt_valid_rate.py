@@ -38,6 +38,12 @@ def prompts(question: str) -> dict[str, list[dict[str, str]]]:
     return {"now": now, "earlier": [now[0], {"role": "user", "content": EARLIER_USER_TURN.format(question=question)}]}
 
 
+def reason(problem: str) -> str:
+    """A validation problem without its details: "line 27: invalid syntax" -> "does not parse"."""
+    head = problem.split(":")[0].split("(")[0].strip()
+    return "does not parse" if head.startswith("line ") else head
+
+
 def main(n_questions: int, k: int) -> None:
     cfg = resolve({"limit": n_questions, "k": k})
     task = load_task("gsm8k", "validate")
@@ -62,7 +68,7 @@ def main(n_questions: int, k: int) -> None:
                 counts[name]["workflows"] += 1
                 counts[name]["valid"] += w["valid"]
                 for problem in w["problems"]:
-                    counts[name][f"invalid: {problem.split(':')[0].split('(')[0].strip()}"] += 1
+                    counts[name][f"invalid: {reason(problem)}"] += 1
             print(f"{name}: {counts[name]['valid']}/{counts[name]['workflows']} valid so far", flush=True)
     print(f"\n{len(questions)} GSM8K validation questions x {k} samples per prompt, {cfg.generator}\n")
     print("| prompt | valid rate | generation s |\n|---|---|---|")
