@@ -3,14 +3,21 @@ dataclass, one preset mechanism, and user errors that become one line and exit 2
 
     @dataclass(frozen=True)
     class RunConfig:
-        k: int = flag(8, "Workflows sampled per question.")
-        iterations: int = flag(3, "Optimisation iterations.", aliases=("--iters",))
+        k: int = flag(8, "Workflows sampled per question.", bounds=(1, 1024))
+        iterations: int = flag(3, "Optimisation iterations.", aliases=("--iters",), bounds=(1, 1000))
+        def __post_init__(self):
+            check_settings(self)   # --k nan, inf, 0, -1, 10**12: one line, exit 2
     EMBEDDED = Preset({"k": 4}, applies=lambda cfg: cfg.embedded)
     add_flags(parser, RunConfig, preset=EMBEDDED.settings)   # --k, help shows both defaults
     cfg = EMBEDDED.resolve(RunConfig, given(vars(parser.parse_args()), RunConfig))
 
     if __name__ == "__main__":
         run_cli("scoreflow.train", main)
+
+Every numeric setting declares its range on its field (`bounds`); `check_settings` refuses a
+value outside it, a non-finite float and a value of the wrong type, so a bad setting stops the
+command before a model loads or a file is written. The parser's own errors (an unknown flag,
+`--k abc`) are one line too.
 
 A user error is anything the user can fix by changing a flag, a file or an install: a
 `UserError`, or the `ValueError` / `FileNotFoundError` / `PermissionError` / `OSError`
@@ -26,6 +33,8 @@ name (`aliases`) still works for one release, hidden from --help, with a note na
 from __future__ import annotations
 
 import argparse
+import functools
+import math
 import os
 import sys
 import types
@@ -57,12 +66,68 @@ def run_cli(prog: str, main: Callable[[], object]) -> None:
         raise SystemExit(130) from None
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The closed range [low, high] of a numeric setting; an open end with low_open / high_open."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low < value if self.low_open else self.low <= value
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        return f"{'(' if self.low_open else '['}{_show(self.low)}, {_show(self.high)}{')' if self.high_open else ']'}"
+
+
+CONCURRENCY = Bounds(1, 4096)  # requests or questions in flight at once, in every command
+SEED = Bounds(0, (1 << 63) - 1)  # every --seed: seeds are hashed as unsigned 64-bit numbers
+
+
 def flag(default: Any = MISSING, help: str = "", *, choices: tuple | None = None, aliases: tuple[str, ...] = (),
-         **options: Any) -> Any:
+         bounds: Bounds | tuple[float, float] | None = None, none_as: str | None = None, **options: Any) -> Any:
     """A dataclass field that is also a command-line flag `--name-with-dashes`: its help text,
-    for a field that takes one of a few values its choices, and the flag's earlier names
-    (`aliases`, e.g. "--iters"). The type is the field's annotation; `options` go to `field`."""
-    return field(default=default, metadata={"help": help, "choices": choices, "aliases": aliases}, **options)
+    for a field that takes one of a few values its choices, the flag's earlier names (`aliases`,
+    e.g. "--iters"), for a number its range (`bounds`: (low, high) closed, or a Bounds;
+    check_settings), and the word that means None on the command line (`none_as`, e.g. "all"). A
+    field with no help is a setting without a flag. The type is the field's annotation; `options`
+    go to `field`."""
+    bounds = Bounds(*bounds) if isinstance(bounds, tuple) else bounds
+    return field(default=default, metadata={"help": help, "choices": choices, "aliases": aliases, "bounds": bounds,
+                                            "none_as": none_as}, **options)
+
+
+def _plain(hint: Any) -> Any:
+    """`int | None` -> int; any other annotation as it is."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (hint,) = [h for h in typing.get_args(hint) if h is not type(None)]
+    return hint
+
+
+def numeric_type(hint: Any) -> type | None:
+    """int or float for a field annotated `int`, `float`, `int | None`, ...; None for the others."""
+    return _plain(hint) if _plain(hint) in (int, float) else None
+
+
+def check_settings(settings: Any, like: type | None = None) -> None:
+    """Raise UserError naming the flag when a numeric field of the dataclass `settings` has the
+    wrong type, is not finite, or lies outside its declared Bounds (a field without bounds of its
+    own borrows those of the same-named field of `like`). None passes where the type allows it."""
+    hints, borrowed = typing.get_type_hints(type(settings)), {f.name: f.metadata for f in fields(like)} if like else {}
+    for f in fields(settings):
+        kind, value = numeric_type(hints[f.name]), getattr(settings, f.name)
+        bounds = f.metadata.get("bounds") or borrowed.get(f.name, {}).get("bounds")
+        if kind is None or bounds is None or value is None:
+            continue
+        name, what = f"--{f.name.replace('_', '-')}", "a number" if kind is float else "a whole number"
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+            raise UserError(f"{name} {value!r}: pass {what} in {bounds}")
+        if not (math.isfinite(value) and value in bounds):
+            raise UserError(f"{name} {_show(value)} is out of range: pass {what} in {bounds}")
 
 
 @dataclass(frozen=True)
@@ -101,6 +166,14 @@ class _EarlierName(argparse._StoreAction):
         super().__call__(parser, namespace, values, option_string)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors (an unknown flag, `--k abc`) as one line and exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def parse_bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -109,11 +182,15 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _scalar_type(hint: Any) -> Callable[[str], Any]:
-    """`int | None` -> int, `bool` -> parse_bool, `str` -> str."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        (hint,) = [h for h in typing.get_args(hint) if h is not type(None)]
-    return parse_bool if hint is bool else hint
+def _scalar_type(hint: Any, none_as: str | None = None) -> Callable[[str], Any]:
+    """`int | None` -> int, `bool` -> parse_bool, `str` -> str; the word `none_as` -> None."""
+    parse = parse_bool if _plain(hint) is bool else _plain(hint)
+    if none_as is None:
+        return parse
+    return functools.wraps(parse)(lambda text: None if text == none_as else parse(text))
+
+
+_UNSET = object()  # the parsed value of a flag not on the command line (None is a value: `--limit all`)
 
 
 def _show(value: Any) -> str:
@@ -133,8 +210,9 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, preset: Mappi
         notes = [] if f.default in (None, MISSING) else [f"default: {_show(f.default)}"]
         if preset and f.name in preset and preset[f.name] != f.default:
             notes.append(f"embedded preset: {_show(preset[f.name])}")
-        name, common = f"--{f.name.replace('_', '-')}", dict(dest=dest_prefix + f.name, default=None,
-                                                             type=_scalar_type(hints[f.name]), choices=meta["choices"])
+        name, common = f"--{f.name.replace('_', '-')}", dict(dest=dest_prefix + f.name, default=_UNSET,
+                                                             type=_scalar_type(hints[f.name], meta.get("none_as")),
+                                                             choices=meta["choices"])
         parser.add_argument(name, metavar=None if meta["choices"] else f.name.upper(), **common,
                             help=meta["help"] + (f" ({'; '.join(notes)})" if notes else ""))
         for alias in meta.get("aliases", ()):
@@ -142,8 +220,8 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, preset: Mappi
 
 
 def given(args: Mapping[str, Any], cls: type, dest_prefix: str = "") -> dict[str, Any]:
-    """The fields of `cls` the user set on the command line (flags left unset are None)."""
-    return {f.name: args[dest_prefix + f.name] for f in fields(cls) if args.get(dest_prefix + f.name) is not None}
+    """The fields of `cls` the user set on the command line."""
+    return {f.name: args[key] for f in fields(cls) if args.get(key := dest_prefix + f.name, _UNSET) is not _UNSET}
 
 
 def preset_of(instance: Any) -> dict[str, Any]:

@@ -34,17 +34,17 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cli import Preset, add_flags, flag, given, run_cli
+from .cli import Parser, Preset, add_flags, check_settings, flag, given, run_cli
 from .executor import ExecutorClient
 from .executor.client import price_for
-from .executor.reachable import require_reachable
+from .executor.reachable import require_answering
 from .figures import PLOT_HINT, accuracy_against_cost
 from .llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL
 from .optimize.config import EMBEDDED as TRAIN_EMBEDDED
-from .optimize.config import RunConfig, check_endpoints
+from .optimize.config import NOT_SETTINGS, RunConfig, check_endpoints
 from .optimize.endpoint import executor_endpoint
-from .rundir import JsonlLog, save_or_check_settings
-from .tasks import load_task
+from .rundir import JsonlLog, run_lock, save_or_check_settings
+from .tasks import Task, load_task
 from .tasks.registry import smaller_than_the_paper
 from .tasks.answer_judge import JUDGE_MODES, JUDGED_TASKS, AnswerJudge, JudgedTask
 from .workflow.static_baselines import BASELINES, EXECUTOR_TEMPERATURES, baseline_workflow
@@ -69,6 +69,7 @@ class Method:
 
 
 UNTRAINED = "generator (untrained)"
+PRICE = (0, 10**4)  # USD per 1M tokens
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,10 @@ class EvalConfig:
     executor_model: str | None = None
     executor_concurrency: int = 16
     executor_max_tokens: int | None = None
+    preflight_timeout: float = 30.0
     baselines: tuple[str, ...] = BASELINES  # --baselines all|none|a,b
-    runs: int = flag(3, "Executions per workflow and baseline; reported scores average them (the paper: 3).")
+    runs: int = flag(3, "Executions per workflow and baseline; reported scores average them (the paper: 3).",
+                     bounds=(1, 1000))
     judge: str = flag("auto", "LLM judge for MATH, DROP and HotpotQA answers: auto = on when the executor is a "
                               "real endpoint.", choices=("auto", "on", "off"))
     judge_mode: str = flag("verdict", "verdict = the judge's Yes/No is the score (the paper); rescue = the rule "
@@ -97,13 +100,14 @@ class EvalConfig:
     judge_url: str | None = flag(None, "OpenAI-compatible chat endpoint of the judge (default: the executor's).")
     judge_model: str | None = flag(None, "Model name of the judge (default: the executor's).")
     price_in: float | None = flag(None, "USD per 1M prompt tokens of the executor model, for the cost column "
-                                        "(default: the client's price list, e.g. gpt-4o-mini 0.15).")
+                                        "(default: the client's price list, e.g. gpt-4o-mini 0.15).", bounds=PRICE)
     price_out: float | None = flag(None, "USD per 1M completion tokens of the executor model (default: the "
-                                         "client's price list, e.g. gpt-4o-mini 0.60).")
+                                         "client's price list, e.g. gpt-4o-mini 0.60).", bounds=PRICE)
     temperature: float = 0.2  # the generator's sampling, as in training (PAPERS.md §S4.1)
     top_p: float = 0.95
     max_new_tokens: int = 1000
-    max_resample: int = flag(3, "Resamples of an invalid workflow; a question left without a valid one scores 0.")
+    max_resample: int = flag(3, "Resamples of an invalid workflow; a question left without a valid one scores 0.",
+                             bounds=(0, 100))
     workflow_timeout_s: float | None = None
     operators: str = ""  # "+MagicoreRefine": the operator set the generator was trained with
     seed: int = 0
@@ -116,10 +120,9 @@ class EvalConfig:
             raise ValueError(f"judge must be auto, on or off, got {self.judge!r}")
         if self.judge_mode not in JUDGE_MODES:
             raise ValueError(f"judge_mode must be one of {', '.join(JUDGE_MODES)}, got {self.judge_mode!r}")
-        if self.runs < 1:
-            raise ValueError(f"runs must be >= 1, got {self.runs}")
-        if (self.price_in is None) != (self.price_out is None) or min(self.price_in or 0, self.price_out or 0) < 0:
-            raise ValueError("price_in and price_out go together, in USD per 1M tokens (>= 0): pass both or neither")
+        check_settings(self, like=RunConfig)
+        if (self.price_in is None) != (self.price_out is None):
+            raise ValueError("--price-in and --price-out go together, in USD per 1M tokens: pass both or neither")
 
     @property
     def price(self) -> tuple[float, float] | None:
@@ -158,23 +161,32 @@ EMBEDDED = Preset({"limit": 10, **{k: TRAIN_EMBEDDED.settings[k] for k in ("max_
 
 
 def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
-    """Evaluate every method (resuming what OUT holds); returns the results (results.json)."""
+    """Evaluate every method (resuming what OUT holds), holding OUT's lock; returns the results
+    (results.json)."""
     from .lora import CONFIG_FILE  # torch (~2 s) only once the flags are parsed: a typo fails at once
-    from .optimize import stages
-    from .optimize.generator import make_generator
 
     if cfg.adapter and cfg.generator_url is None and not (Path(cfg.adapter) / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"--adapter {cfg.adapter}: no {CONFIG_FILE} there; pass the adapter/ folder of a "
                                 "training iteration, e.g. runs/scoreflow-gsm8k/iter_1/adapter")
     task = load_task(cfg.task, cfg.split, cfg.data_dir)
-    check_endpoints(cfg.run_config())
+    check_endpoints(replace(cfg.run_config(), api_key=api_key))
     if cfg.judge_url:
-        require_reachable(cfg.judge_url, "--judge-url")
+        require_answering(cfg.judge_url, "--judge-url", cfg.judge_model or cfg.executor_model or DEFAULT_MODEL,
+                          api_key=api_key, timeout_s=cfg.preflight_timeout)
+    with run_lock(out):
+        return _evaluate(cfg, task, out, api_key)
+
+
+def _evaluate(cfg: EvalConfig, task: Task, out: Path, api_key: str | None) -> dict:
+    """`run`'s work, once the settings are checked: store them, generate, execute, tabulate."""
+    from .optimize import stages
+    from .optimize.generator import make_generator
+
     preset = EMBEDDED.in_force(cfg)
-    save_or_check_settings(out, {**asdict(cfg), "preset": preset}, lambda stored: {"preset": preset, **stored})
+    settings = {k: v for k, v in asdict(cfg).items() if k not in NOT_SETTINGS}
+    save_or_check_settings(out, {**settings, "preset": preset}, lambda stored: {"preset": preset, **stored})
     split_size, note = len(task.questions), smaller_than_the_paper(task, cfg.split)
-    if cfg.limit:
-        task = replace(task, questions=task.questions[: cfg.limit])
+    task = replace(task, questions=task.questions[: cfg.limit])
     run_cfg = replace(cfg.run_config(), api_key=api_key)
     methods = cfg.methods()
     print(f"scoreflow.evaluate: settings: {preset}", file=sys.stderr)
@@ -289,13 +301,13 @@ def _table(cfg: EvalConfig, questions: int, split_size: int, rows: list[dict]) -
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, Path, str | None]:
-    p = argparse.ArgumentParser(prog="python -m scoreflow.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m scoreflow.evaluate", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", help="Results directory; rerun the same command to resume it "
                                  "(default: runs/evaluate-TASK-SPLIT).")
     p.add_argument("--api-key", help="API key for the executor, judge and generator endpoints (default: "
                                      "$OPENAI_API_KEY); never written to disk.")
-    p.add_argument("--baselines", type=_baseline_list, metavar="LIST",
+    p.add_argument("--baselines", type=_baseline_list, metavar="LIST", default=argparse.SUPPRESS,
                    help=f"Static baselines to run: all (default), none, or a comma list of {', '.join(BASELINES)}.")
     p.add_argument("--no-untrained", action="store_true", help="Skip the generator without the adapter.")
     add_flags(p, EvalConfig, preset=EMBEDDED.settings, like=RunConfig)

@@ -1,12 +1,16 @@
 """Crash-safe run-directory records: JSON-lines files appended one complete record at a time,
 and stage markers. A process killed mid-write leaves at most one partial last line, which the
-reader drops (and truncates), so a resumed run redoes exactly the unfinished work. And the
-run's settings, stored once, so that a resumed run cannot mix other settings into it."""
+reader drops (and truncates), so a resumed run redoes exactly the unfinished work. The run's
+settings, stored once, so that a resumed run cannot mix other settings into it. And a lock, so
+that two runs never write one directory at once."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -58,6 +62,10 @@ def stage_info(stage_dir: Path, stage: str) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _unwritable(run_dir: Path, e: OSError) -> UserError:
+    return UserError(f"cannot write the run directory {run_dir} ({e.strerror or e}); pass a writable --out")
+
+
 def _flat(settings: dict, prefix: str = "") -> dict:
     """{"dpo": {"lr": 1e-4}} -> {"dpo.lr": 1e-4}, so a difference names the nested setting."""
     flat = {}
@@ -86,4 +94,31 @@ def save_or_check_settings(run_dir: Path, settings: dict, normalize: Callable[[d
         run_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(wanted, indent=2, sort_keys=True) + "\n")
     except OSError as e:
-        raise UserError(f"cannot write the run directory {run_dir} ({e.strerror or e}); pass a writable --out") from None
+        raise _unwritable(run_dir, e) from None
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on run_dir for the block (fcntl.flock on run_dir/.lock, which
+    holds the owner's PID); another process that asks for it is refused at once, naming that
+    PID. The kernel drops the lock when its process dies, so a killed run's lock file never
+    blocks the resume."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise _unwritable(run_dir, e) from None
+    with os.fdopen(fd, "r+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = fh.read().strip() or "unknown"
+            raise UserError(f"{run_dir} is in use by another run (PID {owner}); wait for it to finish, or pass "
+                            "another --out") from None
+        fh.truncate(0)
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield

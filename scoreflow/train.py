@@ -27,26 +27,31 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .cli import add_flags, given, preset_of, run_cli
+from .cli import Parser, add_flags, given, preset_of, run_cli
 from .dpo.config import TrainConfig
 from .executor import ExecutorClient
 from .llama.registry import DEFAULT_MODEL
 from .optimize.config import EMBEDDED, RunConfig, check_endpoints, resolve, save_or_check
 from .optimize.endpoint import executor_endpoint
-from .rundir import JsonlLog, stage_info
-from .tasks import load_task
+from .rundir import JsonlLog, run_lock, stage_info
+from .tasks import Task, load_task
 from .tasks.registry import smaller_than_the_paper
 
 
 def run(cfg: RunConfig, out: Path) -> list[dict]:
-    """Run (or resume) every iteration; returns the per-iteration summary rows."""
+    """Run (or resume) every iteration, holding OUT's lock; returns the per-iteration summary rows."""
     task = load_task(cfg.task, cfg.split, cfg.data_dir)
     check_endpoints(cfg)
-    save_or_check(cfg, out)
+    with run_lock(out):
+        save_or_check(cfg, out)
+        return _iterations(cfg, replace(task, questions=task.questions[: cfg.limit]), out)
+
+
+def _iterations(cfg: RunConfig, task: Task, out: Path) -> list[dict]:
+    """`run`'s iterations on its (first --limit) questions, once the settings are checked and stored."""
     from .optimize import stages  # torch (~2 s) only once the settings are checked: a typo fails at once
     from .optimize.generator import make_generator
-    if cfg.limit:
-        task = replace(task, questions=task.questions[: cfg.limit])
+
     print(f"scoreflow.train: settings: {EMBEDDED.in_force(cfg)}", file=sys.stderr)
     if note := smaller_than_the_paper(task, cfg.split):
         print(f"scoreflow.train: note: {note}", file=sys.stderr)
@@ -116,8 +121,8 @@ def _table(rows: list[dict]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[dict, dict, Path]:
-    p = argparse.ArgumentParser(prog="python -m scoreflow.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m scoreflow.train", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="Run directory; rerun the same command to resume it "
                                                "(default: runs/scoreflow-TASK).")
     add_flags(p, RunConfig, preset=EMBEDDED.settings)

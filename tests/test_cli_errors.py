@@ -62,7 +62,7 @@ def cases(tmp_path_factory):
         "magicore: missing data dir": (magicore + ["--dataset", "gsm8k", "--data-dir", str(tmp / "absent"), *out],
                                        str(tmp / "absent")),
         "magicore: unreachable solver": (magicore + ["--dataset", "gsm8k", "--solver-url", dead, "--solver-model",
-                                                     "m", *out], dead),
+                                                     "m", "--orm", "judge", "--prm", "judge", *out], dead),
         "magicore: unknown model": (magicore + ["--dataset", "gsm8k", "--model", "smollm9-1b", *out], "smollm9-1b"),
         "magicore: executor url without its model": (magicore + ["--executor-url", dead, *out], "--executor-model"),
         "serve: port in use": (["-m", "scoreflow.serve", "--port", str(busy)], str(busy)),

@@ -18,7 +18,6 @@ def refuse(*args, **kwargs):
 @pytest.mark.parametrize("given, missing", [([], "--orm and --prm"), (["--orm", "judge"], "--prm"),
                                             (["--prm", "/models/prm"], "--orm")])
 def test_executor_url_without_reward_models_is_refused_in_one_line(tmp_path, capsys, monkeypatch, given, missing):
-    monkeypatch.setattr(magicore, "require_reachable", lambda url, flag: None)  # as if it answered
     for name in ("resolve_model_dir", "reward_models"):
         monkeypatch.setattr(magicore, name, refuse)
     out = tmp_path / "run"

@@ -30,7 +30,7 @@ class ScoreFlowScript(FakeOpenAIServer):
 
     def _default_reply(self, path, body):
         if path == "/v1/completions":
-            texts = [(GOOD, BAD, INVALID)[i % 3] for i in range(body["n"])]
+            texts = [(GOOD, BAD, INVALID)[i % 3] for i in range(body.get("n", 1))]
             return Reply(body={"id": "cmpl", "object": "text_completion", "created": 0, "model": body["model"],
                                "choices": [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)],
                                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})

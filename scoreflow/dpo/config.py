@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from ..cli import flag
+from ..cli import SEED, Bounds, check_settings, flag
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -28,21 +28,22 @@ class TrainConfig:
 
     loss: str = flag("score_dpo", "Training loss: score_dpo (the paper's) or dpo (plain DPO, the ablation).",
                      choices=("score_dpo", "dpo"))
-    beta: float = flag(0.1, "DPO beta: the scale of the implicit reward beta * log(pi / pi_ref).")
+    beta: float = flag(0.1, "DPO beta: the scale of the implicit reward beta * log(pi / pi_ref).",
+                       bounds=Bounds(0, 1000, low_open=True))
     f: str = flag("identity", "Score-DPO's score map f (the paper: identity).", choices=tuple(SCORE_MAPS))
-    lr: float = flag(1e-6, "AdamW learning rate of the LoRA weights.")
-    epochs: int = flag(1, "Passes over the drawn pairs.")
-    batch_size: int = flag(1, "Pairs per micro-batch (questions, in question grouping).")
-    grad_accum: int = flag(1, "Micro-batches per optimizer step (per process).")
-    max_grad_norm: float = flag(1.0, "Gradient clipping norm.")
-    warmup_steps: int = flag(0, "Linear learning-rate warm-up steps.")
+    lr: float = flag(1e-6, "AdamW learning rate of the LoRA weights.", bounds=Bounds(0, 1, low_open=True))
+    epochs: int = flag(1, "Passes over the drawn pairs.", bounds=(1, 1000))
+    batch_size: int = flag(1, "Pairs per micro-batch (questions, in question grouping).", bounds=(1, 4096))
+    grad_accum: int = flag(1, "Micro-batches per optimizer step (per process).", bounds=(1, 4096))
+    max_grad_norm: float = flag(1.0, "Gradient clipping norm.", bounds=Bounds(0, 1e6, low_open=True))
+    warmup_steps: int = flag(0, "Linear learning-rate warm-up steps.", bounds=(0, 10**8))
     schedule: str = "linear"  # "linear" | "cosine" | "constant" (after warmup)
-    weight_decay: float = 0.0
-    seed: int = 0
+    weight_decay: float = flag(0.0, bounds=(0, 1))  # no flag: the HF Trainer's default
+    seed: int = flag(0, bounds=SEED)  # no flag: the order of pairs and the LoRA dropout masks
     gradient_checkpointing: bool = flag(False, "Recompute activations in the backward pass: less memory, "
                                                "more compute.")
     checkpoint_every: int = flag(50, "Optimizer steps between training checkpoints (and always at the end): a "
-                                     "killed run resumes from the last one.")
+                                     "killed run resumes from the last one.", bounds=(1, 10**8))
     dpo_grouping: str = flag("pair", "What one micro-batch entry is: pair = one drawn pair, one pass each (the "
                                      "paper's schedule); question = all pairs of a question from one packed pass "
                                      "over its prompt and k responses, the exact weighted gradient (faster, no "
@@ -55,5 +56,4 @@ class TrainConfig:
             raise ValueError(f"dpo_grouping must be 'pair' or 'question', got {self.dpo_grouping!r}")
         if self.schedule not in ("linear", "cosine", "constant"):
             raise ValueError(f"schedule must be linear, cosine or constant, got {self.schedule!r}")
-        if min(self.batch_size, self.grad_accum, self.epochs, self.checkpoint_every) < 1:
-            raise ValueError("batch_size, grad_accum, epochs and checkpoint_every must be >= 1")
+        check_settings(self)

@@ -33,11 +33,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from scoreflow.cli import Preset, add_flags, flag, given, run_cli
+from scoreflow.cli import CONCURRENCY, SEED, Parser, Preset, add_flags, check_settings, flag, given, run_cli
+from scoreflow.engine.sampling_ranges import MAX_TOKENS, TEMPERATURE, TOP_P
 from scoreflow.executor import ExecutorClient
-from scoreflow.executor.reachable import require_reachable
+from scoreflow.executor.reachable import PREFLIGHT_TIMEOUT, require_answering
 from scoreflow.llama import DEFAULT_MODEL
 from scoreflow.llama.registry import resolve_model_dir
+from scoreflow.rundir import run_lock
 from scoreflow.tasks import Question, Task, load_task
 
 from .agents import Agents, Sampling
@@ -64,9 +66,11 @@ class MagicoreSettings:
     task: str = flag("gsm8k", "MAgICoRE evaluation set (its test split).", choices=DATASETS, aliases=("--dataset",))
     data_dir: str | None = flag(None, "Folder holding magicore/ (default: $SCOREFLOW_DATA, else the copy shipped in "
                                       "the package).")
-    limit: int | None = flag(None, "Use only the first N questions (default: all).")
-    k: int = flag(MagicoreConfig.k, "Solver chains per question.")
-    iterations: int = flag(MagicoreConfig.iterations, "Refinement iterations T at most.", aliases=("--iters",))
+    limit: int | None = flag(None, "Use only the first N questions (default: all).", bounds=(1, 10**7),
+                             none_as="all")
+    k: int = flag(MagicoreConfig.k, "Solver chains per question.", bounds=(1, 1024))
+    iterations: int = flag(MagicoreConfig.iterations, "Refinement iterations T at most.", aliases=("--iters",),
+                           bounds=(0, 100))
     ablation: str = flag("none", "none = MAgICoRE; the paper's variants: refine-all = every question is hard; "
                                  "cond1-only / cond2-only = easy on one difficulty condition alone; orm-only / "
                                  "prm-only = the conditions judged by one RM; llm-difficulty = the Solver's model "
@@ -87,8 +91,11 @@ class MagicoreSettings:
                                             f"{DEFAULT_MODEL}).", aliases=("--solver-model", "--model"))
     api_key: str | None = flag(None, "API key for --executor-url (default: $OPENAI_API_KEY); never written to disk.",
                                compare=False, repr=False)
-    executor_concurrency: int = flag(16, "Executor requests in flight at once.")
-    question_concurrency: int = flag(4, "Questions in flight at once.", aliases=("--concurrency",))
+    executor_concurrency: int = flag(16, "Executor requests in flight at once.", bounds=CONCURRENCY)
+    question_concurrency: int = flag(4, "Questions in flight at once.", aliases=("--concurrency",),
+                                     bounds=CONCURRENCY)
+    preflight_timeout: float = flag(30.0, "Seconds --executor-url gets to answer a 1-token request before the run "
+                                          "starts.", bounds=PREFLIGHT_TIMEOUT)
     orm: str | None = flag(None, 'Outcome reward model: a model name or HF-format directory (a value-head ORM, '
                                  '*ForSequenceClassification, or a causal LM asked Yes/No), "judge" (the executor '
                                  f'scores) or "{EMBEDDED_RM}" (the weak stand-in {DEFAULT_MODEL}). Required with '
@@ -99,22 +106,23 @@ class MagicoreSettings:
     baselines: str = flag("all", f"all, none, or a comma list of {', '.join(BASELINES)} (all: "
                                  f"{', '.join(MATCHED_BASELINES)} only with --baseline-k).")
     baseline_k: int | None = flag(None, "Budget-matched baselines: self-consistency and Best-of-N over N Solver "
-                                        "samples of their own (the paper: N = 120 against k = 40).")
+                                        "samples of their own (the paper: N = 120 against k = 40).", bounds=(1, 10**5))
     self_refine_rounds: int | None = flag(None, "Rounds of the Self-Refine baselines, each reported (default: "
-                                                "--iterations).")
+                                                "--iterations).", bounds=(0, 100))
     k_sweep: str | None = flag(None, "A comma list of k (e.g. 4,8,16): also run MAgICoRE, k-way self-consistency "
                                      "and Best-of-k for each k, into OUT/k_sweep/, and draw OUT/k_sweep.png.")
-    temperature: float = flag(0.8, "Solver sampling temperature.")
-    top_p: float = flag(0.95, "Solver nucleus (top-p) sampling threshold.")
+    temperature: float = flag(0.8, "Solver sampling temperature.", bounds=TEMPERATURE)
+    top_p: float = flag(0.95, "Solver nucleus (top-p) sampling threshold.", bounds=TOP_P)
     max_new_tokens: int = flag(1000, "Completion tokens per Solver, Reviewer or Refiner call at most.",
-                               aliases=("--max-tokens",))
-    seed: int | None = flag(None, "Base seed: each call gets its own, derived from it.")
+                               aliases=("--max-tokens",), bounds=MAX_TOKENS)
+    seed: int | None = flag(None, "Base seed: each call gets its own, derived from it.", bounds=SEED)
 
     @property
     def embedded(self) -> bool:
         return self.executor_url is None
 
     def __post_init__(self) -> None:
+        check_settings(self)
         # The stand-in reward models are chosen by name ("embedded") or, on our own server, by
         # default. A real executor gets no silent default (main refuses it): the small chat model
         # would score its chains with little signal.
@@ -187,16 +195,14 @@ def main(settings: MagicoreSettings, out: Path) -> dict | None:
     some questions still need their Solver chains (rerun to retry them)."""
     fmt = answer_format(settings.task)
     task = load_task(fmt.task, "test", settings.data_dir)
-    questions = task.questions[: settings.limit] if settings.limit is not None else task.questions
-    if not questions:
-        raise ValueError(f"no questions to run (--limit {settings.limit}); pass --limit 1 or more")
+    questions = task.questions[: settings.limit]
     url, model = settings.executor_url, settings.executor_model or DEFAULT_MODEL
     if url is not None and settings.executor_model is None:
         raise ValueError("--executor-url needs --executor-model (the model name that endpoint serves)")
-    if url is not None:
-        require_reachable(url, "--executor-url")
     if settings.orm is None or settings.prm is None:  # only with --executor-url: MagicoreSettings.__post_init__
         raise ValueError(missing_reward_models(settings))
+    if url is not None:
+        require_answering(url, "--executor-url", model, api_key=settings.api_key, timeout_s=settings.preflight_timeout)
     for name in {model if url is None else None, settings.orm, settings.prm} - {None, "judge"}:
         resolve_model_dir(name)  # an unknown model fails now, in one line, not after the server started
     config = MagicoreRunConfig(settings.task, len(questions),
@@ -206,8 +212,9 @@ def main(settings: MagicoreSettings, out: Path) -> dict | None:
                                parse_baselines(settings.baselines, settings.baseline_k), settings.self_refine_rounds,
                                str(model), settings.orm, settings.prm, EMBEDDED.in_force(settings), settings.baseline_k)
     ks = parse_ks(settings.k_sweep) if settings.k_sweep else ()
-    print(f"scoreflow.magicore: settings: {config.preset}", file=sys.stderr, flush=True)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(run_lock(out))
+        print(f"scoreflow.magicore: settings: {config.preset}", file=sys.stderr, flush=True)
         loaded: dict[str, tuple] = {}
         if url is None:
             from scoreflow.engine.local import serve_locally  # torch and the model only when we serve one
@@ -246,8 +253,8 @@ async def _run(task: Task, questions: list[Question], config: MagicoreRunConfig,
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[MagicoreSettings, Path]:
-    p = argparse.ArgumentParser(prog="python -m scoreflow.magicore", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m scoreflow.magicore", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", help="Run directory; rerun the same command to resume it (default: runs/magicore-TASK).")
     add_flags(p, MagicoreSettings, preset=EMBEDDED.settings)
     a = vars(p.parse_args(argv))

@@ -13,16 +13,18 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from ..cli import Preset, flag
+from ..cli import CONCURRENCY, SEED, Bounds, Preset, check_settings, flag
 from ..dpo.pairs import GAPS
 from ..dpo.config import TrainConfig
-from ..executor.reachable import require_reachable
+from ..engine.sampling_ranges import MAX_TOKENS, TEMPERATURE, TOP_P
+from ..executor.reachable import COMPLETIONS, PREFLIGHT_TIMEOUT, require_answering
 from ..llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL, is_embedded, resolve_model_dir
 from ..tasks.registry import TASK_NAMES
 from ..workflow.prompts import EXTRA_OPERATORS
 from ..rundir import save_or_check_settings
 
 
+NOT_SETTINGS = {"api_key", "preflight_timeout"}  # not stored with a run: they do not change its results
 PAPER_PAIRS = {"humaneval": 600}  # N per task in the reference code; 2000 for every other task
 
 
@@ -32,7 +34,8 @@ class RunConfig:
     split: str = flag("validate", "Split of the task to optimise on (the paper: validate).", choices=("validate", "test"))
     data_dir: str | None = flag(None, "Folder holding aflow/ and magicore/ (default: $SCOREFLOW_DATA, else the "
                                       "copy shipped in the package).")
-    limit: int | None = flag(None, "Use only the first N questions (default: all).")
+    limit: int | None = flag(None, "Use only the first N questions (default: all).", bounds=(1, 10**7),
+                             none_as="all")
     # generator G: our engine in-process on a local model, or an OpenAI /v1/completions endpoint
     generator: str = flag(DEFAULT_GENERATOR, "Generator G: a known model name or an HF-format directory, run by "
                                              "our engine in this process.")
@@ -47,36 +50,44 @@ class RunConfig:
                                             f"(default: {DEFAULT_MODEL}).")
     api_key: str | None = flag(None, "API key for the endpoints (default: $OPENAI_API_KEY); never written to disk.",
                                compare=False, repr=False)
-    executor_concurrency: int = flag(16, "Executor requests in flight at once.")
+    executor_concurrency: int = flag(16, "Executor requests in flight at once.", bounds=CONCURRENCY)
     executor_max_tokens: int | None = flag(None, "Completion-token cap for operator calls that set none (default: "
-                                                 "the endpoint's own).")
-    iterations: int = flag(3, "Optimisation iterations: generate, execute, score, pairs, Score-DPO.")
-    k: int = flag(8, "Workflows sampled per question and iteration.")
+                                                 "the endpoint's own).", bounds=MAX_TOKENS)
+    preflight_timeout: float = flag(30.0, "Seconds an endpoint gets to answer a 1-token request before the run "
+                                          "starts; one that accepts connections but answers nothing fails then.",
+                                    bounds=PREFLIGHT_TIMEOUT)
+    iterations: int = flag(3, "Optimisation iterations: generate, execute, score, pairs, Score-DPO.",
+                           bounds=(1, 1000))
+    k: int = flag(8, "Workflows sampled per question and iteration.", bounds=(1, 1024))
     runs: int = flag(3, "Executions per workflow, each a real request; the workflow's score is their mean. A "
-                        "deterministic executor at temperature 0 (the embedded one) repeats itself exactly.")
+                        "deterministic executor at temperature 0 (the embedded one) repeats itself exactly.",
+                   bounds=(1, 1000))
     pairs: int | None = flag(None, "Preference pairs N drawn with replacement from P* per iteration (default: 600 "
-                                   "for HumanEval, 2000 for the others, as in the reference).")
+                                   "for HumanEval, 2000 for the others, as in the reference).", bounds=(1, 10**8))
     pair_gap: str = flag("cubic", "d in P*(w,l) ∝ d(s_w, s_l): cubic = (s_w - s_l)^3 (the paper), uniform = plain "
                                   "DPO's uniform pairs.", choices=tuple(GAPS))
-    temperature: float = flag(0.2, "Generator sampling temperature.")
-    top_p: float = flag(0.95, "Generator nucleus (top-p) sampling threshold.")
-    max_new_tokens: int = flag(1000, "Generator tokens per workflow at most (sampling stops at </graph>).")
+    temperature: float = flag(0.2, "Generator sampling temperature.", bounds=TEMPERATURE)
+    top_p: float = flag(0.95, "Generator nucleus (top-p) sampling threshold.", bounds=TOP_P)
+    max_new_tokens: int = flag(1000, "Generator tokens per workflow at most (sampling stops at </graph>).",
+                               bounds=MAX_TOKENS)
     invalid: str = flag("drop", "An invalid workflow: drop = resample, then drop it (the paper); zero = keep it "
                                 "with score 0.", choices=("drop", "zero"))
-    max_resample: int = flag(3, "Rounds of resampling invalid workflows in drop mode.")
+    max_resample: int = flag(3, "Rounds of resampling invalid workflows in drop mode.", bounds=(0, 100))
     # Reward shaping for "zero" mode (ours, not the paper's: 0 keeps the evaluator's score): a
     # valid workflow scores floor + (1 - floor) * S, so valid-but-wrong beats invalid.
     valid_floor: float = flag(0.0, "Reward shaping in zero mode (ours, not the paper's): a valid workflow scores "
-                                   "floor + (1 - floor) * S.")
+                                   "floor + (1 - floor) * S.", bounds=Bounds(0, 1, high_open=True))
     workflow_timeout_s: float | None = flag(None, "Wall-clock limit of one workflow run in seconds (default: 120 "
-                                                  "math/QA, 240 code).")
+                                                  "math/QA, 240 code).", bounds=Bounds(0, 86400, low_open=True))
     operators: str = flag("", "Operators added to the paper's set, e.g. +MagicoreRefine (ours, math only); "
                               "default: the paper's operators.")
-    lora_r: int = flag(8, "LoRA rank on q_proj and v_proj.")
-    lora_alpha: float = flag(16.0, "LoRA alpha (the update is scaled by alpha / r).")
-    lora_dropout: float = flag(0.01, "LoRA dropout.")
+    lora_r: int = flag(8, "LoRA rank on q_proj and v_proj.", bounds=(1, 4096))
+    lora_alpha: float = flag(16.0, "LoRA alpha (the update is scaled by alpha / r).",
+                             bounds=Bounds(0, 1e6, low_open=True))
+    lora_dropout: float = flag(0.01, "LoRA dropout.", bounds=Bounds(0, 1, high_open=True))
     dpo: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = flag(0, "Base seed of workflow sampling (and in training of the pair draws and LoRA).")
+    seed: int = flag(0, "Base seed of workflow sampling (and in training of the pair draws and LoRA).",
+                     bounds=SEED)
 
     def __post_init__(self):
         if self.pairs is None:  # the reference's N per task; stored resolved, so a resume compares numbers
@@ -89,10 +100,7 @@ class RunConfig:
             raise ValueError(f"pair_gap must be one of {', '.join(GAPS)}, got {self.pair_gap!r}")
         if self.invalid not in ("drop", "zero"):
             raise ValueError(f"invalid must be 'drop' or 'zero', got {self.invalid!r}")
-        if not 0 <= self.valid_floor < 1:
-            raise ValueError(f"valid_floor must be in [0, 1), got {self.valid_floor}")
-        if min(self.iterations, self.k, self.runs, self.pairs) < 1:
-            raise ValueError("iterations, k, runs and pairs must all be >= 1")
+        check_settings(self)
 
     @property
     def extra_operators(self) -> tuple[str, ...]:
@@ -106,9 +114,9 @@ class RunConfig:
         return self.generator_url is None and self.executor_url is None and is_embedded(self.generator)
 
     def to_json(self) -> str:
-        """The settings that decide the results (the API key is a credential, not a setting), and
-        which defaults they started from ("preset", recomputed from the rest when read back)."""
-        settings = {k: v for k, v in asdict(self).items() if k != "api_key"}
+        """The settings that decide the results (not the API key, a credential, nor the pre-flight
+        check's patience), and which defaults they started from ("preset", recomputed from the rest when read back)."""
+        settings = {k: v for k, v in asdict(self).items() if k not in NOT_SETTINGS}
         return json.dumps({**settings, "preset": EMBEDDED.in_force(self)}, indent=2, sort_keys=True)
 
     @classmethod
@@ -147,14 +155,17 @@ def resolve(overrides: dict, dpo_overrides: dict | None = None) -> RunConfig:
 
 def check_endpoints(cfg: RunConfig) -> None:
     """Fail now, in one line, on a generator or executor the run could not use: an unknown model
-    name, a missing package, a folder without config.json, a URL nothing answers at. The
-    executor first: converting the generator takes a minute the executor's error should not wait for."""
+    name, a missing package, a folder without config.json, a URL that does not answer a 1-token
+    request within --preflight-timeout. The executor first: converting the generator takes a
+    minute the executor's error should not wait for."""
+    patience = dict(api_key=cfg.api_key, timeout_s=cfg.preflight_timeout)
     if cfg.executor_url:
-        require_reachable(cfg.executor_url, "--executor-url")
+        require_answering(cfg.executor_url, "--executor-url", cfg.executor_model or DEFAULT_MODEL, **patience)
     else:
         resolve_model_dir(cfg.executor_model or DEFAULT_MODEL)  # served on loopback
     if cfg.generator_url:
-        require_reachable(cfg.generator_url, "--generator-url")
+        require_answering(cfg.generator_url, "--generator-url", cfg.generator_model or cfg.generator,
+                          route=COMPLETIONS, **patience)
     else:
         resolve_model_dir(cfg.generator)
 

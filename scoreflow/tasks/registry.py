@@ -33,11 +33,16 @@ def load_task(name: str, split: str, data_dir: str | os.PathLike[str] | None = N
     `name` is one of TASK_NAMES; `split` is "validate" or "test" for the AFlow sets
     (HotpotQA's two splits are halves of its validation file, see hotpotqa.py) and "test"
     for the magicore-* sets. `data_dir` is the folder containing `aflow/` and `magicore/`;
-    when None, $SCOREFLOW_DATA, else the copy shipped in the package.
+    when None, $SCOREFLOW_DATA, else the copy shipped in the package. A split without a
+    question is an error: no command has anything to do on it.
     """
     if name not in LOADERS:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASK_NAMES)}")
-    return LOADERS[name](split, resolve_data_dir(data_dir))
+    task = LOADERS[name](split, resolve_data_dir(data_dir))
+    if not task.questions:
+        raise ValueError(f"{name}/{split} has no questions: its file in {resolve_data_dir(data_dir)} is empty; "
+                         "restore it, or pass --data-dir with a full copy (scoreflow/data/PROVENANCE.md)")
+    return task
 
 
 def smaller_than_the_paper(task: Task, split: str) -> str | None:
