@@ -2,7 +2,7 @@
 README's test command overnight (transformers 5.25 began to import Hugging Face's `kernels`);
 this finds the next one on purpose, before a user does.
 
-    python bench/latest_deps.py                     # the table in RESULTS.md
+    python bench/latest_deps.py                     # RESULTS.md, "Test oracles at their newest"
     python bench/latest_deps.py --keep /tmp/latest  # keep the venv for a closer look
 
 It makes a new venv that sees this interpreter's packages (torch, the embedded model packages),

@@ -2,7 +2,7 @@
 in this process, as `scoreflow.train` runs it), a fixed mix of well-behaved and hostile
 workflows, 16 in flight at all times, and report what a long run would show.
 
-    python bench/soak_workflows.py --minutes 30     # the soak recorded in RESULTS.md
+    python bench/soak_workflows.py --minutes 30     # the soak in RESULTS.md, "Workflow soak"
     python bench/soak_workflows.py --minutes 2      # a quick validation run
 
 Workflows, taken in a fixed rotation (MIX): the template, the CoT baseline and a gathered

@@ -163,7 +163,7 @@ EMBEDDED = Preset({"limit": 10, **{k: TRAIN_EMBEDDED.settings[k] for k in ("max_
 def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
     """Evaluate every method (resuming what OUT holds), holding OUT's lock; returns the results
     (results.json)."""
-    from .lora import CONFIG_FILE  # torch (~2 s) only once the flags are parsed: a typo fails at once
+    from .lora import CONFIG_FILE  # torch (slow to import) only once the flags are parsed: a typo fails at once
 
     if cfg.adapter and cfg.generator_url is None and not (Path(cfg.adapter) / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"--adapter {cfg.adapter}: no {CONFIG_FILE} there; pass the adapter/ folder of a "

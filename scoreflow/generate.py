@@ -15,7 +15,7 @@ from .llama import DEFAULT_MODEL, load_tokenizer
 
 def main(model: str = DEFAULT_MODEL, prompt: str = "", system: str | None = None,
          max_new_tokens: int = 128, temperature: float = 0.0, seed: int | None = None) -> str:
-    tok = load_tokenizer(model)  # an unknown model fails here, before torch (~2 s) is imported
+    tok = load_tokenizer(model)  # an unknown model fails here, before torch (slow to import) is imported
     from .engine import Engine, SamplingParams
     from .llama import load_model
 

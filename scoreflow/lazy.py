@@ -2,7 +2,8 @@
 
 `from scoreflow.llama import load_model` stays the public spelling, while importing a light
 module of the package (`scoreflow.llama.registry`: model names and paths) or a command checking
-its flags no longer imports torch (~2 s) through the package's `__init__`.
+its flags no longer imports torch (seconds of import time: bench/RESULTS.md, "Suite time") through
+the package's `__init__`.
 """
 
 from __future__ import annotations

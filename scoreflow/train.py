@@ -49,7 +49,7 @@ def run(cfg: RunConfig, out: Path) -> list[dict]:
 
 def _iterations(cfg: RunConfig, task: Task, out: Path) -> list[dict]:
     """`run`'s iterations on its (first --limit) questions, once the settings are checked and stored."""
-    from .optimize import stages  # torch (~2 s) only once the settings are checked: a typo fails at once
+    from .optimize import stages  # torch (slow to import) only once the settings are checked: a typo fails at once
     from .optimize.generator import make_generator
 
     print(f"scoreflow.train: settings: {EMBEDDED.in_force(cfg)}", file=sys.stderr)

@@ -132,7 +132,7 @@ def test_siblings_share_one_stacked_copy():
 def test_fuse_false_packs_each_sibling_on_its_own():
     model = _tiny()
     model.prepack()
-    model.prepack(fuse=False)  # e.g. to measure what stacking gains (bench/fused_projections.py)
+    model.prepack(fuse=False)  # e.g. to measure what stacking gains (bench/experiments/fused_projections.py)
     groups = [m for m in model.modules() if isinstance(m, SiblingProjections)]
     assert all(g.packed is None and all(m.packed is not None for m in g.members()) for g in groups)
     _inference_matches_plain(model)

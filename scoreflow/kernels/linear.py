@@ -2,17 +2,16 @@
 
 F.linear on CPU calls MKL's GEMM, which copies W into its own blocked layout on every call once
 x has more than one row. A decode step at batch 2-32 or a speculative verify pass (a few rows)
-then reads and writes each weight several times: at 8 rows SmolLM2's LM head (49152 x 576) took
-~4x the time of reading its bytes once (bench/RESULTS.md, "Engine speed, part 3"). oneDNN's
-inner product takes W already in that layout, so a call only reads it. With one row (MKL's GEMV,
-no repacking) the packed copy was still 1.1-1.3x faster in the decode step, so inference uses it
-at every batch size.
+then reads and writes each weight several times, and at 8 rows SmolLM2's LM head (49152 x 576)
+took several times as long as reading its bytes once (bench/HISTORY.md, "Engine speed, part 1").
+oneDNN's inner product takes W already in that layout, so a call only reads it. With one row
+(MKL's GEMV, no repacking) the packed copy was still faster in the decode step, so inference uses
+it at every batch size (the "not prepacked" columns of bench/RESULTS.md, "Engine decode speed").
 
 A packed copy is an opaque oneDNN tensor about the size of W; autograd does not go through it.
 Sibling projections (q/k/v; gate/up) share one copy of their stacked weights: one call and one
-pass over the bytes instead of three or two smaller ones (SmolLM2's decode step at 8 rows 1.09-1.17x
-faster in two runs, 1.02-1.10x at 32; about even at one row and on Qwen-0.5B; bench/RESULTS.md,
-"Engine speed, part 5").
+pass over the bytes instead of three or two smaller ones (a small gain in SmolLM2's batched
+decode step, none measurable at one row or on Qwen-0.5B: bench/HISTORY.md, "Engine speed, part 5").
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ def _tokenizer(reader, meta: dict, path: Path):
 def gguf_reader(path: str | Path):
     """The `gguf` package's GGUFReader, over a plain ndarray view of its memory map: the same
     bytes, still paged in lazily, but slicing no longer runs np.memmap's two Python-level methods
-    per slice, which made parsing Qwen's 151k-token vocabulary take ~10 s instead of ~3 s."""
+    per slice, ~450k times for Qwen's 151k-token vocabulary (bench/RESULTS.md, "First-use conversion")."""
     from gguf.gguf_reader import GGUFReader
 
     class Reader(GGUFReader):

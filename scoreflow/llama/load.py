@@ -167,7 +167,7 @@ def load_weights(model: nn.Module, model_dir: Path, name_of: Callable[[str], str
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The destination buffer. On CPU a 2-D weight is stored column-major (a transposed view of
     an (in, out) buffer): F.linear then runs x @ W^T as a plain, non-transposed GEMM, which MKL
-    streams ~20% faster at decode batch sizes (bench/bench_generate.py). Shape and values are
+    streams faster at decode batch sizes (bench/RESULTS.md, "Model load"). Shape and values are
     the same either way."""
     if device.type == "cpu" and len(shape) == 2:
         return torch.empty(shape[::-1], dtype=dtype).t()

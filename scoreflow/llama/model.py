@@ -208,9 +208,9 @@ class Transformer(nn.Module):
     def prepack(self, fuse: bool = True) -> None:
         """Keep a prepacked copy of every linear weight for inference (`Linear`; q/k/v and
         gate/up stacked unless fuse=False, `SiblingProjections`): on CPU in fp32 this doubles the
-        weights' memory for ~2x faster batched decode; elsewhere it does nothing. Copies are made
-        on torch's thread count: a copy is mostly first touches of new memory and of the
-        memory-mapped weights, about 0.7 GB/s on one thread here (Qwen: 3.2 s, 1.5 s on 2)."""
+        weights' memory for faster batched decode (bench/RESULTS.md, "Engine decode speed");
+        elsewhere it does nothing. Copies are made on torch's thread count: a copy is mostly first
+        touches of new memory and of the memory-mapped weights, which more threads speed up."""
         groups = [m for m in self.modules() if isinstance(m, SiblingProjections)]
         grouped = {id(s) for g in groups for m in g.members() for s in m.modules()}
         singles = [m for m in self.modules() if isinstance(m, Linear) and id(m) not in grouped]

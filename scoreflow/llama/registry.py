@@ -19,7 +19,7 @@ from pathlib import Path
 DEFAULT_MODEL = "smollm2-135m-instruct"  # the embedded executor, server and MAgICoRE solver
 QWEN_CODER = "qwen2.5-coder-0.5b-instruct"
 # The embedded ScoreFlow generator: it writes valid workflows where the 135M model rarely does
-# (bench/RESULTS.md, "The no-flag run's choice").
+# (bench/RESULTS.md, "Default generator").
 DEFAULT_GENERATOR = QWEN_CODER
 
 
@@ -114,7 +114,7 @@ def resolve_model_dir(path_or_name: str | os.PathLike) -> Path:
     if is_embedded(key):
         out = cache_dir() / key.lower()
         if not (out / "model.safetensors").exists():
-            from .gguf import convert_gguf  # torch (~2 s): only when there is something to convert
+            from .gguf import convert_gguf  # torch (slow to import): only when there is something to convert
 
             print(f"scoreflow: converting the embedded {key} GGUF to {out} (once)", flush=True)
             convert_gguf(embedded_gguf(key.lower()), out)

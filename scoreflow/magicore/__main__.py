@@ -163,7 +163,7 @@ def reward_models(orm: str, prm: str, executor: ExecutorClient, loaded: dict[str
     model already loaded for the server is reused, not loaded twice. A directory whose config
     declares *ForSequenceClassification is a value-head ORM; as the PRM it is refused (it
     scores whole solutions, not steps) before any reward model loads."""
-    # torch (~2 s): only once the flags are checked
+    # torch (slow to import): only once the flags are checked
     from scoreflow.llama.sequence_classification import is_sequence_classifier
 
     from .local_rm import LocalLMRewardModel

@@ -134,11 +134,12 @@ class RunConfig:
 # and add no information), 2 iterations; invalid workflows kept with score 0 and valid ones
 # lifted to >= 0.1, so a small generator first learns to write valid ones; a larger learning
 # rate and sampling temperature than the paper so that a few dozen pairs move the policy
-# visibly; one Score-DPO step per question (the same objective, ~15x less compute than a step
-# per pair), with activations recomputed in the backward pass: a question's packed pass holds up
-# to ~4,000 tokens (a 1,000-token prompt and 8 workflows of up to 384), whose Qwen activations
-# did not fit this 24 GB machine without it (bench/dpo_memory.py). It shows the mechanism, not
-# the paper's accuracy.
+# visibly; one Score-DPO step per question (the same objective, far less compute than a step
+# per pair: bench/RESULTS.md, "Score-DPO by influence"), with activations recomputed in the
+# backward pass: a question's packed pass holds up to ~4,000 tokens (a 1,000-token prompt and 8
+# workflows of up to 384), whose Qwen activations did not fit the development machine's memory
+# without it (bench/RESULTS.md, "Memory of the preset's Score-DPO pass"). It shows the
+# mechanism, not the paper's accuracy.
 EMBEDDED = Preset(dict(limit=4, k=8, runs=1, pairs=32, iterations=2, invalid="zero", valid_floor=0.1,
                        max_new_tokens=384, temperature=0.7, executor_max_tokens=256, executor_concurrency=8,
                        dpo=TrainConfig(lr=1e-4, warmup_steps=2, dpo_grouping="question",

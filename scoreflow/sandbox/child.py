@@ -81,7 +81,8 @@ def _child_main(config: dict) -> None:
 
 def _site_without_pth() -> None:
     """What `site` gives a program, without running the host's .pth files (which execute code,
-    and cost ~35 ms a run): installed packages on sys.path, and the exit()/quit() builtins."""
+    and cost time on every run: bench/RESULTS.md, "Program sandbox"): installed packages on
+    sys.path, and the exit()/quit() builtins."""
     import site  # under -S this does not run site.main()
 
     for path in dict.fromkeys(sysconfig.get_path(kind) for kind in ("purelib", "platlib")):

@@ -25,8 +25,8 @@ Every run gets a process of its own, used once: nothing a workflow does outlives
 SysV shared memory and message queues included (they live in the child's IPC namespace, which
 ends with it). What the run prints to stderr, asyncio's logger included, goes to its own pipe,
 of which the parent keeps a bounded part: never to the host's stderr.
-Forking and warming up a child costs a few milliseconds of CPU (copy-on-write faults, on
-this VM ~5 us each), which the spares take off the path of the run. The zygote itself
+Forking and warming up a child costs CPU (the fork and its copy-on-write faults; bench/RESULTS.md,
+"Workflow isolation overhead"), which the spares take off the path of the run. The zygote itself
 never runs workflow code, and a spare has run only the zygote's own warm-up workflow.
 """
 

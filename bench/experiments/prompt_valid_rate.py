@@ -2,8 +2,8 @@
 now (the question is the problem the workflow is written for, as in the reference
 implementation) and as it was before (the question shown "for context only").
 
-    python bench/prompt_valid_rate.py                       # the table in RESULTS.md
-    python bench/prompt_valid_rate.py --questions 2 --k 4   # a quick look
+    python bench/experiments/prompt_valid_rate.py                       # HISTORY.md, "#28 item 4"
+    python bench/experiments/prompt_valid_rate.py --questions 2 --k 4   # a quick look
 
 Both prompts share the system message (the guide) and differ only in the user turn. Questions
 are GSM8K validation questions, in two halves; each half is sampled under both prompts back to

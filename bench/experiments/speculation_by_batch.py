@@ -2,12 +2,13 @@
 row (prompt-lookup drafts), with every row count allowed to speculate. The engine's rule
 (VERIFY_POSITIONS in engine.py) is read off this table.
 
-    python bench/speculation_by_batch.py [--model NAME] [--new-tokens 64]
+    python bench/experiments/speculation_by_batch.py [--model NAME] [--new-tokens 64]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
@@ -15,10 +16,16 @@ import torch
 import scoreflow.engine.engine as engine_module
 from scoreflow.engine import Engine, SamplingParams
 from scoreflow.llama import DEFAULT_MODEL, load_model, load_tokenizer
-
-from bench_generate import prompts
+from scoreflow.tasks.data import packaged_data_dir
 
 DRAFTS = (0, 1, 2, 4)
+
+
+def prompts(tok, n: int) -> list[list[int]]:
+    """The first n GSM8K validation questions as chat prompts (as bench/bench_generate.py builds them)."""
+    rows = [json.loads(line) for line in
+            (packaged_data_dir() / "aflow" / "gsm8k_validate.jsonl").read_text().splitlines()[:n]]
+    return [tok.encode(tok.apply_chat_template([{"role": "user", "content": r["question"]}])) for r in rows]
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """A/B of the plain decode step between two checkouts of scoreflow (e.g. before and after a
 refactor), alternated in fresh processes so both see the same machine state.
 
-    python bench/ab_decode_step.py OLD_CHECKOUT NEW_CHECKOUT [--rounds 2] [--steps 40]
+    python bench/experiments/ab_decode_step.py OLD_CHECKOUT NEW_CHECKOUT [--rounds 2] [--steps 40]
 
 Each process loads the embedded SmolLM2-135M from its checkout, admits 1, 8, then 32 GSM8K
 chat prompts and prints the median decode-step milliseconds at each batch (speculation off
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1] / "scoreflow" / "data" / "aflow" / "gsm8k_validate.jsonl"
+DATA = Path(__file__).resolve().parents[2] / "scoreflow" / "data" / "aflow" / "gsm8k_validate.jsonl"
 
 
 def child(steps: int) -> dict[int, float]:

@@ -1,6 +1,6 @@
 """Where a plain decode step's time goes, at batch 1 / 8 / 32 (the embedded model, CPU fp32).
 
-    python bench/profile_decode.py [--batches 1 8 32] [--steps 24] [--model smollm2-135m-instruct] [--scoreflow]
+    python bench/experiments/profile_decode.py [--batches 1 8 32] [--steps 24] [--model smollm2-135m-instruct] [--scoreflow]
 
 `--scoreflow` profiles ScoreFlow's generation stage instead: 8 generator prompts (the math guide
 + a GSM8K question, ~1050 tokens sharing the ~1000-token guide) x 4 samples at temperature 0.7,

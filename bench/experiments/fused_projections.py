@@ -1,6 +1,6 @@
 """What stacking q/k/v and gate/up into one prepacked matrix gains in a plain decode step.
 
-    python bench/fused_projections.py [--model smollm2-135m-instruct] [--batches 1 8 32] [--rounds 8]
+    python bench/experiments/fused_projections.py [--model smollm2-135m-instruct] [--batches 1 8 32] [--rounds 8]
 
 One process, one engine: each round times 16 decode steps at every batch with the stacked copies
 (`Transformer.prepack()`, the default) and with one packed copy per projection
@@ -17,7 +17,7 @@ import statistics
 import time
 
 import torch
-from profile_decode import decode_steps  # bench/ is on sys.path when a script here runs
+from profile_decode import decode_steps  # this script's folder is on sys.path when it runs
 
 from scoreflow.engine import Engine
 from scoreflow.llama import DEFAULT_MODEL, load_model, load_tokenizer
