@@ -8,6 +8,7 @@ from fake_openai_server import FakeOpenAIServer
 from scoreflow.executor import ExecutorClient
 from scoreflow.optimize import stages
 from scoreflow.optimize.config import RunConfig
+from scoreflow.rundir import stage_info
 from scoreflow.tasks import load_task
 from scoreflow.workflow.prompts import TEMPLATE_BODIES, generator_prompt, template_workflow, workflow_source
 from scoreflow.workflow.validate import SIMILARITY_THRESHOLDS, NO_OPERATOR_CALL, calls_an_operator, template_similarity
@@ -34,6 +35,33 @@ def test_similarity_is_taken_on_the_body_so_short_good_workflows_are_kept():
     assert all(template_similarity(code, "math") >= threshold for code in dropped)
     assert template_similarity(template_workflow("math"), "math") == 1.0
     assert template_similarity("class Workflow(:", "math") < 0.5  # unparsable: raw text against the template
+
+
+def test_the_pairs_stage_drops_near_template_workflows_at_the_threshold(tmp_path, monkeypatch):
+    """The loop's one near-template filter (PAPERS.md §S4): stages.pairs drops a workflow whose
+    body's template_similarity is >= the task's threshold before dpo.build_pairs pairs the rest;
+    a task without a threshold (code) keeps every workflow."""
+    task = load_task("gsm8k", "validate")
+    q = task.questions[0].id
+    codes = {"template": template_workflow("math"), "reworded": workflow_source("math", REWORDED),
+             "ensemble": workflow_source("math", ENSEMBLE), "program": workflow_source("math", PROGRAM_REVIEW)}
+    workflows = [{"id": i, "question_id": q, "valid": True, "code": code, "response": ""} for i, code in codes.items()]
+    scores = [{"workflow_id": i, "question_id": q, "score": s} for i, s in zip(codes, (1.0, 0.9, 0.5, 0.0))]
+    reworded = template_similarity(codes["reworded"], "math")
+
+    def paired(threshold: float | None, out: str) -> tuple[set[str], int]:
+        if threshold is None:
+            monkeypatch.delitem(SIMILARITY_THRESHOLDS, task.name)
+        else:
+            monkeypatch.setitem(SIMILARITY_THRESHOLDS, task.name, threshold)
+        it = stages.Iteration(0, tmp_path / out, RunConfig(), task)
+        drawn = stages.pairs(it, workflows, scores)
+        return {p["winner_id"] for p in drawn} | {p["loser_id"] for p in drawn}, stage_info(it.dir, "pairs")["candidates"]
+
+    assert paired(SIMILARITY_THRESHOLDS["gsm8k"], "paper") == ({"ensemble", "program"}, 1)
+    assert paired(reworded, "at") == ({"ensemble", "program"}, 1)  # similarity == threshold: dropped
+    assert paired(reworded + 1e-9, "above")[1] == 3  # reworded kept: it beats ensemble and program
+    assert paired(None, "off")[1] == 6  # no threshold: the template itself is paired
 
 
 def test_a_workflow_must_call_an_operator():

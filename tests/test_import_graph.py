@@ -84,7 +84,7 @@ def test_no_import_cycle():
 
 def test_the_graph_sees_real_edges_and_would_catch_a_cycle():
     g = graph()
-    assert "scoreflow.magicore" in g["scoreflow.workflow.magicore_refine"]  # a from-package import
+    assert "scoreflow.executor" in g["scoreflow.magicore.workflow_operator"]  # a from-package import
     assert "scoreflow.engine.protocol" in g["scoreflow.engine.server"]  # a relative import
     assert "scoreflow.engine" in g["scoreflow.optimize.endpoint"]  # a.b.c runs a/b/__init__ first
     assert "scoreflow.engine" not in g["scoreflow.engine.server"]  # ... unless inside a/b
@@ -123,7 +123,23 @@ def documented_arrows() -> dict[str, set[str]]:
 
 def test_rooms_import_one_another_in_one_direction():
     assert cycles(rooms()) == []
-    assert "workflow" not in rooms()["magicore"]  # MAgICoRE is a library that knows nothing of ScoreFlow
+
+
+def test_the_workflow_runtime_imports_no_magicore():
+    """workflow/ is the generic runtime: MagicoreRefine is a plugin it names only as text
+    (workflow/host.py PLUGIN_MODULES), never an import, not even inside a function."""
+    g = graph()
+    assert {(m, t) for m, targets in g.items() if room(m) == "workflow" for t in targets if room(t) == "magicore"} == set()
+
+
+def test_magicore_knows_workflows_only_in_its_operator_plugin():
+    """MAgICoRE is a library that knows nothing of ScoreFlow, but for workflow_operator.py (the
+    MagicoreRefine plugin), which no module imports: the runtime loads it by name."""
+    g = graph()
+    plugin = "scoreflow.magicore.workflow_operator"
+    assert {m for m, targets in g.items() if room(m) == "magicore" and any(room(t) == "workflow" for t in targets)} \
+        == {plugin}
+    assert [m for m, targets in g.items() if plugin in targets] == []
 
 
 def test_readme_arrows_are_the_import_graph():

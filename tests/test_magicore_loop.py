@@ -172,7 +172,7 @@ class OperatorServer(FakeOpenAIServer):
 
 def test_magicore_refine_operator_refines_hard_candidates_through_the_run():
     from scoreflow.workflow.context import WorkflowConfig
-    from scoreflow.workflow.magicore_refine import MagicoreRefine
+    from scoreflow.magicore.workflow_operator import MagicoreRefine
     from scoreflow.workflow.run_context import RunContext
 
     candidates = ["p\n\n\\boxed{1}", "q\n\n\\boxed{1}", "r\n\n\\boxed{2}", "s\n\n\\boxed{3}", "t\n\n\\boxed{4}"]

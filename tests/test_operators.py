@@ -2,6 +2,9 @@
 what each sends, how it parses replies, what it records, and that executor errors stay typed."""
 
 import asyncio
+import json
+import subprocess
+import sys
 
 import pytest
 
@@ -9,11 +12,11 @@ from fake_openai_server import FakeOpenAIServer, Reply, completion
 from scoreflow.executor import AuthenticationError, ExecutorClient
 from scoreflow.tasks import load_task
 from scoreflow.workflow.context import RunAborted, WorkflowConfig, as_text
-from scoreflow.workflow.host import OPERATORS
-from scoreflow.workflow.operators import Extract, extraction_kind, parameter_list
+from scoreflow.workflow.host import OPERATORS, PLUGIN_MODULES, operator_class, register_operator
+from scoreflow.workflow.operators import Extract, Operator, extraction_kind, parameter_list
 from scoreflow.workflow.replies import chosen_letter, code_block, sanitize_code
-from scoreflow.workflow.run_context import RunContext
-from scoreflow.workflow.prompts import ATTRIBUTES, FAMILY_OPERATORS, OPERATOR_GUIDES
+from scoreflow.workflow.run_context import Call, RunContext
+from scoreflow.workflow.prompts import ATTRIBUTES, EXTRA_OPERATORS, FAMILY_OPERATORS, OPERATOR_GUIDES
 
 PROBLEM = "What is 6 * 7?"
 
@@ -280,9 +283,44 @@ def test_wrong_arguments_name_the_signature(server):
 def test_the_guide_matches_the_operators():
     for family, names in FAMILY_OPERATORS.items():
         for name in names:
-            assert parameter_list(OPERATORS[name]) == OPERATOR_GUIDES[name].parameters, name
+            assert parameter_list(operator_class(name)) == OPERATOR_GUIDES[name].parameters, name
             assert ATTRIBUTES[name]
     assert set(OPERATORS) == {name for names in FAMILY_OPERATORS.values() for name in names}
+    assert set(PLUGIN_MODULES) == set(EXTRA_OPERATORS)  # every operator a run may add is a plugin
+
+
+def test_a_plugin_is_imported_by_the_first_host_that_offers_it():
+    """The runtime imports no application: MagicoreRefine's module (MAgICoRE) is loaded only when a
+    host is built for a family that offers it, and registers the operator itself."""
+    code = """
+import json, sys
+from scoreflow.workflow import runtime
+from scoreflow.workflow.context import WorkflowConfig
+from scoreflow.workflow.host import OperatorHost
+from scoreflow.workflow.run_context import RunContext
+loaded = lambda: sorted(m for m in sys.modules if m.startswith("scoreflow.magicore"))
+def host(family):
+    return OperatorHost(WorkflowConfig(family, "m", RunContext(None, "p", family)))
+before, qa = loaded(), sorted(host("qa").operators)
+refine = host("math").operators["MagicoreRefine"]
+print(json.dumps([before, qa, refine.__module__, refine.name, "scoreflow.magicore.workflow_operator" in loaded()]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [[], ["AnswerGenerate", "Custom", "Review", "ScEnsemble"],
+                                      "scoreflow.magicore.workflow_operator", "MagicoreRefine", True]
+
+
+def test_the_registry_refuses_a_taken_name_and_names_a_missing_operator():
+    class Custom(Operator):
+        async def _run(self, call: Call) -> dict:
+            return {}
+
+    with pytest.raises(ValueError, match="'Custom' is already registered"):
+        register_operator(Custom)
+    assert OPERATORS["Custom"] is not Custom
+    with pytest.raises(LookupError, match="no operator 'Nope' is registered"):
+        operator_class("Nope")
 
 
 def test_text_helpers():

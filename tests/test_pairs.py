@@ -1,4 +1,5 @@
-"""Preference pairs: pairing, template filter, P* sampling, exact weights, records."""
+"""Preference pairs: pairing, P* sampling, exact weights, records (the near-template filter is the
+loop's, on the workflow body: tests/test_fidelity.py)."""
 
 import json
 
@@ -18,7 +19,6 @@ from scoreflow.dpo import (
     sample_pairs,
     score_dpo_loss,
     target_distribution,
-    template_similarity,
 )
 
 
@@ -52,26 +52,7 @@ def test_no_pairs_gives_empty_lists():
     assert exact_pairs([]) == []
 
 
-def test_template_filter_at_threshold():
-    template = "abcd"
-    near = wf("near", 0.9, text="abcx")
-    assert template_similarity(near.text, template) == 0.75  # 2·3 matches / 8 characters
-    others = [wf("far", 0.1, text="zzzzzzzz"), wf("mid", 0.5, text="qqqq")]
-    assert {p.winner_id for p in build_pairs([near, *others], template, similarity_threshold=0.75)} == {"mid"}
-    assert {p.winner_id for p in build_pairs([near, *others], template, similarity_threshold=0.76)} == {"near", "mid"}
-    identical = wf("same", 1.0, text=template)
-    assert len(build_pairs([identical, *others], template, similarity_threshold=None)) == 3  # filter off
-
-
-@pytest.mark.parametrize("threshold", [0.0, -0.1, 1.5, float("nan")])
-def test_bad_threshold_raises(threshold):
-    with pytest.raises(ValueError, match="similarity_threshold"):
-        build_pairs(WORKFLOWS, "template", similarity_threshold=threshold)
-
-
 def test_bad_inputs_raise():
-    with pytest.raises(ValueError, match="template is None"):
-        build_pairs(WORKFLOWS, similarity_threshold=0.8)
     with pytest.raises(ValueError, match="duplicate workflow id 'a'"):
         build_pairs([wf("a", 0.1), wf("a", 0.2)])
     with pytest.raises(ValueError, match=r"scores must lie in \[0, 1\]"):

@@ -10,5 +10,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
              "implicit_reward", "influence", "reward_metrics", "score_dpo_loss", "score_dpo_loss_reference",
              "theorem2_condition"),
     "pairs": ("GAPS", "PreferencePair", "ScoredWorkflow", "build_pairs", "cubic_gap", "exact_pairs",
-              "pairs_from_records", "pairs_to_records", "sample_pairs", "target_distribution", "template_similarity"),
+              "pairs_from_records", "pairs_to_records", "sample_pairs", "target_distribution"),
 })

@@ -1,7 +1,8 @@
 """Preference pairs from scored workflows (PAPERS.md §S4 steps 3–4).
 
-    1. per question, every two workflows with different scores give a pair (w, l), s_w > s_l;
-       near-template workflows are dropped first (difflib ratio to the template >= threshold);
+    1. per question, every two workflows with different scores give a pair (w, l), s_w > s_l
+       (near-template workflows are dropped before, by the loop: optimize/stages.py, with
+       workflow/validate.py's template_similarity on the run_workflow body);
     2. P(w, l) is uniform over all pairs of all questions;
     3. P*(w, l) ∝ d(s_w, s_l) P(w, l), with d(x, y) = (x − y)^3 by default;
     4. either draw N pairs from P* with replacement (the paper: N = 2000) — each draw has
@@ -15,7 +16,6 @@ No input, or no valid pair, gives an empty list, never an error.
 
 from __future__ import annotations
 
-import difflib
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable, Iterable
@@ -60,27 +60,11 @@ def uniform_gap(x: float, y: float) -> float:
 GAPS: dict[str, ScoreGap] = {"cubic": cubic_gap, "uniform": uniform_gap}
 
 
-def template_similarity(text: str, template: str) -> float:
-    """difflib.SequenceMatcher ratio in [0, 1]; 1 means identical."""
-    return difflib.SequenceMatcher(None, text, template).ratio()
-
-
-def build_pairs(
-    workflows: Iterable[ScoredWorkflow],
-    template: str | None = None,
-    similarity_threshold: float | None = None,
-) -> list[PreferencePair]:
+def build_pairs(workflows: Iterable[ScoredWorkflow]) -> list[PreferencePair]:
     """All pairs (w, l) with s_w > s_l within each question, weighted by uniform P.
 
-    A workflow whose template_similarity to `template` is >= `similarity_threshold` is
-    dropped before pairing; threshold None turns the filter off (the code-task setting).
     Ties and single-workflow questions give no pair. Order: questions and workflows as given.
     """
-    if similarity_threshold is not None:
-        if not 0 < similarity_threshold <= 1:
-            raise ValueError(f"similarity_threshold must be in (0, 1] or None; got {similarity_threshold}")
-        if template is None:
-            raise ValueError("similarity_threshold is set but template is None; pass the template text")
     by_question: dict[str, list[ScoredWorkflow]] = defaultdict(list)
     seen: set[str] = set()
     for wf in workflows:
@@ -89,8 +73,7 @@ def build_pairs(
         if not 0 <= wf.score <= 1:  # also rejects NaN
             raise ValueError(f"workflow {wf.id!r} has score {wf.score}; scores must lie in [0, 1]")
         seen.add(wf.id)
-        if similarity_threshold is None or template_similarity(wf.text, template) < similarity_threshold:
-            by_question[wf.question_id].append(wf)
+        by_question[wf.question_id].append(wf)
     ordered = [(winner, loser) for group in by_question.values()
                for winner in group for loser in group if winner.score > loser.score]
     return [PreferencePair(winner.id, loser.id, winner.question_id, winner.score, loser.score,

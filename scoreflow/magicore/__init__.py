@@ -15,6 +15,8 @@ paper; scoreflow/PAPERS.md §M).
                    the budget-matched Best-of-N and N-way SC
     runner.py      a resumable run over a dataset;  report.py  its tables and figures
     sweep.py       accuracy against k (--k-sweep)
+    workflow_operator.py  MagicoreRefine, a ScoreFlow workflow operator (a plugin the workflow
+                   runtime imports by name; the only module here that knows of workflows)
     __main__.py    python -m scoreflow.magicore
 
 Exports are imported on first use (scoreflow/lazy.py).

@@ -10,15 +10,26 @@ Requests come from a worker process that runs generated code, so they are checke
 untrusted input: anything the stubs cannot have sent is a ProtocolError (the caller ends
 the worker). Each call gets a fresh operator instance bound to the run's context, which
 enforces the call budget and the deadline and records the trace.
+
+The operators are a registry: the paper's (operators.py) and plugins, classes defined
+outside this package that register themselves when their module is imported:
+
+    @register_operator                       # in the plugin's module
+    class MagicoreRefine(Operator): ...      # offered under its class name
+
+The runtime names a plugin's module only as text (PLUGIN_MODULES) and imports it when a host
+is built for a family that offers the operator (prompts.FAMILY_OPERATORS), so this package
+imports no application. Whether a run offers it is decided before: `--operators +Name`,
+checked on the generated code (optimize/stages.py).
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from scoreflow.workflow import operators
 from scoreflow.workflow.context import RunAborted, WorkflowConfig, clip
-from scoreflow.workflow.magicore_refine import MagicoreRefine
 from scoreflow.workflow.operators import Operator
 from scoreflow.workflow.prompts import FAMILY_OPERATORS
 from scoreflow.workflow.run_context import RunContext
@@ -26,9 +37,26 @@ from scoreflow.workflow.stubs import decode_argument
 from scoreflow.workflow.wire import ProtocolError
 
 MAX_MESSAGE_CHARS = 2000
-# Every operator a workflow may call, by name: the paper's (PAPERS.md §S2) and ours, MagicoreRefine,
-# which a run offers only with --operators +MagicoreRefine (prompts.FAMILY_OPERATORS, validate.py).
-OPERATORS: dict[str, type[Operator]] = {**operators.OPERATORS, MagicoreRefine.name: MagicoreRefine}
+# Every operator registered so far, by name: the paper's (PAPERS.md §S2), then the plugins imported.
+OPERATORS: dict[str, type[Operator]] = dict(operators.OPERATORS)
+# The module that defines and registers each operator a run may add (prompts.EXTRA_OPERATORS).
+PLUGIN_MODULES: dict[str, str] = {"MagicoreRefine": "scoreflow.magicore.workflow_operator"}
+
+
+def register_operator(cls: type[Operator]) -> type[Operator]:
+    """Class decorator: offer `cls` to workflows under its name (`Operator.name`, the class name)."""
+    if OPERATORS.setdefault(cls.name, cls) is not cls:
+        raise ValueError(f"an operator named {cls.name!r} is already registered: {OPERATORS[cls.name]!r}")
+    return cls
+
+
+def operator_class(name: str) -> type[Operator]:
+    """The operator registered as `name`, importing its plugin module (PLUGIN_MODULES) first if needed."""
+    if name not in OPERATORS and name in PLUGIN_MODULES:
+        importlib.import_module(PLUGIN_MODULES[name])
+    if name not in OPERATORS:
+        raise LookupError(f"no operator {name!r} is registered (plugin module: {PLUGIN_MODULES.get(name)})")
+    return OPERATORS[name]
 
 
 class OperatorHost:
@@ -36,7 +64,7 @@ class OperatorHost:
         if not isinstance(config._ctx, RunContext):
             raise TypeError("OperatorHost needs a config bound to a RunContext")
         self.config, self.ctx = config, config._ctx
-        self.allowed = FAMILY_OPERATORS[config.family]
+        self.operators = {name: operator_class(name) for name in FAMILY_OPERATORS[config.family]}
 
     async def handle(self, request: Any) -> dict:
         """The reply to one operator call (a stubs.Gateway); raises only ProtocolError and
@@ -46,7 +74,7 @@ class OperatorHost:
     async def call(self, name: str, problem: str | None, args: list, kwargs: dict) -> dict:
         """Run a parsed request with a fresh instance of the real operator."""
         try:
-            result = await OPERATORS[name](self.config, problem)(*args, **kwargs)
+            result = await self.operators[name](self.config, problem)(*args, **kwargs)
         except RunAborted as e:
             return {"abort": [e.status, str(e)]}
         except Exception as e:  # noqa: BLE001 - reported to the workflow, which may catch it
@@ -58,7 +86,7 @@ class OperatorHost:
     def parse(self, request: Any) -> tuple[str, str | None, list, dict]:
         try:
             name, problem, args, kwargs = (request[k] for k in ("op", "problem", "args", "kwargs"))
-            if name not in self.allowed or not (problem is None or isinstance(problem, str)):
+            if name not in self.operators or not (problem is None or isinstance(problem, str)):
                 raise ValueError(f"operator {name!r} with problem of type {type(problem).__name__}")
             if not isinstance(args, list) or not isinstance(kwargs, dict):
                 raise ValueError("args must be a list and kwargs an object")

@@ -15,7 +15,7 @@ Every call returns a dict of plain values (one shape per operator):
     Review(pre_solution, problem=None)                    -> {"review": str, "solution": str}
     CustomCodeGenerate(instruction, problem=None, entry_point=None) -> {"response": str}
     Test(solution, problem=None, entry_point=None)        -> {"result": bool, "solution": str}
-    MagicoreRefine(solutions, problem=None)               -> {"response": str}   (math; magicore_refine.py)
+    MagicoreRefine(solutions, problem=None)               -> {"response": str}   (math; a plugin: host.PLUGIN_MODULES)
 
 `input`/`problem` left out mean the run's problem (operators are bound to it, as in the
 reference); `entry_point` left out means the code question's. Where text is expected, an

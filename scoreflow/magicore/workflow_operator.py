@@ -1,14 +1,18 @@
-"""`MagicoreRefine`: MAgICoRE's coarse-to-fine refinement as a ScoreFlow math operator.
+"""`MagicoreRefine`: MAgICoRE's coarse-to-fine refinement as a ScoreFlow math operator, a plugin
+of the workflow runtime (scoreflow/workflow/host.py imports this module, named there as text in
+PLUGIN_MODULES, when it builds a math run's operators; importing it registers the class).
 
     candidates = [...]                                              # e.g. from Custom calls
     best = await self.magicore_refine(solutions=candidates)         # -> {"response": str}
 
-It uses `scoreflow.magicore` as a library (which knows nothing of workflows). The run's
-executor plays every part: judge ORM and PRM (JudgeRewardModel), Reviewer and Refiner (Agents). The n candidates are scored; an easy question (difficulty.py, with
-per-question normalisation: a workflow has no dataset statistics) is answered by the
-RM-weighted vote at once, a hard one gets ITERATIONS rounds of review + rewrite per candidate,
-rescoring and top-n (loop.refine_until_easy). The response is the highest-reward chain that
-gives the voted answer. Cost: 2n judge calls, plus 4n calls per refinement round.
+This is the one module of `scoreflow.magicore` that knows of workflows, and no other module of
+the package imports it, so MAgICoRE itself stays a library (tests/test_import_graph.py). The run's
+executor plays every part: judge ORM and PRM (JudgeRewardModel), Reviewer and Refiner (Agents).
+The n candidates are scored; an easy question (difficulty.py, with per-question normalisation: a
+workflow has no dataset statistics) is answered by the RM-weighted vote at once, a hard one gets
+ITERATIONS rounds of review + rewrite per candidate, rescoring and top-n (loop.refine_until_easy).
+The response is the highest-reward chain that gives the voted answer. Cost: 2n judge calls, plus
+4n calls per refinement round.
 
 Every request goes through the operator's `Call`, so the run's trace and budgets count it;
 it samples at the run's temperature with the executor's other defaults (a `Call` sets no
@@ -19,11 +23,16 @@ final number, so GSM8K and MATH workflows both work.
 from __future__ import annotations
 
 from scoreflow.executor import ChatResult
-from scoreflow.magicore import (OPEN_MATH, Agents, JudgeRewardModel, Ledger, MagicoreConfig, RewardModels, Sampling,
-                                refine_until_easy, score_chains)
 from scoreflow.workflow.context import as_text
+from scoreflow.workflow.host import register_operator
 from scoreflow.workflow.operators import Operator
 from scoreflow.workflow.run_context import Call
+
+from .agents import Agents, Ledger, Sampling
+from .answers import OPEN_MATH
+from .judge_rm import JudgeRewardModel
+from .loop import MagicoreConfig, refine_until_easy, score_chains
+from .reward import RewardModels
 
 MAX_CANDIDATES = 8
 ITERATIONS = 1
@@ -41,6 +50,7 @@ class _CallExecutor:
         return ChatResult((text,), (None,), 0, 0)  # tokens are counted by the Call, in the trace
 
 
+@register_operator
 class MagicoreRefine(Operator):
     async def _run(self, call: Call, solutions: list[str], problem: str | None = None) -> dict:
         items = solutions if isinstance(solutions, (list, tuple)) else [solutions]
