@@ -28,6 +28,7 @@ from .llama.registry import resolve_model_dir
 from .lora import load_adapter, merge_lora
 
 PROG = "python -m scoreflow.serve"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what `kill` and service managers send
 
 
 def main(model: str = DEFAULT_MODEL, lora: str | None = None, host: str = "127.0.0.1", port: int = 8000,
@@ -39,11 +40,10 @@ def main(model: str = DEFAULT_MODEL, lora: str | None = None, host: str = "127.0
     check_flags(port, max_batch, max_seq_len, max_connections, idle_timeout, lora)
     if draft_tokens < 0:
         raise UserError(f"--draft-tokens {draft_tokens} is negative: pass 0 (speculation off) or more")
-    for sig in (signal.SIGINT, signal.SIGTERM):  # even when started with SIGINT ignored (`cmd &` in a script)
-        signal.signal(sig, signal.default_int_handler)
     server = OpenAIServer(None, served_model_name or model, host, port, api_key, log_requests=True,
                           max_connections=max_connections, idle_timeout=idle_timeout)
     listen(server)
+    previous = set_handlers([signal.default_int_handler] * 2)  # even when started with SIGINT ignored (`cmd &`)
     try:
         model_dir = resolve_model_dir(model)  # fast errors first: an unknown name, a directory without config.json
         print(f"scoreflow: listening on {server.base_url}; loading {model!r} (GET /health says \"loading\" "
@@ -54,7 +54,15 @@ def main(model: str = DEFAULT_MODEL, lora: str | None = None, host: str = "127.0
     except KeyboardInterrupt:
         pass
     finally:
-        server.stop()
+        set_handlers([signal.SIG_IGN] * 2)  # a second Ctrl-C or SIGTERM does not cut the clean stop short
+        server.stop()  # joins the engine's and the connections' threads: exit status 0, not an abort
+        set_handlers(previous)
+
+
+def set_handlers(handlers: list) -> list:
+    """Give STOP_SIGNALS these handlers, in order (default_int_handler: a KeyboardInterrupt in the
+    main thread); return the previous ones."""
+    return [signal.signal(sig, handler) for sig, handler in zip(STOP_SIGNALS, handlers)]
 
 
 def check_flags(port: int, max_batch: int, max_seq_len: int, max_connections: int, idle_timeout: float,

@@ -110,6 +110,19 @@ def test_keep_alive_across_stream_and_plain_replies(server):
     conn.close()
 
 
+def test_http10_stream_is_close_delimited(server):
+    """RFC 9112 §6.1: no chunked encoding for HTTP/1.0; the body ends where the connection does."""
+    body = json.dumps({"model": MODEL, "prompt": "Hi", "max_tokens": 4, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        reply = b"".join(iter(lambda: s.recv(65536), b""))  # until the server closes
+    head, _, stream = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Transfer-Encoding" not in head, head
+    assert b"Connection: close" in head and stream.startswith(b"data: {") and stream.endswith(b"data: [DONE]\n\n")
+    events = [json.loads(e.removeprefix(b"data: ")) for e in stream.split(b"\n\n")[:-2]]
+    assert events and all(e["object"] == "text_completion" for e in events), stream
+
+
 def test_64_concurrent_requests_are_batched(server, client):
     prompts = [f"Fact {i}:" for i in range(64)]  # short prompts: the test measures decode batching
     kwargs = dict(model=MODEL, temperature=0, max_tokens=8)
@@ -170,3 +183,4 @@ def test_models_health_and_api_key(server, client, engine):
         assert httpx.get(f"http://127.0.0.1:{keyed.port}/health").json() == {"status": "ok"}
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{keyed.port}/health")
+    assert client.completions.create(model=MODEL, prompt="Hi", max_tokens=2).choices[0].text  # the engine still runs

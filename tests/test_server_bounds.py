@@ -105,3 +105,28 @@ def test_port_answers_loading_until_the_engine_is_attached(engine):
         patient = OpenAI(base_url=server.base_url, api_key="unused", max_retries=3, timeout=60)  # honours Retry-After
         assert patient.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2).choices[0].message.content
         assert httpx.get(f"http://127.0.0.1:{server.port}/health").json() == {"status": "ok"}
+
+
+OUT_OF_RANGE = [dict(idle_timeout=float("inf")), dict(idle_timeout=float("nan")), dict(idle_timeout=0),
+                dict(idle_timeout=86_401), dict(header_timeout=float("inf")), dict(header_timeout=-1),
+                dict(max_connections=0), dict(max_connections=4097)]
+
+
+@pytest.mark.parametrize("setting", OUT_OF_RANGE, ids=lambda d: "=".join(map(str, *d.items())))
+def test_settings_out_of_range_are_a_clear_error(setting):
+    """A library user hears which setting and range, where a socket timeout would overflow later."""
+    (name, value), = setting.items()
+    with pytest.raises(ValueError, match=rf"^{name}={value} is out of range: pass"):
+        OpenAIServer(None, MODEL, **setting)
+
+
+def test_the_longest_timeouts_serve():
+    """A day, the cap, is a socket timeout that works (inf overflowed and dropped every connection)."""
+    with OpenAIServer(None, MODEL, idle_timeout=86_400, header_timeout=86_400) as server:
+        assert httpx.get(f"http://127.0.0.1:{server.port}/health").json() == {"status": "loading"}
+
+
+@pytest.mark.parametrize("max_batch", [0, 1_000_000])
+def test_engine_batch_out_of_range_is_a_clear_error(default_model, default_tokenizer, max_batch):
+    with pytest.raises(ValueError, match=rf"^max_batch={max_batch} is out of range: pass 1 to 4096"):
+        Engine(default_model, default_tokenizer, max_batch=max_batch)

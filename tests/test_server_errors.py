@@ -77,6 +77,13 @@ MALFORMED = [  # (method, path, body, status, param)
     ("POST", CHAT, chat(messages=[*ASK, {**ASSISTANT, "tool_calls": [{"id": "1"}]}]), 400, "messages[1].tool_calls"),
     ("POST", CHAT, chat(messages=[*ASK, {**ASSISTANT, "audio": {"id": "a"}}]), 400, "messages[1].audio"),
     ("POST", CHAT, chat(messages=[{"role": "user", "content": "x" * 41_473}]), 400, "messages"),  # > 512 x 81
+    ("POST", CHAT, chat(messages=[{"role": "user", "content": "a\ud800b"}]), 400, "messages[0].content"),  # lone
+    ("POST", CHAT, chat(messages=[*ASK, {**ASSISTANT, "content": [{"type": "text", "text": "\udc00"}]}]), 400,
+     "messages[1].content"),
+    ("POST", CHAT, chat(stop="x\udbff"), 400, "stop"),
+    ("POST", CHAT, chat(stop=["x", "\udfff"]), 400, "stop[1]"),
+    ("POST", COMPLETIONS, {**PROMPT, "prompt": "a\ud800b"}, 400, "prompt"),
+    ("POST", COMPLETIONS, {**PROMPT, "prompt": ["ok", "a\ud800"]}, 400, "prompt[1]"),
     ("POST", COMPLETIONS, {**PROMPT, "prompt": "word " * 600}, 400, "prompt"),
     ("POST", COMPLETIONS, {**PROMPT, "prompt": [10**9]}, 400, "prompt"),
     ("POST", COMPLETIONS, {**PROMPT, "prompt": []}, 400, "prompt"),

@@ -17,7 +17,8 @@ for its forwards; on CUDA, `cuda_graphs=True` replays plain decode steps as
 graphs (cuda_graph.py).
 
 Requests can arrive from other threads at any time (`submit`); they join the batch between
-decode steps. `generate` is the simple synchronous front: submit, run steps, collect.
+decode steps. `generate` is the simple synchronous front: submit, run steps, collect. A server
+drives the engine from a background thread between `start()` and `stop()`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .draft import NgramIndex
 from .kv_cache import KVCache
 from .sampling import SamplingParams, sample, splitmix64, token_logprobs, verify_drafts
 
+MAX_BATCH = 4096  # KV-cache slots at most: far past what one decode forward batches well
 SHARED_PREFIX_MIN = 64  # common prompt tokens from which they are prefilled once and read once per decode step
 DRAFT_TOKENS = 4  # prompt-lookup tokens drafted per row and step
 VERIFY_POSITIONS = 12  # rows x (1 + drafts) a verify pass may hold and still cost about one decode step
@@ -119,6 +121,9 @@ class Engine:
         prepack: keep a second, prepacked copy of the weights for the engine's forwards
         (`Transformer.prepack`: CPU fp32 only, twice the weight memory); cuda_graphs: replay plain
         decode steps as CUDA graphs (cuda_graph.py; on CPU the same fixed-shape step, eagerly)."""
+        if not 1 <= max_batch <= MAX_BATCH:
+            raise ValueError(f"max_batch={max_batch} is out of range: pass 1 to {MAX_BATCH} sequences (the KV cache "
+                             "holds max_batch x max_seq_len positions)")
         self.model, self.tokenizer = model, tokenizer
         if prepack:
             model.prepack()
@@ -136,6 +141,7 @@ class Engine:
         self._seed_source = random.Random()
         self._shared_key, self._shared_len = None, 0  # the running requests and their common prompt prefix
         self._worker: threading.Thread | None = None
+        self._users, self._users_lock, self._stopping = 0, threading.Lock(), False  # start() calls not yet stopped
         self._wake = threading.Event()
         self.error: str | None = None  # the last failure of the background worker, for health checks
 
@@ -191,29 +197,49 @@ class Engine:
         self._wake.set()
 
     def start(self) -> None:
-        """Drive the engine from a background thread (for servers)."""
-        if self._worker is None:
-            self._worker = threading.Thread(target=self._serve_forever, daemon=True, name="scoreflow-engine")
-            self._worker.start()
+        """Drive the engine from a background thread (for servers). Calls pair up with stop():
+        the worker runs until every start() has had its stop()."""
+        with self._users_lock:
+            self._users += 1
+            if self._worker is None:
+                self._stopping = False
+                self._worker = threading.Thread(target=self._serve_forever, daemon=True, name="scoreflow-engine")
+                self._worker.start()
+
+    def stop(self) -> None:
+        """Undo one start(). The last one lets the worker finish its current step, joins it (a
+        thread still inside torch at interpreter exit aborts the process), and ends the requests
+        in flight with finish_reason "cancelled". start() may follow."""
+        with self._users_lock:
+            self._users = max(0, self._users - 1)
+            if self._users or self._worker is None:
+                return
+            self._stopping = True
+            self._wake.set()
+            self._worker.join()
+            self._worker = None
+        with self._lock:
+            self._take_inbox()
+        self._end_in_flight("cancelled")
 
     def _serve_forever(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.wait()
             self._wake.clear()
             try:
-                while self.step():
+                while not self._stopping and self.step():
                     pass
             except Exception:  # never let one bad step kill the server: fail what was in flight
                 traceback.print_exc()
                 self.error = traceback.format_exc(limit=3)
-                self._fail_in_flight()
+                self._end_in_flight("error")
 
-    def _fail_in_flight(self) -> None:
-        """End every waiting and running request with finish_reason "error" and free the cache."""
+    def _end_in_flight(self, reason: str) -> None:
+        """End every waiting and running request with finish_reason `reason` and free the cache."""
         with self._lock:
             for req in list(self._waiting) + list({id(s.request): s.request for s in self._running}.values()):
                 if not req.done.is_set():
-                    self._finish_request(req, "error")
+                    self._finish_request(req, reason)
             for row in range(len(self._running)):
                 self.cache.release(row)
             self._waiting.clear()
@@ -224,13 +250,16 @@ class Engine:
     def step(self) -> bool:
         """Admit waiting requests, decode one token for every running row. False when idle."""
         with self._lock:
-            while not self._inbox.empty():
-                self._waiting.append(self._inbox.get())
+            self._take_inbox()
             self._drop_cancelled()
             self._admit()
             if self._running:
                 self._decode()
             return bool(self._running or self._waiting)
+
+    def _take_inbox(self) -> None:
+        while not self._inbox.empty():
+            self._waiting.append(self._inbox.get())
 
     def _drop_cancelled(self) -> None:
         for req in [r for r in self._waiting if r.cancelled]:

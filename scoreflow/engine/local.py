@@ -24,12 +24,12 @@ from .server import OpenAIServer
 def serve_locally(model: str | os.PathLike, *, max_batch: int, max_seq_len: int,
                   who: str = "scoreflow") -> Iterator[OpenAIServer]:
     """Load `model` (a known name or an HF-format directory), serve it on 127.0.0.1 at a free port,
-    and stop the server when the block ends."""
+    and stop the server and its engine when the block ends, however it ends."""
     engine = Engine(load_model(model), load_tokenizer(model), max_batch=max_batch, max_seq_len=max_seq_len)
     server = OpenAIServer(engine, str(model))
-    server.start()
-    print(f"{who}: serving {model} at {server.base_url}", file=sys.stderr, flush=True)
     try:
+        server.start()
+        print(f"{who}: serving {model} at {server.base_url}", file=sys.stderr, flush=True)
         yield server
     finally:
-        server.stop()
+        server.stop()  # also on KeyboardInterrupt: joins the engine's thread, which would abort the exit

@@ -10,7 +10,8 @@ or not).
 What one request may cost is bounded before anything is tokenized (`Limits`): the body by the
 bytes one context window of text can need, each prompt by the characters it can hold, the
 sequences by the engine's batch. Every number is range-checked here, so NaN, Infinity and huge
-integers are refused with the field's name and range, never reach the engine.
+integers are refused with the field's name and range, never reach the engine; every text that
+reaches the tokenizer or the engine is checked to be valid Unicode (`unicode_text`).
 Rules where the API leaves a choice to the server are listed in server.py's docstring.
 """
 
@@ -159,6 +160,18 @@ def check_fields(obj: dict, fields: dict, prefix: str = "") -> dict:
     return obj
 
 
+def unicode_text(text: str, param: str) -> str:
+    """`text`, refused when it holds a lone surrogate: JSON's escape "\\ud800" without its pair
+    parses to one, and no UTF-8 text, so no tokenizer, can hold it."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as e:
+            raise APIError(f"{param} holds a lone surrogate (\\u{ord(text[e.start]):04x} at character {e.start}): "
+                           "send valid Unicode (a surrogate pair needs both halves)", param, "invalid_text") from None
+    return text
+
+
 def in_range(f: dict, name: str, lo: float, hi: float | None, default=None, lo_open: bool = False):
     """f[name] (or `default` when absent), checked to lie in [lo, hi] ((lo, hi] with lo_open, no
     upper bound for hi=None); NaN and Infinity fail."""
@@ -233,7 +246,7 @@ class Exchange:
         if stops is not None and not (len(stops) <= _MAX_STOP and all(isinstance(s, str) and s for s in stops)):
             raise APIError(f"stop must be a non-empty string or an array of at most {_MAX_STOP} of them, got "
                            f"{_show(stop)}", "stop", "invalid_value")
-        return stops or None
+        return [unicode_text(s, "stop" if s is stop else f"stop[{i}]") for i, s in enumerate(stops)] if stops else None
 
     def chunk_choice(self, index: int, text: str, logprobs: list[TokenLogprob], finish_reason: str | None) -> dict:
         return self.choice(index, text, logprobs, finish_reason)
@@ -294,7 +307,7 @@ class ChatExchange(Exchange):
                        for p in content):
                 raise APIError(f"{where}.content: only text parts are supported", where + ".content")
             content = "\n".join(p["text"] for p in content)
-        return {"role": self._ROLES[m["role"]], "content": content}
+        return {"role": self._ROLES[m["role"]], "content": unicode_text(content, where + ".content")}
 
     def _logprobs(self, entries: list[TokenLogprob]) -> dict | None:
         def item(token_id: int, logprob: float) -> dict:
@@ -336,8 +349,10 @@ class CompletionExchange(Exchange):
             raise APIError(f"prompt has {len(prompt)} prompts; this server decodes at most "
                            f"{self.limits.sequences} sequences at once: split them over several requests",
                            "prompt", "too_many_sequences")
-        for p in prompt:
-            self._check_chars(len(p) if isinstance(p, str) else 0, "prompt")
+        for i, p in enumerate(prompt):
+            if isinstance(p, str):
+                self._check_chars(len(p), "prompt")
+                unicode_text(p, "prompt" if p is f["prompt"] else f"prompt[{i}]")
         prompts = [self.tokenizer.encode(p, add_special_tokens=True) if isinstance(p, str) else p for p in prompt]
         if not all(ids and all(0 <= t < vocab for t in ids) for ids in prompts):
             raise APIError(f"every prompt needs at least one token, and token ids in [0, {vocab})", "prompt")

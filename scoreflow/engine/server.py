@@ -1,14 +1,20 @@
 """OpenAI-compatible HTTP server over the Engine, stdlib only.
 
     client --HTTP/1.1 keep-alive--> BoundedHTTPServer (bounded_http.py: one thread per connection,
-                                    at most max_connections, then 503; idle_timeout per socket)
+                                    at most max_connections, then 503; idle_timeout per socket;
+                                    header_timeout per request head, then 408)
+      framing: Content-Length only, one, plain digits; Transfer-Encoding or any doubt is 4xx/501
+               and the connection closes (what follows could be a smuggled request)
       POST /v1/chat/completions, /v1/completions
         body (at most Limits.max_body bytes, else 413) -> protocol.py: check fields and lengths
         -> token ids + SamplingParams -> _Job: one engine.submit per prompt
         engine thread --on_update--> job queue --handler thread--> one JSON reply, or SSE
-                                                                   chunks (chunked encoding)
+                                                                   chunks (chunked encoding;
+                                                                   HTTP/1.0: close-delimited)
       GET /v1/models, GET /health ("loading" with 503 until an engine is attached)
       any other method: 405; every error is an OpenAI error body in JSON
+    stop(): no new connections; the engine stops (requests in flight get 503, or an error event
+            in a stream); open connections get STOP_GRACE_S to finish, then close; threads joined
 
 While a handler waits for its job it polls its socket every 0.1 s; a client that hangs up has
 its requests cancelled, so its cache slots return to the batch at the next engine step. EOF
@@ -27,20 +33,23 @@ entry per generated token (EOS excluded), each token shown as `decode([id])`.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
 import queue
+import re
 import select
 import socket
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 
-from .bounded_http import BoundedHTTPServer
+from .bounded_http import BoundedHTTPServer, HeadTimeout, check_bounds
 from .engine import Completion, Engine, TokenLogprob
 from .protocol import APIError, ChatExchange, CompletionExchange, Exchange, Limits, parse_body
 from .sampling import SamplingParams
@@ -50,6 +59,9 @@ _POLL_S = 0.1  # how often a waiting handler checks whether its client hung up
 STOP_POLL_S = 0.05  # how often the accept loop checks for stop() (the standard library's 0.5 s made stop slow)
 _DRAIN_MAX = 32 << 20  # refused bodies up to this size are read and dropped, keeping the connection
 _RETRY = {"Retry-After": "1"}
+_LENGTH = re.compile(r"[0-9]{1,15}")  # a Content-Length we read: plain digits, no sign, space or hex
+STOP_GRACE_S = 2.0  # how long stop() lets open connections finish their replies, twice over
+HEADER_TIMEOUT_S = 10.0  # the default time a request head may take from its first byte
 
 
 class _ClientGone(Exception):
@@ -117,6 +129,24 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "scoreflow"
     server: _HTTPServer
 
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the stdlib's reader: ours times the request head (bounded_http.HeadClock)
+        self.rfile = self.server.reader(self.connection)
+        self._clock = self.rfile.raw
+
+    def handle_one_request(self) -> None:
+        """The stdlib's, with the request head under the header deadline: 408 and close past it."""
+        self._clock.start_head()
+        self.requestline = self.command = ""  # what the log shows should the request line not arrive
+        try:
+            super().handle_one_request()
+        except HeadTimeout:
+            self._clock.end_head()
+            with contextlib.suppress(OSError):
+                self.send_error(408, f"the request head took more than {self.server.header_timeout:g} s from its "
+                                     "first byte: send the request line and headers at once")
+
     def __getattr__(self, name: str):
         """Every HTTP method reaches _dispatch, which answers 405 where the stdlib sends an HTML 501."""
         if name.startswith("do_"):
@@ -135,9 +165,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(code, APIError(message or HTTPStatus(code).phrase, status=code).body())
 
     def _dispatch(self) -> None:
+        self._clock.end_head()
         self._body_unread, self._replied, self._probed = True, False, False
         try:
             try:
+                self._length = self._framing()
                 self._route(self.command, self.path.split("?", 1)[0])
             except APIError as e:
                 self._skip_body()
@@ -173,11 +205,19 @@ class _Handler(BaseHTTPRequestHandler):
         self._skip_body()
         self._send_json(200, self.server.app.models())
 
+    def _framing(self) -> int | None:
+        """The body's length (None: no body). A request whose framing we doubt is refused and its
+        connection closed: where its body ends, and so where a next request starts, is unknown."""
+        try:
+            return body_length(self.headers)
+        except APIError:
+            self.close_connection, self._body_unread = True, False
+            raise
+
     def _read_body(self, max_body: int) -> bytes:
-        length = self._content_length()
+        length = self._length
         if length is None:
-            raise APIError("a POST needs a Content-Length header (chunked request bodies are not supported)",
-                           code="invalid_length", status=411)
+            raise APIError("a POST needs a Content-Length header", code="invalid_length", status=411)
         if length > max_body:
             raise APIError(f"request body is {length} bytes; this server takes at most {max_body} (what its "
                            "context window can need): shorten the prompt", code="request_too_large", status=413)
@@ -186,20 +226,13 @@ class _Handler(BaseHTTPRequestHandler):
             raise _ClientGone
         return raw
 
-    def _content_length(self) -> int | None:
-        value = self.headers.get("Content-Length", "")
-        return int(value) if value.isascii() and value.isdigit() and len(value) <= 15 else None
-
     def _skip_body(self) -> None:
-        """Read and drop a body we will not parse, so that the connection stays usable and the
-        client reads our answer (closing a socket with unread bytes sends a reset, which can
-        destroy the reply). One we cannot delimit, or larger than _DRAIN_MAX, closes it."""
+        """Read and drop a body we will not parse, so that the connection stays usable. One larger
+        than _DRAIN_MAX closes it (bounded_http drains it while the client reads our answer)."""
         if not self._body_unread:
             return
-        self._body_unread, length = False, self._content_length()
-        undelimited = "Transfer-Encoding" in self.headers or (length is None and "Content-Length" in self.headers)
-        remaining = length or 0
-        if undelimited or remaining > _DRAIN_MAX:
+        self._body_unread, remaining = False, self._length or 0
+        if remaining > _DRAIN_MAX:
             self.close_connection = True
             return
         while remaining:
@@ -226,8 +259,11 @@ class _Handler(BaseHTTPRequestHandler):
         """Whether the client hung up. EOF alone may be a half-close (the client shut its sending
         side and still reads), so until the reply starts an interim "100 Continue", which HTTP/1.1
         clients skip, probes it (once it has started, every write does): a closed peer answers
-        with a reset, which SO_ERROR then reports. A pipelined next request is only peeked at."""
+        with a reset, which SO_ERROR then reports. A pipelined next request is only peeked at.
+        Also True once the server stops waiting for its requests."""
         sock = self.connection
+        if self.server.closing:  # stop() gave up waiting for this request
+            return True
         try:
             readable, _, _ = select.select([sock], [], [], 0)
             if not readable or sock.recv(1, socket.MSG_PEEK):
@@ -249,44 +285,95 @@ class _Handler(BaseHTTPRequestHandler):
         ex = exchange(parse_body(self._read_body(app.limits.max_body)), app)
         job = _Job(ex.engine, ex.prompts, ex.params)
         try:
-            if not ex.stream:
-                for _ in job.events(self._client_gone):
-                    pass
-                if any(c.finish_reason == "error" for _, c in job.completions()):
-                    cause = (ex.engine.error or "unknown").strip().splitlines()[-1]  # the exception's line
-                    raise APIError(f"the engine failed on this request: {cause}", code="engine_error", status=500)
-                choices = [ex.choice(i, c.text, c.logprobs or [], c.finish_reason) for i, c in job.completions()]
-                return self._send_json(200, ex.response(choices, job.usage()))
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            self._replied = True
-            for i, text, logprobs, finish_reason in job.events(self._client_gone):
-                self._write_event(ex.response([ex.chunk_choice(i, text, logprobs, finish_reason)], None, chunk=True))
-            if ex.include_usage:
-                self._write_event(ex.response([], job.usage(), chunk=True))
-            self._write_chunk(b"data: [DONE]\n\n")
-            self._write_chunk(b"")  # the last chunk of the HTTP body
+            self._stream(ex, job) if ex.stream else self._reply(ex, job)
         finally:
             job.cancel()
 
-    def _write_event(self, obj: dict) -> None:
-        self._write_chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
+    def _reply(self, ex: Exchange, job: _Job) -> None:
+        for _ in job.events(self._client_gone):
+            pass
+        reasons = {c.finish_reason for _, c in job.completions()}
+        if "cancelled" in reasons:  # only the engine's stop() ends a request of a connected client
+            self.close_connection = True
+            raise _shutting_down()
+        if "error" in reasons:
+            cause = (ex.engine.error or "unknown").strip().splitlines()[-1]  # the exception's line
+            raise APIError(f"the engine failed on this request: {cause}", code="engine_error", status=500)
+        choices = [ex.choice(i, c.text, c.logprobs or [], c.finish_reason) for i, c in job.completions()]
+        self._send_json(200, ex.response(choices, job.usage()))
 
-    def _write_chunk(self, data: bytes) -> None:
+    def _stream(self, ex: Exchange, job: _Job) -> None:
+        """Server-sent events, in chunks; to an HTTP/1.0 client (no chunked encoding there) the
+        body ends where the connection does."""
+        self._chunked = self.request_version != "HTTP/1.0"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        if self._chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.close_connection = True
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self._replied = True
+        for i, text, logprobs, finish_reason in job.events(self._client_gone):
+            if finish_reason == "cancelled":  # the server stops: an error event, as OpenAI's streams end in one
+                self._write_event(_shutting_down().body())
+                return self._write_part(b"")
+            self._write_event(ex.response([ex.chunk_choice(i, text, logprobs, finish_reason)], None, chunk=True))
+        if ex.include_usage:
+            self._write_event(ex.response([], job.usage(), chunk=True))
+        self._write_part(b"data: [DONE]\n\n")
+        self._write_part(b"")  # the end of the HTTP body
+
+    def _write_event(self, obj: dict) -> None:
+        self._write_part(b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+    def _write_part(self, data: bytes) -> None:
+        """Part of a streamed body (b"": its end): a chunk, or the bytes themselves close-delimited."""
         try:
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            if self._chunked:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            elif data:
+                self.wfile.write(data)
         except OSError:
             raise _ClientGone from None
+
+
+def body_length(headers: Message) -> int | None:
+    """A request body's length from its framing headers (None: no body), or APIError for framing
+    this server refuses: Transfer-Encoding (chunked request bodies are not supported; with
+    Content-Length too it is the classic smuggling pair), several Content-Length headers, one that
+    is not plain digits, or header lines that did not parse (the parser then drops the rest)."""
+    codings, lengths = headers.get_all("Transfer-Encoding", []), headers.get_all("Content-Length", [])
+    if headers.defects:
+        raise APIError("the request has a malformed header line", code="invalid_header")
+    if codings and lengths:
+        raise APIError("a request may not have both Transfer-Encoding and Content-Length", code="invalid_framing")
+    if codings:
+        chunked = [c.strip().lower() for c in codings] == ["chunked"]
+        raise APIError("chunked request bodies are not supported: send a Content-Length header" if chunked else
+                       f"Transfer-Encoding {', '.join(codings)[:60]!r} is not supported: send a Content-Length header",
+                       code="invalid_length" if chunked else "unsupported_transfer_encoding",
+                       status=411 if chunked else 501)
+    if len(lengths) > 1:
+        raise APIError(f"a request may have one Content-Length header, not {len(lengths)}", code="invalid_framing")
+    if lengths and not _LENGTH.fullmatch(lengths[0].strip(" \t")):
+        raise APIError(f"Content-Length {lengths[0][:40]!r} is not a length: pass the body's size in bytes as plain "
+                       "digits", code="invalid_framing")
+    return int(lengths[0]) if lengths else None
+
+
+def _shutting_down() -> APIError:
+    return APIError("the server is shutting down: retry with another server or once it is back",
+                    code="server_shutting_down", status=503, headers=_RETRY)
 
 
 class _HTTPServer(BoundedHTTPServer):
     def __init__(self, app: OpenAIServer):
         busy = APIError(f"server busy: all {app.max_connections} connections are in use; retry in a moment",
                         code="server_busy", status=503).body()
-        super().__init__((app.host, app.port), _Handler, app.max_connections, app.idle_timeout,
+        super().__init__((app.host, app.port), _Handler, app.max_connections, app.idle_timeout, app.header_timeout,
                          json.dumps(busy).encode())
         self.app = app
 
@@ -301,16 +388,21 @@ class OpenAIServer:
 
     With engine=None the port is bound and answers at once: /health says "loading" and
     completions get 503 + Retry-After until `attach(engine)`. At most `max_connections` are
-    open at a time (more get 503 + Retry-After); one idle for `idle_timeout` s is closed.
+    open at a time (more get 503 + Retry-After); one idle for `idle_timeout` s is closed, and
+    one whose request head takes more than `header_timeout` s from its first byte gets 408
+    (ValueError for a bound outside bounded_http.check_bounds: 1 to 4096 connections, timeouts
+    in (0, 1 day]).
     """
 
     def __init__(self, engine: Engine | None, model_name: str, host: str = "127.0.0.1", port: int = 0,
                  api_key: str | None = None, log_requests: bool = False, max_connections: int = 128,
-                 idle_timeout: float = 60.0):
+                 idle_timeout: float = 60.0, header_timeout: float = HEADER_TIMEOUT_S):
+        check_bounds(max_connections, idle_timeout, header_timeout)
         self.engine, self.model_name, self.host, self.port = engine, model_name, host, port
         self.api_key, self.log_requests, self.created = api_key, log_requests, int(time.time())
-        self.max_connections, self.idle_timeout = max_connections, idle_timeout
+        self.max_connections, self.idle_timeout, self.header_timeout = max_connections, idle_timeout, header_timeout
         self.limits: Limits | None = None  # set once the engine serves: the server is ready
+        self._started: Engine | None = None  # the engine this server started (and stops)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -322,11 +414,12 @@ class OpenAIServer:
         """Bind, serve from a background thread, return the bound port."""
         if self._httpd is not None:
             raise RuntimeError("server already started")
-        self._httpd = _HTTPServer(self)
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(STOP_POLL_S,), daemon=True,
+        httpd = _HTTPServer(self)
+        self.port = httpd.server_address[1]
+        self._thread = threading.Thread(target=httpd.serve_forever, args=(STOP_POLL_S,), daemon=True,
                                         name="scoreflow-http")
         self._thread.start()
+        self._httpd = httpd  # only now: stop() waits for serve_forever, which must be running
         if self.engine is not None:
             self.attach(self.engine)
         return self.port
@@ -334,17 +427,23 @@ class OpenAIServer:
     def attach(self, engine: Engine) -> None:
         """Start the engine and answer completions with it."""
         limits = Limits.of(engine)
+        self.engine = self._started = engine  # before start(): a stop() from here on stops it
         engine.start()
-        self.engine = engine
         self.limits = limits  # last: handlers read a set `limits` as "ready"
 
     def stop(self) -> None:
-        """Stop accepting and close open connections (their unfinished requests get cancelled)."""
+        """Stop accepting; stop the engine (the requests in flight end: 503, or an error event in a
+        stream) and join its thread; let open connections finish their replies for up to
+        STOP_GRACE_S, then close them (what is still unfinished is cancelled) and join their
+        threads."""
         if self._httpd is None:
             return
         self._httpd.shutdown()
+        if self._started is not None:
+            self._started.stop()
+            self._started = None
+        self._httpd.close_connections(STOP_GRACE_S)
         self._httpd.server_close()
-        self._httpd.close_connections()
         self._thread.join()
         self._httpd = self._thread = None
 
