@@ -26,6 +26,7 @@ from typing import Protocol
 
 from .engine import Engine, TokenLogprob
 from .sampling import SamplingParams
+from .sampling_ranges import TEMPERATURE, TOP_P
 
 _NUMBER = (int, float)
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
@@ -207,8 +208,8 @@ class Exchange:
         options = check_fields(f.get("stream_options", {}), {"include_usage": bool}, "stream_options.")
         self.include_usage = options.get("include_usage", False)
         sampling = dict(n=in_range(f, "n", 1, self.limits.sequences, 1),
-                        temperature=in_range(f, "temperature", 0, 2, 1.0),
-                        top_p=in_range(f, "top_p", 0, 1, 1.0, lo_open=True),
+                        temperature=in_range(f, "temperature", TEMPERATURE.low, TEMPERATURE.high, 1.0),
+                        top_p=in_range(f, "top_p", TOP_P.low, TOP_P.high, 1.0, lo_open=TOP_P.low_open),
                         top_k=min(in_range(f, "top_k", 0, None, 0), self.limits.vocab_size),  # huge = off
                         seed=in_range(f, "seed", *_SEED_RANGE), stop=self._stop(f))
         self.prompts, max_tokens, logprobs = self._prompts(f)
