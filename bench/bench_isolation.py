@@ -8,7 +8,7 @@
    ensemble them; the last two kinds also make the extraction call), each run in-process (`isolated=False`: the old
    design, same validation, operators and extraction, no worker) and isolated (the default),
    interleaved (the order alternates per workflow), one at a time and then 16 at a time,
-   against a loopback executor that answers at once (tests/fake_openai_server.py). The
+   against a loopback executor that answers at once (scoreflow/testing/scripted_server.py). The
    difference is what the worker costs: the fork, the pipe, the limits, the process's end.
    The 16-at-a-time rounds also count CPU time (this process, the worker template and its
    workers), which, unlike wall time, other jobs on the machine hardly change.
@@ -24,23 +24,17 @@ import asyncio
 import os
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from fake_openai_server import FakeOpenAIServer  # noqa: E402
-
-from scoreflow.executor import ExecutorClient  # noqa: E402
-from scoreflow.llama.registry import DEFAULT_MODEL  # noqa: E402
-from scoreflow.optimize.config import EMBEDDED  # noqa: E402
-from scoreflow.optimize.endpoint import executor_endpoint  # noqa: E402
-from scoreflow.tasks import load_task  # noqa: E402
-from scoreflow.workflow.static_baselines import baseline_workflow  # noqa: E402
-from scoreflow.workflow.prompts import template_workflow, workflow_source  # noqa: E402
-from scoreflow.workflow.runtime import run_workflow  # noqa: E402
+from scoreflow.executor import ExecutorClient
+from scoreflow.llama.registry import DEFAULT_MODEL
+from scoreflow.optimize.config import EMBEDDED
+from scoreflow.optimize.endpoint import executor_endpoint
+from scoreflow.tasks import load_task
+from scoreflow.testing.scripted_server import FakeOpenAIServer
+from scoreflow.workflow.static_baselines import baseline_workflow
+from scoreflow.workflow.prompts import template_workflow, workflow_source
+from scoreflow.workflow.runtime import run_workflow
 
 MODES = {"in-process": False, "isolated": True}
 

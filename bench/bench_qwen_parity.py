@@ -1,6 +1,6 @@
 """Full parity check of Qwen2.5-Coder-0.5B-Instruct: our conversion vs transformers reading the
-same GGUF, CPU fp32. CI runs a small version of it (tests/test_qwen_parity.py: 2 prompts, 16
-tokens); this one takes the issue's full measure.
+same GGUF, CPU fp32. CI runs a small version of it (tests/parity/test_qwen_parity.py: 2 prompts,
+16 tokens); this one takes the issue's full measure.
 
     python bench/bench_qwen_parity.py [--new-tokens 64]
 
@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_qwen_parity import EXTRA_TEXTS, PROMPTS  # noqa: E402
-from test_tokenizer import corpus  # noqa: E402
-
-from scoreflow.engine import Engine, SamplingParams  # noqa: E402
-from scoreflow.llama import load_model, load_tokenizer  # noqa: E402
-from scoreflow.llama.registry import QWEN_CODER, embedded_gguf  # noqa: E402
+from scoreflow.engine import Engine, SamplingParams
+from scoreflow.llama import load_model, load_tokenizer
+from scoreflow.llama.registry import QWEN_CODER, embedded_gguf
+from scoreflow.testing.texts import EXTRA_TEXTS, corpus
+from scoreflow.testing.texts import QWEN_PROMPTS as PROMPTS
 
 MORE_PROMPTS = [
     [{"role": "user", "content": "Write a C function that reverses a linked list.\r\nUse\ttabs."}],

@@ -1,11 +1,33 @@
+"""The suite, one folder per kind of check (each file's docstring says what it checks):
+
+    unit/      one part on tiny configs or hand-computed cases: kernels, LoRA, Score-DPO loss,
+               pairs and trainer, tasks and grading, settings and flags
+    parity/    against transformers reading the same checkpoint or GGUF file: the model, the
+               converter, the tokenizers, the chat templates (PEFT and TRL parity sit in unit/,
+               beside the LoRA and loss tests they belong to)
+    engine/    the inference engine and the OpenAI-compatible server on real loopback HTTP
+    runtime/   workflows running: the runtime, operators, the executor client, the sandbox,
+               isolation, hostile workflows and programs
+    magicore/  MAgICoRE: difficulty, the loop, reward models, runs and their flags
+    e2e/       the ScoreFlow loop and the commands, run whole against scripted loopback servers
+    project/   the repository as a whole: import graph, names, fresh install, bench/ scripts
+    helpers/   what tests share (not collected); the scripted OpenAI server and the shared
+               prompts are in scoreflow.testing, for bench/ too
+
+The fixtures below load each embedded model once per run, for every folder.
+"""
+
 import functools
 import os
+import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))  # `from served import ...` in any folder
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -125,12 +147,34 @@ def qwen_tokenizer(qwen_model_dir):
     return load_tokenizer(qwen_model_dir)
 
 
+# Qwen is loaded once per run (about 17 s) but not held to its end, as a session fixture would
+# hold it: the copy is dropped after the last selected test that reads it, so the 2.5 GB is free
+# again for the tests that load their own copy (training) or start a process that does.
+_READ_ONLY_MODELS: dict[str, object] = {}
+_LAST_READER: dict[str, pytest.Item] = {}
+
+
+def pytest_collection_finish(session):
+    for item in session.items:
+        if "qwen_model" in getattr(item, "fixturenames", ()):
+            _LAST_READER["qwen_model"] = item
+
+
+def pytest_runtest_teardown(item, nextitem):
+    for name, last in _LAST_READER.items():
+        if item is last:
+            _READ_ONLY_MODELS.pop(name, None)  # the module fixture's reference goes with its module
+
+
 @pytest.fixture(scope="module")
 def qwen_model(qwen_model_dir):
-    """Our fp32 Qwen (2.5 GB), loaded per test module and freed after it."""
-    from scoreflow.llama import load_model
+    """Our fp32 Qwen (2.5 GB) for tests that only read it (a test that trains or merges loads its
+    own): one load per run, shared by every module that asks for it."""
+    if "qwen_model" not in _READ_ONLY_MODELS:
+        from scoreflow.llama import load_model
 
-    return load_model(qwen_model_dir, device="cpu")
+        _READ_ONLY_MODELS["qwen_model"] = load_model(qwen_model_dir, device="cpu")
+    return _READ_ONLY_MODELS["qwen_model"]
 
 
 @pytest.fixture(scope="module")

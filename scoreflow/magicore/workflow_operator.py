@@ -6,7 +6,7 @@ PLUGIN_MODULES, when it builds a math run's operators; importing it registers th
     best = await self.magicore_refine(solutions=candidates)         # -> {"response": str}
 
 This is the one module of `scoreflow.magicore` that knows of workflows, and no other module of
-the package imports it, so MAgICoRE itself stays a library (tests/test_import_graph.py). The run's
+the package imports it, so MAgICoRE itself stays a library (tests/project/test_import_graph.py). The run's
 executor plays every part: judge ORM and PRM (JudgeRewardModel), Reviewer and Refiner (Agents).
 The n candidates are scored; an easy question (difficulty.py, with per-question normalisation: a
 workflow has no dataset statistics) is answered by the RM-weighted vote at once, a hard one gets

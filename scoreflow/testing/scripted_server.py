@@ -1,4 +1,7 @@
-"""A real loopback HTTP server speaking the OpenAI chat-completions API, with scripted faults.
+"""A real loopback HTTP server speaking the OpenAI chat-completions API, with scripted faults:
+the endpoint that the tests and benchmarks of code calling an OpenAI-compatible server talk to.
+
+    from scoreflow.testing.scripted_server import FakeOpenAIServer, Reply
 
     with FakeOpenAIServer(delay_s=0.01) as server:          # free port on 127.0.0.1
         server.script(Reply(status=429, headers={"Retry-After": "1"}), Reply())

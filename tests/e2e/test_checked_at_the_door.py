@@ -19,7 +19,6 @@ import typing
 from dataclasses import fields
 
 import pytest
-from fake_openai_server import FakeOpenAIServer, Reply
 
 from scoreflow import evaluate, train
 from scoreflow.cli import Bounds, UserError, numeric_type, run_cli
@@ -27,6 +26,7 @@ from scoreflow.dpo.config import TrainConfig
 from scoreflow.evaluate import EvalConfig
 from scoreflow.magicore import __main__ as magicore
 from scoreflow.optimize.config import RunConfig
+from scoreflow.testing.scripted_server import FakeOpenAIServer, Reply
 
 COMMANDS = {  # name -> (its module, how it runs argv, its settings dataclasses)
     "train": (train, train.main, (RunConfig, TrainConfig)),

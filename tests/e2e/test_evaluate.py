@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from fake_openai_server import FakeOpenAIServer, Reply, completion
 from scoreflow.evaluate import EvalConfig, parse_args, run
 from scoreflow.executor import ExecutorClient
 from scoreflow.tasks import load_task
 from scoreflow.tasks.answer_judge import AnswerJudge, JudgedTask, parse_verdict
+from scoreflow.testing.scripted_server import FakeOpenAIServer, Reply, completion
 from scripted_workflows import BAD, GOOD, gold_in
 
 ADAPTER_NAME = "scoreflow-iter_0"  # RemoteGenerator serves RUN/iter_0/adapter under this name

@@ -4,12 +4,12 @@ run_workflow body, a workflow must call an operator, and every executor call is 
 
 import asyncio
 
-from fake_openai_server import FakeOpenAIServer
 from scoreflow.executor import ExecutorClient
 from scoreflow.optimize import stages
 from scoreflow.optimize.config import RunConfig
 from scoreflow.rundir import stage_info
 from scoreflow.tasks import load_task
+from scoreflow.testing.scripted_server import FakeOpenAIServer
 from scoreflow.workflow.prompts import TEMPLATE_BODIES, generator_prompt, template_workflow, workflow_source
 from scoreflow.workflow.validate import SIMILARITY_THRESHOLDS, NO_OPERATOR_CALL, calls_an_operator, template_similarity
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from fake_openai_server import FakeOpenAIServer, Reply, completion
+from scoreflow.testing.scripted_server import FakeOpenAIServer, Reply, completion
 from scripted_workflows import BAD, GOOD, INVALID, gold_in
 
 
@@ -65,7 +65,7 @@ def train_cmd(server, generator: Path, out: Path, *extra):
 
 
 def env():
-    return {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
 
 
 def artefacts(out: Path) -> dict:

@@ -9,8 +9,7 @@ import torch
 
 from scoreflow.engine import Engine, SamplingParams
 from scoreflow.engine.sampling import filtered_probs, sample
-
-from test_default_model import PROMPTS, as_ids
+from scoreflow.testing.texts import DEFAULT_MODEL_PROMPTS, as_ids
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +19,7 @@ def engine(default_model, default_tokenizer):
 
 @pytest.fixture(scope="module")
 def prompt_ids(default_tokenizer):
-    return [as_ids(default_tokenizer, p) for p in PROMPTS]
+    return [as_ids(default_tokenizer, p) for p in DEFAULT_MODEL_PROMPTS]
 
 
 NEW_TOKENS = 32  # greedy tokens compared with transformers per prompt
@@ -203,10 +202,13 @@ def test_worker_survives_a_failing_step(default_model, default_tokenizer, prompt
 
     monkeypatch.setattr(eng, "_decode", flaky)
     eng.start()
-    failed = eng.generate([prompt_ids[0]], SamplingParams(max_tokens=5))[0]
-    assert failed.finish_reason == "error" and "injected failure" in eng.error
-    ok = eng.generate([prompt_ids[0]], SamplingParams(max_tokens=5))[0]
-    assert ok.finish_reason == "length" and len(ok.token_ids) == 5
+    try:
+        failed = eng.generate([prompt_ids[0]], SamplingParams(max_tokens=5))[0]
+        assert failed.finish_reason == "error" and "injected failure" in eng.error
+        ok = eng.generate([prompt_ids[0]], SamplingParams(max_tokens=5))[0]
+        assert ok.finish_reason == "length" and len(ok.token_ids) == 5
+    finally:
+        eng.stop()  # join the worker: a thread left running is still there in later tests (test_server_signals)
 
 
 def test_incremental_detokenization_equals_full_decode(default_tokenizer):

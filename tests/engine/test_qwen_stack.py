@@ -12,8 +12,7 @@ from openai import OpenAI
 import scoreflow.engine.attention_plans as plans
 from scoreflow.engine import Engine, SamplingParams
 from scoreflow.llama.registry import QWEN_CODER
-
-from test_qwen_parity import chat_ids
+from scoreflow.testing.texts import as_ids
 
 pytestmark = pytest.mark.slow
 
@@ -30,23 +29,23 @@ def engine(qwen_model, qwen_tokenizer):
 def test_prefix_sharing_and_seeded_top_p(engine, qwen_tokenizer):
     """n greedy rows forked from one prefill equal the single greedy completion; a seeded top-p
     sample is the same alone and next to another prompt, and n samples differ."""
-    code, total = chat_ids(qwen_tokenizer, CODE), chat_ids(qwen_tokenizer, SUM)
+    code, total = as_ids(qwen_tokenizer, CODE), as_ids(qwen_tokenizer, SUM)
     single = engine.generate([code], SamplingParams(max_tokens=10))[0]
     assert [c.token_ids for c in engine.generate([code], SamplingParams(n=3, max_tokens=10))] == [single.token_ids] * 3
     p = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=10, seed=5)
     alone = engine.generate([code], p)[0].token_ids
     assert engine.generate([total, code], p)[1].token_ids == alone
-    sampled = engine.generate([chat_ids(qwen_tokenizer, STORY)], SamplingParams(n=4, temperature=1.0, top_p=0.95,
+    sampled = engine.generate([as_ids(qwen_tokenizer, STORY)], SamplingParams(n=4, temperature=1.0, top_p=0.95,
                                                                              max_tokens=8, seed=7))
     assert len({tuple(c.token_ids) for c in sampled}) > 1
 
 
 def test_stop_strings_and_eos(engine, qwen_tokenizer):
-    full = engine.generate([chat_ids(qwen_tokenizer, CODE)], SamplingParams(max_tokens=24))[0]
+    full = engine.generate([as_ids(qwen_tokenizer, CODE)], SamplingParams(max_tokens=24))[0]
     stop = full.text[12:16]  # 4 characters, likely across a token boundary
-    cut = engine.generate([chat_ids(qwen_tokenizer, CODE)], SamplingParams(max_tokens=24, stop=[stop, "@@never@@"]))[0]
+    cut = engine.generate([as_ids(qwen_tokenizer, CODE)], SamplingParams(max_tokens=24, stop=[stop, "@@never@@"]))[0]
     assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.find(stop)]
-    answer = engine.generate([chat_ids(qwen_tokenizer, SUM)], SamplingParams(max_tokens=16))[0]
+    answer = engine.generate([as_ids(qwen_tokenizer, SUM)], SamplingParams(max_tokens=16))[0]
     assert (answer.finish_reason, answer.text.strip()) == ("stop", "84")  # <|im_end|> ends it, unprinted
 
 
@@ -55,7 +54,7 @@ def test_shared_prefix_decode_equals_each_prompt_alone(engine, qwen_tokenizer, m
     real = plans.shared_prefix_attention
     monkeypatch.setattr(plans, "shared_prefix_attention", lambda *a: calls.append(a[1].shape[1]) or real(*a))
     system = "You are a careful Python programmer who writes short, correct code. " * 6
-    prompts = [chat_ids(qwen_tokenizer, [{"role": "system", "content": system}, {"role": "user", "content": q}])
+    prompts = [as_ids(qwen_tokenizer, [{"role": "system", "content": system}, {"role": "user", "content": q}])
                for q in ("Reverse a string.", "Sum a list.")]
     together = engine.generate(prompts, SamplingParams(n=2, max_tokens=8, ignore_eos=True))
     assert calls and min(calls) >= 64
@@ -82,4 +81,4 @@ def test_cli_server_replies_equal_engine(engine, qwen_tokenizer):
         proc.wait(timeout=60)
     want = engine.generate([qwen_tokenizer.apply_chat_template(SUM)], SamplingParams(max_tokens=8))[0]
     assert r.choices[0].message.content == streamed == want.text
-    assert r.usage.prompt_tokens == len(chat_ids(qwen_tokenizer, SUM))
+    assert r.usage.prompt_tokens == len(as_ids(qwen_tokenizer, SUM))

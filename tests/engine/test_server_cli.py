@@ -1,7 +1,7 @@
 """`python -m scoreflow.serve` as a user runs it: it answers on its port while the model loads,
 prints the URL and one-liners once ready, stops cleanly on Ctrl-C or SIGTERM, also when started
 in the background. (Its mistakes, one line and exit status 2 each, are cases of
-tests/test_cli_errors.py.)"""
+tests/e2e/test_cli_errors.py.)"""
 
 import signal
 import subprocess

@@ -1,7 +1,7 @@
 """Runs workflows through run_workflow in a process of its own, for tests that must survive
 a regression that kills, hangs or floods the process calling run_workflow.
 
-    python tests/isolated_runs.py < request.json
+    python tests/helpers/isolated_runs.py < request.json
 
 request: {"base_url": ..., "concurrency": n, "linger_s": s,
           "jobs": [{"code": ..., "problem": ..., "family": ..., "timeout_s": ...}, ...]}

@@ -1,5 +1,6 @@
 """A scripted MAgICoRE world for the loop and run tests: a loopback endpoint that replies by
-role and content (fake_openai_server), a table-driven reward model, and the chains they know.
+role and content (scoreflow.testing.scripted_server), a table-driven reward model, and the
+chains they know.
 
 Solver chains by question (chain i is the reply to seed i, mod 4), with (ORM, PRM steps):
 
@@ -19,10 +20,10 @@ from __future__ import annotations
 import asyncio
 import re
 
-from fake_openai_server import FakeOpenAIServer, Reply, completion
 from scoreflow.executor import ExecutorClient
 from scoreflow.magicore import (FORMATS, Agents, Ledger, MagicoreConfig, OutcomeRewardModel, ProcessRewardModel,
                                 RewardModels, RewardStats, Sampling, refine_until_easy, solve)
+from scoreflow.testing.scripted_server import FakeOpenAIServer, Reply, completion
 
 HARD = ["a\n\n\\boxed{1}", "b\n\n\\boxed{2}", "c\n\n\\boxed{3}", "d\n\n\\boxed{4}"]
 MIXED = ["m\n\n\\boxed{1}", "n\n\n\\boxed{2}", "o\n\n\\boxed{3}", "p\n\n\\boxed{4}"]

@@ -5,9 +5,9 @@ import asyncio
 
 import pytest
 
-from fake_openai_server import FakeOpenAIServer, Reply, completion
 from scoreflow.executor import ExecutorClient
 from scoreflow.magicore.agents import NO_REVIEW
+from scoreflow.testing.scripted_server import FakeOpenAIServer, Reply, completion
 from scripted_magicore import EASY, FIXED, FLATTERING, HARD, SPLIT, WORSE, ScriptedServer, role, run_loop
 from scripted_magicore import reviewed_solution as shown
 

@@ -10,11 +10,11 @@ import shutil
 import pytest
 import torch
 
-from fake_openai_server import FakeOpenAIServer, Reply, completion
 from scoreflow.executor import ExecutorClient
 from scoreflow.magicore import Chain, JudgeRewardModel, LocalLMRewardModel, RewardLayout, split_steps
 from scoreflow.magicore.batches import length_batches, right_padded
 from scoreflow.magicore.judge_rm import NEUTRAL, parse_score, parse_step_scores
+from scoreflow.testing.scripted_server import FakeOpenAIServer, Reply, completion
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")

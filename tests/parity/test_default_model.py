@@ -5,24 +5,11 @@ import pytest
 import torch
 
 from scoreflow.engine.kv_cache import KVCache
-
-PROMPTS = [
-    [{"role": "user", "content": "What is the capital of France?"}],  # chat
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",  # code
-    "1234 + 5678 = 6912. 31415 * 2 = ",  # digits
-    "Ünïcödé: naïve café, 日本語, emoji 🙂 —",  # unicode
-    [{"role": "system", "content": "You solve math problems."},
-     {"role": "user", "content": "Natalia sold 48 clips in April and half as many in May. How many in total?"}],
-]
-
-
-def as_ids(tok, prompt) -> list[int]:
-    text = tok.apply_chat_template(prompt) if isinstance(prompt, list) else prompt
-    return tok.encode(text)
+from scoreflow.testing.texts import DEFAULT_MODEL_PROMPTS, as_ids
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("prompt", PROMPTS, ids=["chat", "code", "digits", "unicode", "system"])
+@pytest.mark.parametrize("prompt", DEFAULT_MODEL_PROMPTS, ids=["chat", "code", "digits", "unicode", "system"])
 def test_logits_match_transformers(default_model, default_tokenizer, hf_gguf_oracle, prompt):
     hf_model, _ = hf_gguf_oracle
     ids = as_ids(default_tokenizer, prompt)
@@ -36,7 +23,7 @@ def test_logits_match_transformers(default_model, default_tokenizer, hf_gguf_ora
 @pytest.mark.slow
 def test_cached_decode_equals_full_forward_with_left_padding(default_model, default_tokenizer):
     """Prefill a left-padded batch into the cache, decode 4 steps, compare with no-cache logits."""
-    rows = [as_ids(default_tokenizer, p) for p in PROMPTS[:3]]
+    rows = [as_ids(default_tokenizer, p) for p in DEFAULT_MODEL_PROMPTS[:3]]
     T = max(map(len, rows))
     ids = torch.tensor([[0] * (T - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows])

@@ -16,8 +16,7 @@ from safetensors.torch import load_file
 
 from scoreflow.llama import LlamaConfig, load_model, load_tokenizer
 from scoreflow.llama.gguf import DEQUANTISED, convert_gguf
-
-from test_tokenizer import corpus
+from scoreflow.testing.texts import corpus
 
 transformers = pytest.importorskip("transformers")
 

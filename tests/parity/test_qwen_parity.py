@@ -10,30 +10,12 @@ import pytest
 import torch
 
 from scoreflow.engine import Engine, SamplingParams
-
-from test_tokenizer import CONVERSATIONS, corpus
+from scoreflow.testing.texts import CONVERSATIONS, EXTRA_TEXTS, QWEN_PROMPTS, as_ids, corpus
 
 jinja2 = pytest.importorskip("jinja2")
 pytestmark = pytest.mark.slow
 
-PROMPTS = [  # chat-templated, so the default system turn and the special tokens are exercised
-    [{"role": "user", "content": "Fix this:\n\tdef add(a, b):\r\n\t\treturn a - b  # 加法 🙂"}],
-    [{"role": "system", "content": "Answer with digits only."},
-     {"role": "user", "content": "What is 48 + 24 * 3? Then 1234567 - 89."}],
-]
 NEW_TOKENS = 16
-EXTRA_TEXTS = [  # code and scripts beyond the shared corpus
-    "def f(x):\n\tif x:\n\t\treturn '\\t'\r\n\treturn None\r\n", "int main() {\r\n\treturn 0;\r\n}\r\n",
-    "# 计算斐波那契数列\nprint('你好, 世界') # コメント 한국어", "emoji 🙂👩‍💻🇫🇷 in `code` ✅",
-    "x\t=\t1\t\t# tabs\n\n\n\ty = [1,2,3]", "1234567890 + 0.000001 = 1e-6; 2**64 == 18446744073709551616",
-    "<|im_start|>system\nhi<|im_end|><|endoftext|><tool_call>{\"a\": 1}</tool_call><|fim_prefix|>",
-]
-
-
-def chat_ids(tok, messages) -> list[int]:
-    return tok.encode(tok.apply_chat_template(messages))
-
-
 def test_converted_config_matches_the_gguf(qwen_model_dir, qwen_tokenizer):
     cfg = json.loads((qwen_model_dir / "config.json").read_text())
     assert {k: cfg[k] for k in ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads",
@@ -62,15 +44,15 @@ def test_token_ids_match_transformers(qwen_tokenizer, qwen_gguf_oracle):
     mismatches = [t for t in texts if qwen_tokenizer.encode(t) != hf_tok.encode(t, add_special_tokens=False)]
     assert not mismatches, f"{len(mismatches)} strings tokenise differently, e.g. {mismatches[:3]!r}"
     assert all(qwen_tokenizer.decode(qwen_tokenizer.encode(t)) == t for t in texts)
-    for messages in PROMPTS:
-        assert chat_ids(qwen_tokenizer, messages) == hf_tok.apply_chat_template(
+    for messages in QWEN_PROMPTS:
+        assert as_ids(qwen_tokenizer, messages) == hf_tok.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, return_dict=False)
 
 
-@pytest.mark.parametrize("messages", PROMPTS, ids=["code", "digits"])
+@pytest.mark.parametrize("messages", QWEN_PROMPTS, ids=["code", "digits"])
 def test_logits_match_transformers(qwen_model, qwen_tokenizer, qwen_gguf_oracle, messages):
     hf_model, _ = qwen_gguf_oracle
-    x = torch.tensor([chat_ids(qwen_tokenizer, messages)])
+    x = torch.tensor([as_ids(qwen_tokenizer, messages)])
     with torch.inference_mode():
         ours, theirs = qwen_model(x), hf_model(x).logits
     assert ((ours - theirs).abs().max() / theirs.abs().max()).item() < 1e-4
@@ -78,7 +60,7 @@ def test_logits_match_transformers(qwen_model, qwen_tokenizer, qwen_gguf_oracle,
 
 def test_greedy_matches_transformers_batched_and_alone(qwen_model, qwen_tokenizer, qwen_gguf_oracle):
     hf_model, _ = qwen_gguf_oracle
-    prompts = [chat_ids(qwen_tokenizer, m) for m in PROMPTS]
+    prompts = [as_ids(qwen_tokenizer, m) for m in QWEN_PROMPTS]
     want = []
     with torch.inference_mode():
         for ids in prompts:

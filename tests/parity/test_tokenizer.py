@@ -2,38 +2,13 @@
 rendered in Python vs the jinja templates themselves."""
 
 import copy
-import json
 import re
 
 import pytest
 
-from scoreflow.tasks.data import packaged_data_dir
+from scoreflow.testing.texts import CONVERSATIONS, corpus
 
 jinja2 = pytest.importorskip("jinja2")
-
-
-def corpus() -> list[str]:
-    """>= 200 strings: real benchmark text (maths, code) plus hand-made edge cases."""
-    aflow = packaged_data_dir() / "aflow"
-    rows = lambda name, n: [json.loads(l) for l in (aflow / name).read_text().splitlines()[:n]]  # noqa
-    texts = [r["question"] for r in rows("gsm8k_validate.jsonl", 80)]
-    texts += [r["solution"] for r in rows("math_validate.jsonl", 40)]  # LaTeX
-    texts += [r["prompt"] + r["canonical_solution"] for r in rows("humaneval_validate.jsonl", 30)]
-    texts += [r["context"][:600] for r in rows("drop_validate.jsonl", 20)]
-    texts += [
-        "", " ", "  ", "\n", "\n\n\n", "\t\t x", "a  b   c    d", "trailing   ", "   leading",
-        "0", "7", "42", "1234567890", "3.14159", "-0.5e-10", "1,000,000", "$12.50", "99%", "x^2+y^2=z^2",
-        "naïve café", "日本語のテキスト", "中文字符", "emoji 🙂🚀👍🏽", "Ελληνικά", "русский текст", "עברית",
-        "मराठी", "e\u0301", "zero\u200bwidth", "tab\there", "crlf\r\nline", "mixed\t \n \r",
-        "<|im_start|>user\nhello<|im_end|>", "<|endoftext|>", "not <|special", "<file_sep>path",
-        "def f(x):\n    return x  # comment", "if (a && b) { return -1; }", "lambda: None",
-        "I'm you're they've we'll he'd it's", "HELLO World", "camelCaseName snake_case_name",
-        "https://example.com/a?b=c&d=e", "user@example.com", "\\frac{1}{2} + \\sqrt{3}",
-        "```python\nprint('hi')\n```", "    " * 8 + "indented", "a" * 300, "ab" * 100 + " " * 50,
-    ]
-    texts += [" ".join(str(i * 37 % 1000) for i in range(k, k + 12)) for k in range(0, 240, 20)]
-    assert len(texts) >= 200
-    return texts
 
 
 def test_ids_match_transformers(default_tokenizer, hf_gguf_oracle):
@@ -69,16 +44,6 @@ def test_decode_round_trips(default_tokenizer):
 
 def test_eos_ids_include_chat_end(default_tokenizer):
     assert default_tokenizer.token_to_id("<|im_end|>") in default_tokenizer.eos_token_ids
-
-
-CONVERSATIONS = [
-    [{"role": "user", "content": "What is 2+2?"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-    [{"role": "user", "content": "  spaced  "}, {"role": "assistant", "content": "ok\n"},
-     {"role": "user", "content": "more\n\nlines"}],
-    [{"role": "system", "content": ""}, {"role": "user", "content": "x"},
-     {"role": "assistant", "content": "y"}],
-]
 
 
 @pytest.mark.parametrize("messages", CONVERSATIONS)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench"
 SCRIPTS = sorted([*BENCH.glob("*.py"), *(BENCH / "experiments").glob("*.py")])
 RESULTS, HISTORY = BENCH / "RESULTS.md", BENCH / "HISTORY.md"
@@ -64,10 +64,10 @@ def test_bench_script_imports_resolve(script):
         elif top in elsewhere:
             pytest.fail(f"{script.name} imports {elsewhere[top].relative_to(REPO)}, a script of another folder, "
                         f"which is not on its sys.path: copy what it needs, or keep both in one folder")
-        elif (REPO / "tests" / f"{top}.py").is_file():  # a test helper: the script puts tests/ on sys.path
-            assert '"tests"' in script.read_text(), f"{script.name} imports tests/{top}.py without tests/ on sys.path"
-            assert name is None or name in defined_names(REPO / "tests" / f"{top}.py"), \
-                f"{script.name}: tests/{top}.py defines no {name}"
+        elif module_of_tests := next((REPO / "tests").rglob(f"{top}.py"), None):  # the script puts tests/ on sys.path
+            where = module_of_tests.relative_to(REPO)
+            assert '"tests"' in script.read_text(), f"{script.name} imports {where} without tests/ on sys.path"
+            assert name is None or name in defined_names(module_of_tests), f"{script.name}: {where} defines no {name}"
         else:
             assert top in sys.stdlib_module_names or importlib.util.find_spec(top), f"{script.name}: no module {top}"
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def modules() -> dict[str, Path]:
@@ -112,7 +112,7 @@ def rooms() -> dict[str, set[str]]:
 
 def documented_arrows() -> dict[str, set[str]]:
     """The layout page's "Package dependencies" block: `  room -> a, b` per line."""
-    text = (Path(__file__).resolve().parents[1] / "scoreflow" / "docs" / "layout.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "scoreflow" / "docs" / "layout.md").read_text()
     block = text.split("Package dependencies")[1].split("```")[1]
     arrows = {}
     for line in block.strip().splitlines():

@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from fake_openai_server import FakeOpenAIServer, Reply, completion
 from scoreflow.executor import (
     APIConnectionError,
     APIStatusError,
@@ -21,6 +20,7 @@ from scoreflow.executor import (
     RateLimitError,
 )
 from scoreflow.executor.client import BAD_REPLY_RETRIES
+from scoreflow.testing.scripted_server import FakeOpenAIServer, Reply, completion
 
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"}]
 FAST = dict(api_key="sk-test", backoff_s=0.01, max_backoff_s=0.05, timeout=5.0)

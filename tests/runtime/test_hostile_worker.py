@@ -32,8 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from fake_openai_server import FakeOpenAIServer
 from scoreflow.executor import ExecutorClient
+from scoreflow.testing.scripted_server import FakeOpenAIServer
 from scoreflow.workflow.context import WorkflowConfig
 from scoreflow.workflow.host import OperatorHost
 from scoreflow.workflow.isolation import _Run
@@ -42,7 +42,7 @@ from scoreflow.workflow.run_context import MAX_OPERATOR_CALLS, RunContext
 from scoreflow.workflow.runtime import run_workflow, validate_workflow
 from scoreflow.workflow.wire import HEADER, frame, read_message
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUIET_STDERR_BYTES = 10_000
 HOST_RSS_GROWTH_MB = 100
 HOST_CPU_S = 2.0

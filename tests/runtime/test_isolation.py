@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from fake_openai_server import FakeOpenAIServer, Request
 from scoreflow.executor import ExecutorClient
 from scoreflow.magicore import (FORMATS, Agents, MagicoreConfig, OutcomeRewardModel, ProcessRewardModel,
                                 RewardModels, Runner, Sampling)
@@ -33,11 +32,13 @@ from scoreflow.optimize import stages
 from scoreflow.optimize.config import RunConfig
 from scoreflow.rundir import JsonlLog
 from scoreflow.tasks.base import AnswerTask, Question
+from scoreflow.testing.scripted_server import FakeOpenAIServer, Request
 from scoreflow.workflow.prompts import workflow_source
 from scoreflow.workflow.runtime import STATUSES, run_workflow, validate_workflow
 from workflow_fuzz import random_workflow
 
-HERE = Path(__file__).resolve().parent
+ISOLATED_RUNS = Path(__file__).resolve().parents[1] / "helpers" / "isolated_runs.py"
+ROOT = Path(__file__).resolve().parents[2]
 GRACE_S = 5.0  # a run returns within its time limit + this
 
 
@@ -51,8 +52,8 @@ def run_isolated(server: FakeOpenAIServer, jobs: list[tuple[str, float]], concur
                "jobs": [{"code": code, "problem": f"Question {tag}: what is 1 + 1?", "family": "math",
                          "timeout_s": timeout_s} for (code, timeout_s), tag in zip(jobs, tags)]}
     budget = 60 + linger_s + sum(timeout_s + GRACE_S for _, timeout_s in jobs) / concurrency
-    proc = subprocess.run([sys.executable, str(HERE / "isolated_runs.py")], input=json.dumps(request),
-                          capture_output=True, text=True, timeout=budget, cwd=HERE.parent)
+    proc = subprocess.run([sys.executable, str(ISOLATED_RUNS)], input=json.dumps(request),
+                          capture_output=True, text=True, timeout=budget, cwd=ROOT)
     assert proc.returncode == 0, f"the calling process died ({proc.returncode}): {proc.stderr[-2000:]}"
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert lines[-1] == {"done": True}
@@ -211,8 +212,8 @@ def test_an_operator_call_never_awaited_leaves_the_callers_stderr_clean(server):
     code = workflow_source("math", 'pending = self.custom(instruction="never awaited")\nreturn "42"')
     request = {"base_url": server.base_url, "concurrency": 1, "linger_s": 0.5,
                "jobs": [{"code": code, "problem": "What is 6 * 7?", "family": "math", "timeout_s": 10.0}]}
-    proc = subprocess.run([sys.executable, str(HERE / "isolated_runs.py")], input=json.dumps(request),
-                          capture_output=True, text=True, timeout=120, cwd=HERE.parent)
+    proc = subprocess.run([sys.executable, str(ISOLATED_RUNS)], input=json.dumps(request),
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0 and json.loads(proc.stdout.splitlines()[0])["status"] == "ok", proc.stderr
     assert "never awaited" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
 

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from fake_openai_server import FakeOpenAIServer, Reply, completion
 from scoreflow.executor import AuthenticationError, ExecutorClient
 from scoreflow.tasks import load_task
+from scoreflow.testing.scripted_server import FakeOpenAIServer, Reply, completion
 from scoreflow.workflow.context import RunAborted, WorkflowConfig, as_text
 from scoreflow.workflow.host import OPERATORS, PLUGIN_MODULES, operator_class, register_operator
 from scoreflow.workflow.operators import Extract, Operator, extraction_kind, parameter_list

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from fake_openai_server import FakeOpenAIServer, Reply, completion
 from scoreflow.executor import ExecutorClient
 from scoreflow.tasks import load_task
+from scoreflow.testing.scripted_server import FakeOpenAIServer, Reply, completion
 from scoreflow.workflow.run_context import MAX_OPERATOR_CALLS
 from scoreflow.workflow.prompts import template_workflow, workflow_source
 from scoreflow.workflow.validate import SIMILARITY_THRESHOLDS, TIME_LIMITS_S

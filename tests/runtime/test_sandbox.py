@@ -242,7 +242,7 @@ def test_without_namespaces_the_audit_hook_still_blocks(marker):
     with socket.create_server(("127.0.0.1", 0)) as listener:
         script = f"""
 import json, sys, warnings
-sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
 from scoreflow.sandbox import run_python
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")

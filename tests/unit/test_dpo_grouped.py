@@ -247,7 +247,7 @@ DDP_WORKER = """
 import sys
 import torch
 import torch.distributed as dist
-sys.path.insert(0, {tests!r})
+sys.path[:0] = {paths!r}
 from test_dpo_grouped import drawn_pairs, tiny_model
 from scoreflow.dpo.trainer import TrainConfig, train_dpo
 dist.init_process_group("gloo")
@@ -267,8 +267,9 @@ def test_two_process_gloo_shards_questions_like_gradient_accumulation(tmp_path):
     history = train_dpo(single, drawn_pairs(n_questions=3, draws=30), tmp_path / "single", cfg, progress=False)
     assert [m["questions"] for m in history] == [2, 1]  # the last step: rank 1 has no question
     worker = tmp_path / "worker.py"
-    worker.write_text(DDP_WORKER.format(tests=str(Path(__file__).parent)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    here = Path(__file__).resolve()
+    worker.write_text(DDP_WORKER.format(paths=[str(here.parent), str(here.parents[1] / "helpers")]))  # this file, crash_resume
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(here.parents[2])}
     with socket.socket() as s:  # a free loopback port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])

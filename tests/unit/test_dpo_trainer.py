@@ -72,8 +72,10 @@ def test_two_process_gloo_matches_gradient_accumulation(tmp_path):
     single = tiny_lora_model(dropout=0.0)
     train_dpo(single, tiny_pairs(), tmp_path / "single", TrainConfig(lr=1e-2, batch_size=1, grad_accum=2),
               progress=False)
-    worker = Path(__file__).parent / "workers" / "dpo_ddp.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    tests = Path(__file__).resolve().parents[1]
+    worker = tests / "helpers" / "workers" / "dpo_ddp.py"
+    path = [str(Path(__file__).resolve().parent), str(tests / "helpers"), str(tests.parent)]  # this file, crash_resume
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(path)}
     with socket.socket() as s:  # a free loopback port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])

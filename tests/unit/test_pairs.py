@@ -1,5 +1,5 @@
 """Preference pairs: pairing, P* sampling, exact weights, records (the near-template filter is the
-loop's, on the workflow body: tests/test_fidelity.py)."""
+loop's, on the workflow body: tests/e2e/test_fidelity.py)."""
 
 import json
 

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from fake_openai_server import FakeOpenAIServer
 from scoreflow.llama.registry import DEFAULT_MODEL, QWEN_CODER
 from scoreflow.optimize.config import EMBEDDED, RunConfig, resolve
+from scoreflow.testing.scripted_server import FakeOpenAIServer
 from scoreflow.train import parse_args
 
 

@@ -1,14 +1,13 @@
-"""torchrun worker for test_dpo_trainer: 2-process gloo training of a tiny LoRA model."""
+"""torchrun worker for unit/test_dpo_trainer.py: 2-process gloo training of a tiny LoRA model. The
+test puts its own folder and tests/helpers on PYTHONPATH."""
 
 import sys
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-from test_dpo_trainer import tiny_lora_model, tiny_pairs  # noqa: E402
-
-from scoreflow.dpo.trainer import TrainConfig, train_dpo  # noqa: E402
+from scoreflow.dpo.trainer import TrainConfig, train_dpo
+from test_dpo_trainer import tiny_lora_model, tiny_pairs
 
 dist.init_process_group("gloo")
 model = tiny_lora_model(dropout=0.0)
