@@ -20,7 +20,7 @@ from dataclasses import fields
 
 import pytest
 
-from scoreflow import evaluate, train
+from scoreflow import evaluate, serve, train
 from scoreflow.cli import Bounds, UserError, numeric_type, run_cli
 from scoreflow.dpo.config import TrainConfig
 from scoreflow.evaluate import EvalConfig
@@ -32,7 +32,10 @@ COMMANDS = {  # name -> (its module, how it runs argv, its settings dataclasses)
     "train": (train, train.main, (RunConfig, TrainConfig)),
     "evaluate": (evaluate, evaluate.main, (EvalConfig,)),
     "magicore": (magicore, lambda argv: magicore.main(*magicore.parse_args(argv)), (magicore.MagicoreSettings,)),
+    "serve": (serve, lambda argv: serve.main(serve.parse_args(argv)), (serve.ServeSettings,)),
 }
+RUNS = ("train", "evaluate", "magicore")  # the commands with a run directory (--out)
+FIRST_STEP = {"serve": "listen"}  # the step after the settings, where the trip-wire goes (default: load_task)
 BORROWS = {EvalConfig: RunConfig}  # a field of the key without help or bounds of its own takes the value's
 
 
@@ -82,11 +85,12 @@ def refuse(*args, **kwargs):
     raise AssertionError("a bad setting got past the checks")
 
 
-def run_command(command: str, argv: list[str], monkeypatch, capsys, tripwire: str = "load_task"
+def run_command(command: str, argv: list[str], monkeypatch, capsys, tripwire: str | None = None
                 ) -> tuple[int, list[str]]:
     """Exit status and stderr lines of `python -m scoreflow.COMMAND argv`, run in this process
-    with `tripwire`, a name in the command's module, replaced by `refuse`."""
+    with `tripwire` (default: the command's FIRST_STEP), a name in its module, replaced by `refuse`."""
     module, main, _ = COMMANDS[command]
+    tripwire = tripwire or FIRST_STEP.get(command, "load_task")
     monkeypatch.setattr(module, tripwire, refuse)
     with pytest.raises(SystemExit) as e:
         run_cli(f"scoreflow.{command}", lambda: main(argv))
@@ -97,12 +101,13 @@ def run_command(command: str, argv: list[str], monkeypatch, capsys, tripwire: st
 def test_a_bad_value_is_one_line_exit_2_and_an_empty_out(tmp_path, monkeypatch, capsys, command, flag, values):
     out = tmp_path / "run"
     for value in values:
-        status, err = run_command(command, [f"{flag}={value}", "--out", str(out)], monkeypatch, capsys)
+        where = ["--out", str(out)] if command in RUNS else []
+        status, err = run_command(command, [f"{flag}={value}", *where], monkeypatch, capsys)
         assert status == 2 and len(err) == 1 and flag in err[0], (value, err)
         assert "Traceback" not in err[0] and not out.exists(), value
 
 
-@pytest.mark.parametrize("cls", [TrainConfig, RunConfig, EvalConfig, magicore.MagicoreSettings])
+@pytest.mark.parametrize("cls", [TrainConfig, RunConfig, EvalConfig, magicore.MagicoreSettings, serve.ServeSettings])
 def test_settings_without_a_flag_are_checked_too(cls):
     """Fields set by code or a stored config.json, not by a flag, have ranges as well."""
     hints = typing.get_type_hints(cls)
@@ -141,7 +146,7 @@ def remote(command: str, url: str) -> list[str]:
     return ["--executor-url", url, "--executor-model", "m", *(a.format(url=url) for a in REMOTE[command])]
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", RUNS)
 @pytest.mark.parametrize("fault", [Reply(delay_s=5.0), Reply(drop=True)], ids=["silent", "hangs-up"])
 def test_an_endpoint_that_does_not_answer_fails_the_preflight(tmp_path, monkeypatch, capsys, command, fault):
     out = tmp_path / "run"
@@ -165,7 +170,7 @@ with run_lock(Path(sys.argv[1])):
 AFTER_THE_LOCK = {"train": "_iterations", "evaluate": "_evaluate", "magicore": "_run"}
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", RUNS)
 def test_one_run_per_out_and_a_killed_runs_lock_does_not_block(tmp_path, monkeypatch, capsys, command):
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", LOCKED, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -186,3 +191,13 @@ def test_one_run_per_out_and_a_killed_runs_lock_does_not_block(tmp_path, monkeyp
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_sampling_flags_take_what_the_server_takes():
+    """One rule for a request's temperature and top_p and for the commands' flags."""
+    from scoreflow.engine import protocol, sampling_ranges
+
+    for cls in (RunConfig, magicore.MagicoreSettings):
+        assert metadata(cls, "temperature")["bounds"] is sampling_ranges.TEMPERATURE
+        assert metadata(cls, "top_p")["bounds"] is sampling_ranges.TOP_P
+    assert (protocol.TEMPERATURE, protocol.TOP_P) == (sampling_ranges.TEMPERATURE, sampling_ranges.TOP_P)
