@@ -131,6 +131,8 @@ INTERRUPTED = """
 import os, signal, sys, time
 from scoreflow.engine.local import serve_locally
 from test_server_signals import generating
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises here even if this process was started
+                                                          # with SIGINT ignored (a background job of a script)
 with serve_locally(sys.argv[1], max_batch=2, max_seq_len=int(sys.argv[2])) as server:
     replies = generating(server.port)
     os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
