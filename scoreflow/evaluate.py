@@ -41,7 +41,7 @@ from .executor.reachable import require_answering
 from .figures import PLOT_HINT, accuracy_against_cost
 from .llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL
 from .optimize.config import EMBEDDED as TRAIN_EMBEDDED
-from .optimize.config import NOT_SETTINGS, RunConfig, check_endpoints
+from .optimize.config import RunConfig, check_endpoints, stored_settings
 from .optimize.endpoint import executor_endpoint
 from .rundir import JsonlLog, run_lock, save_or_check_settings
 from .tasks import Task, load_task
@@ -183,8 +183,7 @@ def _evaluate(cfg: EvalConfig, task: Task, out: Path, api_key: str | None) -> di
     from .optimize.generator import make_generator
 
     preset = EMBEDDED.in_force(cfg)
-    settings = {k: v for k, v in asdict(cfg).items() if k not in NOT_SETTINGS}
-    save_or_check_settings(out, {**settings, "preset": preset}, lambda stored: {"preset": preset, **stored})
+    save_or_check_settings(out, {**stored_settings(cfg), "preset": preset}, lambda stored: {"preset": preset, **stored})
     split_size, note = len(task.questions), smaller_than_the_paper(task, cfg.split)
     task = replace(task, questions=task.questions[: cfg.limit])
     run_cfg = replace(cfg.run_config(), api_key=api_key)

@@ -116,8 +116,7 @@ class RunConfig:
     def to_json(self) -> str:
         """The settings that decide the results (not the API key, a credential, nor the pre-flight
         check's patience), and which defaults they started from ("preset", recomputed from the rest when read back)."""
-        settings = {k: v for k, v in asdict(self).items() if k not in NOT_SETTINGS}
-        return json.dumps({**settings, "preset": EMBEDDED.in_force(self)}, indent=2, sort_keys=True)
+        return json.dumps({**stored_settings(self), "preset": EMBEDDED.in_force(self)}, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
@@ -145,6 +144,11 @@ EMBEDDED = Preset(dict(limit=4, k=8, runs=1, pairs=32, iterations=2, invalid="ze
                        dpo=TrainConfig(lr=1e-4, warmup_steps=2, dpo_grouping="question",
                                       gradient_checkpointing=True)),
                   applies=lambda cfg: cfg.embedded)
+
+
+def stored_settings(config) -> dict:
+    """A run's settings dataclass as the dict its run directory stores: without NOT_SETTINGS."""
+    return {k: v for k, v in asdict(config).items() if k not in NOT_SETTINGS}
 
 
 def resolve(overrides: dict, dpo_overrides: dict | None = None) -> RunConfig:
