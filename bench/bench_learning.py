@@ -1,5 +1,7 @@
 """A controlled experiment of the optimisation itself: Score-DPO vs plain DPO vs no training.
 
+    python bench/bench_learning.py --real [--pilot]   # real executions instead: see learning_real.py
+
     python bench/bench_learning.py [--generator qwen2.5-coder-0.5b-instruct --limit 32 --k 4 --pairs 64
                                     --iterations 2 --grouping question --epochs 2] --out runs/bench-learning
 
@@ -40,6 +42,7 @@ import platform
 import random
 import shutil
 import statistics
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -173,7 +176,13 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    if "--real" in sys.argv[1:]:
+        import learning_real  # the same directory: real executions, through scoreflow's commands
+
+        return learning_real.main(sys.argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 epilog="--real: the experiment on real executions instead (learning_real.py; "
+                                        "bench/bench_learning.py --real --help)")
     ap.add_argument("--generator", default="qwen2.5-coder-0.5b-instruct", help="embedded model name or HF folder")
     ap.add_argument("--limit", type=int, default=32, help="GSM8K validation questions")
     ap.add_argument("--k", type=int, default=4)

@@ -47,7 +47,7 @@ from .rundir import JsonlLog, run_lock, save_or_check_settings
 from .tasks import Task, load_task
 from .tasks.registry import smaller_than_the_paper
 from .tasks.answer_judge import JUDGE_MODES, JUDGED_TASKS, AnswerJudge, JudgedTask
-from .workflow.static_baselines import BASELINES, EXECUTOR_TEMPERATURES, baseline_workflow
+from .workflow.static_baselines import BASELINES, EXECUTOR_TEMPERATURES, ONLY_FOR, baseline_workflow, baselines_for
 
 if TYPE_CHECKING:
     from .optimize.stages import Iteration
@@ -147,10 +147,19 @@ class EvalConfig:
         shared = {f.name for f in fields(RunConfig)} & {f.name for f in fields(self)}
         return RunConfig(**{name: getattr(self, name) for name in shared}, k=1, invalid="drop")
 
-    def methods(self) -> list[Method]:
+    def methods(self, family: str) -> list[Method]:
+        """The rows, in order; "all" baselines are those the task's family can run."""
         untrained = [Method(UNTRAINED, "untrained")] if self.untrained or not self.adapter else []
         trained = [Method("scoreflow (trained)", "trained", adapter=self.adapter)] if self.adapter else []
-        return untrained + trained + [Method(f"baseline {b}", f"baseline-{b}", baseline=b) for b in self.baselines]
+        return untrained + trained + [Method(f"baseline {b}", f"baseline-{b}", baseline=b)
+                                      for b in baselines_for(family, self.baselines)]
+
+    def check_baselines(self, family: str) -> None:
+        """A baseline named on the command line that the task's family cannot run is an error
+        ("all" runs those it can)."""
+        if self.baselines != BASELINES and (other := [b for b in self.baselines if b not in baselines_for(family)]):
+            raise ValueError(f"--baselines {','.join(other)}: runs on {', '.join(ONLY_FOR[b] for b in other)} tasks "
+                             f"only, and {self.task} is a {family} task; leave it out")
 
 
 # An embedded generator (the no-flag run): 10 questions, and the
@@ -169,6 +178,7 @@ def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
         raise FileNotFoundError(f"--adapter {cfg.adapter}: no {CONFIG_FILE} there; pass the adapter/ folder of a "
                                 "training iteration, e.g. runs/scoreflow-gsm8k/iter_1/adapter")
     task = load_task(cfg.task, cfg.split, cfg.data_dir)
+    cfg.check_baselines(task.family)
     check_endpoints(replace(cfg.run_config(), api_key=api_key))
     if cfg.judge_url:
         require_answering(cfg.judge_url, "--judge-url", cfg.judge_model or cfg.executor_model or DEFAULT_MODEL,
@@ -187,7 +197,7 @@ def _evaluate(cfg: EvalConfig, task: Task, out: Path, api_key: str | None) -> di
     split_size, note = len(task.questions), smaller_than_the_paper(task, cfg.split)
     task = replace(task, questions=task.questions[: cfg.limit])
     run_cfg = replace(cfg.run_config(), api_key=api_key)
-    methods = cfg.methods()
+    methods = cfg.methods(task.family)
     print(f"scoreflow.evaluate: settings: {preset}", file=sys.stderr)
     if note:
         print(f"scoreflow.evaluate: note: {note}", file=sys.stderr)

@@ -24,6 +24,14 @@ Review operator). What each does:
 - multipersona: multi-persona debate, 3 personas answer independently, then each revises
   after reading the other two (one debate round), and ScEnsemble picks among the revised ones.
 - self_refine: one CoT answer, then 2 rounds of critique-and-revise.
+
+Two more, one operator each, for the families that have it (a learning run compares the
+generated workflows with the best fixed use of the operator they can call):
+
+- programmer (math only): one Programmer call, which writes `solve()`, runs it and retries
+  on errors; the answer is what `solve()` returned.
+- test (code only): one implementation, then the Test operator on the task's public example
+  tests, which repairs it on failure.
 """
 
 from __future__ import annotations
@@ -111,10 +119,25 @@ for i in range(2):
     solution = await self.refine(solution)
 return solution
 ''',
+    "programmer": '''
+computed = await self.programmer(analysis="None")
+return computed["output"]
+''',
+    "test": '''
+solution = await self.solve("")
+tested = await self.test(solution=solution)
+return tested["solution"]
+''',
 }
 BASELINES: tuple[str, ...] = tuple(BODIES)
+ONLY_FOR: dict[str, str] = {"programmer": "math", "test": "code"}  # baseline -> the one family with its operator
 # The executor temperature each baseline runs at: 0 (PAPERS.md §S1) unless its samples must differ.
 EXECUTOR_TEMPERATURES: dict[str, float] = {name: 0.7 if name == "cot_sc" else 0.0 for name in BASELINES}
+
+
+def baselines_for(family: str, names: tuple[str, ...] = BASELINES) -> tuple[str, ...]:
+    """Those of `names` that `family` can run."""
+    return tuple(name for name in names if ONLY_FOR.get(name, family) == family)
 
 
 def baseline_workflow(name: str, family: str) -> str:
@@ -123,4 +146,6 @@ def baseline_workflow(name: str, family: str) -> str:
         raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
     if family not in FAMILY_OPERATORS:
         raise ValueError(f"unknown task family {family!r}; choose one of {', '.join(FAMILY_OPERATORS)}")
+    if name not in baselines_for(family, (name,)):
+        raise ValueError(f"baseline {name!r} runs on {ONLY_FOR[name]} tasks only, not on {family} tasks")
     return workflow_source(family, BODIES[name], HELPERS[family])
