@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -153,13 +154,15 @@ def experiment(args: argparse.Namespace, out: Path) -> None:
         loss = ["--loss", "dpo", "--pair-gap", "uniform"] if arm == "dpo" else []
         stage(f"train {arm}", command("train", "--split", "validate", "--limit", str(args.train_limit), "--k",
                                       str(args.k), "--iterations", str(args.iterations), *loss, *common,
+                                      *shlex.split(args.train_args),
                                       "--out", str(out / f"train-{arm}")), out, log)
         folder = out / f"eval-{arm}"
         others = ["--baselines", args.baseline] if n == 0 else ["--baselines", "none", "--no-untrained"]
         stage(f"evaluate {arm}", command("evaluate", "--split", "test", "--limit", str(args.test_limit), "--runs",
                                          str(args.runs), "--judge", "off", "--adapter",
                                          str(out / f"train-{arm}" / f"iter_{args.iterations - 1}" / "adapter"),
-                                         *others, *common, "--out", str(folder)), out, log)
+                                         *others, *common, *shlex.split(args.eval_args), "--out", str(folder)),
+              out, log)
         evaluated[f"trained ({arm})"] = folder / "trained"
     first = out / f"eval-{arms[0]}"
     measured = {"untrained": per_question(first / "untrained"), **{a: per_question(d) for a, d in evaluated.items()},
@@ -171,8 +174,10 @@ def experiment(args: argparse.Namespace, out: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="bench/bench_learning.py --real", description=__doc__.split("\n")[0],
-                                 epilog="Flags after -- go to every scoreflow command unchanged.")
+    ap = argparse.ArgumentParser(prog="bench/bench_learning.py --real", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Flags after -- go to every scoreflow command unchanged (e.g. "
+                                        "--executor-url URL, --generator DIR).")
     ap.add_argument("--real", action="store_true", required=True)
     ap.add_argument("--pilot", action="store_true", help="run the pilot that picks the task")
     ap.add_argument("--tasks", nargs="+", default=list(PILOT_TASKS), help="pilot: tasks")
@@ -188,6 +193,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--baseline", default="test", help="the static baseline evaluated beside the arms")
     ap.add_argument("--dpo", action="store_true", help="also train and evaluate a plain-DPO arm")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-args", default="", help="more flags for scoreflow.train, e.g. '--pairs 64'")
+    ap.add_argument("--eval-args", default="", help="more flags for scoreflow.evaluate")
     ap.add_argument("--out", default="runs/bench-learning-real")
     own, passthrough = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = ap.parse_args(own)

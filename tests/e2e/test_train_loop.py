@@ -16,44 +16,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from scoreflow.testing.scripted_server import FakeOpenAIServer, Reply, completion
-from scripted_workflows import BAD, GOOD, INVALID, gold_in
-
-
-class ScoreFlowScript(FakeOpenAIServer):
-    """Generator: n choices cycling GOOD, BAD, INVALID. Executor: the gold answer of the
-    question in the prompt when the instruction says GOOD, a wrong one otherwise."""
-
-    def __init__(self, rows: list[dict], **kw):
-        super().__init__(**kw)
-        self.rows = rows
-
-    def _default_reply(self, path, body):
-        if path == "/v1/completions":
-            texts = [(GOOD, BAD, INVALID)[i % 3] for i in range(body.get("n", 1))]
-            return Reply(body={"id": "cmpl", "object": "text_completion", "created": 0, "model": body["model"],
-                               "choices": [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)],
-                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
-        text = json.dumps(body["messages"])
-        gold = gold_in(self.rows, text.replace("\\n", "\n"))
-        return Reply(body=completion(f"\\boxed{{{gold}}}" if "GOOD" in text else "\\boxed{123456}"))
-
-
-@pytest.fixture(scope="module")
-def shallow_generator(tmp_path_factory, default_model_dir) -> Path:
-    """The default model cut to its first 6 of 30 layers, as an HF-format directory with its
-    tokenizer: a Score-DPO step on it takes ~1.5 s instead of ~9 s, still long enough to kill
-    the run between two steps. (Training the whole model is test_dpo_trainer's and the main
-    job's business.)"""
-    out, layers = tmp_path_factory.mktemp("shallow"), 6
-    config = json.loads((default_model_dir / "config.json").read_text()) | {"num_hidden_layers": layers}
-    (out / "config.json").write_text(json.dumps(config))
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(default_model_dir / name, out)
-    kept = lambda name: not name.startswith("model.layers.") or int(name.split(".")[2]) < layers  # noqa: E731
-    weights = load_file(default_model_dir / "model.safetensors")
-    save_file({k: v for k, v in weights.items() if kept(k)}, out / "model.safetensors", metadata={"format": "pt"})
-    return out
+from scripted_workflows import ScoreFlowScript
 
 
 def train_cmd(server, generator: Path, out: Path, *extra):

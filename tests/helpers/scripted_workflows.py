@@ -1,5 +1,10 @@
 """Workflows a scripted generator writes (after the "<graph>\\n" prefix of the prompt): one the
-scripted executor answers right, one it answers wrong, and one the validator refuses."""
+scripted executor answers right, one it answers wrong, and one the validator refuses; and the
+loopback server that plays both the generator and the executor with them."""
+
+import json
+
+from scoreflow.testing.scripted_server import FakeOpenAIServer, Reply, completion
 
 GOOD = """class Workflow:
     def __init__(self, config, problem):
@@ -18,3 +23,22 @@ INVALID = "import os\nclass Workflow:\n    pass\n"
 def gold_in(rows: list[dict], text: str) -> str:
     """The gold answer of the GSM8K row whose question appears in `text` ("7" if none does)."""
     return next((r["answer"] for r in rows if r["question"][:60] in text), "7")
+
+
+class ScoreFlowScript(FakeOpenAIServer):
+    """Generator: n choices cycling GOOD, BAD, INVALID. Executor: the gold answer of the
+    question in the prompt when the instruction says GOOD, a wrong one otherwise."""
+
+    def __init__(self, rows: list[dict], **kw):
+        super().__init__(**kw)
+        self.rows = rows
+
+    def _default_reply(self, path, body):
+        if path == "/v1/completions":
+            texts = [(GOOD, BAD, INVALID)[i % 3] for i in range(body.get("n", 1))]
+            return Reply(body={"id": "cmpl", "object": "text_completion", "created": 0, "model": body["model"],
+                               "choices": [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)],
+                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+        text = json.dumps(body["messages"])
+        gold = gold_in(self.rows, text.replace("\\n", "\n"))
+        return Reply(body=completion(f"\\boxed{{{gold}}}" if "GOOD" in text else "\\boxed{123456}"))

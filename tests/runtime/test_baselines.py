@@ -10,7 +10,7 @@ import pytest
 from scoreflow.executor import ExecutorClient
 from scoreflow.tasks import load_task
 from scoreflow.testing.scripted_server import CHAT_PATH, FakeOpenAIServer, Reply, completion
-from scoreflow.workflow.static_baselines import BASELINES, baseline_workflow
+from scoreflow.workflow.static_baselines import BASELINES, baseline_workflow, baselines_for
 from scoreflow.workflow.prompts import FAMILY_OPERATORS
 from scoreflow.workflow.runtime import run_workflow, validate_workflow
 
@@ -42,6 +42,8 @@ SAMPLES = itertools.count()
 
 
 def math_executor(prompt: str, sampled: bool) -> str:
+    if "define a function `solve()`" in prompt:  # the Programmer operator
+        return '```python\ndef solve():\n    return "Each large angle measures \\\\boxed{135} degrees."\n```'
     if "Choice: <letter>" in prompt:
         return "They all reach 135 degrees.\nChoice: B"
     if "<solution>" in prompt:
@@ -71,9 +73,16 @@ def run(server, code, question, family, task, temperature=0.0):
 
 
 @pytest.mark.parametrize("family", FAMILY_OPERATORS)
-@pytest.mark.parametrize("name", BASELINES)
-def test_every_baseline_validates(name, family):
-    assert validate_workflow(baseline_workflow(name, family), family) == []
+def test_every_baseline_validates(family):
+    for name in baselines_for(family):
+        assert validate_workflow(baseline_workflow(name, family), family) == []
+
+
+def test_operator_baselines_run_only_where_their_operator_is():
+    assert baselines_for("math")[-1] == "programmer" and baselines_for("code")[-1] == "test"
+    assert "programmer" not in baselines_for("qa") and "test" not in baselines_for("qa")
+    with pytest.raises(ValueError, match="runs on code tasks only, not on math tasks"):
+        baseline_workflow("test", "math")
 
 
 def test_unknown_baseline_or_family():
@@ -84,10 +93,11 @@ def test_unknown_baseline_or_family():
 
 
 # At temperature 0 the five CoT-SC samples are identical, and ScEnsemble needs no call for them.
-EXPECTED_CALLS = {"io": 1, "cot": 1, "cot_sc": 5, "medprompt": 8, "multipersona": 7, "self_refine": 3}
+EXPECTED_CALLS = {"io": 1, "cot": 1, "cot_sc": 5, "medprompt": 8, "multipersona": 7, "self_refine": 3,
+                  "programmer": 1, "test": 1}
 
 
-@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("name", baselines_for("math"))
 def test_baseline_solves_a_math_question(name, math_question):
     task, question = math_question
     with RoleServer(math_executor) as server:
@@ -98,7 +108,7 @@ def test_baseline_solves_a_math_question(name, math_question):
     assert server.request_count == result.llm_calls == EXPECTED_CALLS[name]
 
 
-@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("name", baselines_for("code"))
 def test_baseline_solves_a_humaneval_question(name, code_question):
     task, question = code_question
     correct = question.prompt + question.row["canonical_solution"]
