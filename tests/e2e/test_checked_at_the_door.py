@@ -201,3 +201,11 @@ def test_the_sampling_flags_take_what_the_server_takes():
         assert metadata(cls, "temperature")["bounds"] is sampling_ranges.TEMPERATURE
         assert metadata(cls, "top_p")["bounds"] is sampling_ranges.TOP_P
     assert (protocol.TEMPERATURE, protocol.TOP_P) == (sampling_ranges.TEMPERATURE, sampling_ranges.TOP_P)
+
+
+def test_a_baseline_the_task_cannot_run_is_refused(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    status, err = run_command("evaluate", ["--task", "mbpp", "--baselines", "io,programmer", "--out", str(out)],
+                              monkeypatch, capsys, tripwire="run_lock")
+    assert status == 2 and len(err) == 1 and "--baselines programmer: runs on math tasks only" in err[0], err
+    assert not out.exists()
