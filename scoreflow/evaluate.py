@@ -317,7 +317,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, Path, str | N
     p.add_argument("--api-key", help="API key for the executor, judge and generator endpoints (default: "
                                      "$OPENAI_API_KEY); never written to disk.")
     p.add_argument("--baselines", type=_baseline_list, metavar="LIST", default=argparse.SUPPRESS,
-                   help=f"Static baselines to run: all (default), none, or a comma list of {', '.join(BASELINES)}.")
+                   help=f"Static baselines to run: all (default: those the task can run), none, or a comma list of "
+                        f"{', '.join(BASELINES)} (programmer: math tasks only; test: code tasks only).")
     p.add_argument("--no-untrained", action="store_true", help="Skip the generator without the adapter.")
     add_flags(p, EvalConfig, preset=EMBEDDED.settings, like=RunConfig)
     a = vars(p.parse_args(argv))
