@@ -17,7 +17,7 @@ The experiment (the default):
      (score_dpo: the paper's loss and P*; dpo: `--loss dpo --pair-gap uniform`, with --dpo);
   2. evaluate on the first TEST test questions, the same seeds for every arm:
      `scoreflow.evaluate --adapter ARM/iter_{T-1}/adapter --baselines BEST` (the untrained
-     generator and the best static baseline come with the first arm; later arms add only their
+     generator and the static baselines (the pilot's best) come with the first arm; later arms add only their
      trained row);
   3. the table: per arm, solve rate ± 95% interval over questions (a question's value is the
      mean over its runs; an invalid workflow scores 0), the paired difference to the untrained
@@ -157,7 +157,7 @@ def experiment(args: argparse.Namespace, out: Path) -> None:
                                       *shlex.split(args.train_args),
                                       "--out", str(out / f"train-{arm}")), out, log)
         folder = out / f"eval-{arm}"
-        others = ["--baselines", args.baseline] if n == 0 else ["--baselines", "none", "--no-untrained"]
+        others = ["--baselines", ",".join(args.baselines)] if n == 0 else ["--baselines", "none", "--no-untrained"]
         stage(f"evaluate {arm}", command("evaluate", "--split", "test", "--limit", str(args.test_limit), "--runs",
                                          str(args.runs), "--judge", "off", "--adapter",
                                          str(out / f"train-{arm}" / f"iter_{args.iterations - 1}" / "adapter"),
@@ -166,11 +166,25 @@ def experiment(args: argparse.Namespace, out: Path) -> None:
         evaluated[f"trained ({arm})"] = folder / "trained"
     first = out / f"eval-{arms[0]}"
     measured = {"untrained": per_question(first / "untrained"), **{a: per_question(d) for a, d in evaluated.items()},
-                f"baseline {args.baseline}": per_question(first / f"baseline-{args.baseline}")}
+                **{f"baseline {b}": per_question(first / f"baseline-{b}") for b in args.baselines}}
     rows = [arm_row(name, m, measured["untrained"]) for name, m in measured.items()]
     stages = json.loads((out / "stages.json").read_text())
-    (out / "results.json").write_text(json.dumps({"rows": rows, "stages": stages}, indent=2) + "\n")
-    print(f"\n{table(rows)}\n\nstage seconds: {json.dumps(stages)}")
+    training = {arm: read_jsonl(out / f"train-{arm}" / "summary.jsonl") for arm in arms}
+    agreement = runs_agree(out / f"train-{arms[0]}")
+    (out / "results.json").write_text(json.dumps({"rows": rows, "stages": stages, "training": training,
+                                                  "training_runs_agree": agreement}, indent=2) + "\n")
+    print(f"\n{table(rows)}\n\nstage seconds: {json.dumps(stages)}\ntraining: {json.dumps(training)}\n"
+          f"training workflows whose runs all scored the same: {agreement:.2f}")
+
+
+def runs_agree(train_dir: Path) -> float:
+    """Of the workflows training executed more than once, the fraction whose runs all scored the
+    same: how much a test question gains from more than one run."""
+    scores: dict[str, set] = {}
+    for path in train_dir.glob("iter_*/executions.jsonl"):
+        for e in read_jsonl(path):
+            scores.setdefault(e["workflow_id"], set()).add(e["score"])
+    return statistics.fmean(len(s) == 1 for s in scores.values()) if scores else float("nan")
 
 
 def main(argv: list[str]) -> None:
@@ -190,7 +204,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--iterations", type=int, default=2)
     ap.add_argument("--test-limit", type=int, default=100, help="held-out test questions")
     ap.add_argument("--runs", type=int, default=1, help="executions per test workflow (the paper: 3)")
-    ap.add_argument("--baseline", default="test", help="the static baseline evaluated beside the arms")
+    ap.add_argument("--baselines", type=lambda text: text.split(","), default=["io", "test"],
+                    help="static baselines evaluated beside the arms (comma list; the pilot's best)")
     ap.add_argument("--dpo", action="store_true", help="also train and evaluate a plain-DPO arm")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-args", default="", help="more flags for scoreflow.train, e.g. '--pairs 64'")

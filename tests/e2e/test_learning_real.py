@@ -35,7 +35,7 @@ def bench(server, generator: Path, out: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "bench/bench_learning.py", "--real", "--task", "gsm8k", "--executor", "scripted",
          "--train-limit", "2", "--k", "3", "--iterations", "2", "--test-limit", "2", "--runs", "2",
-         "--baseline", "programmer", "--train-args", "--pairs 2 --invalid zero --runs 2 --lr 1e-4",
+         "--baselines", "programmer", "--train-args", "--pairs 2 --invalid zero --runs 2 --lr 1e-4",
          "--out", str(out), "--", "--generator", str(generator), "--generator-url", server.base_url,
          "--generator-model", "scripted", "--executor-url", server.base_url],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
