@@ -52,19 +52,18 @@ def command(module: str, *args: str) -> list[str]:
 
 def stage(name: str, argv: list[str], out: Path, log: Path) -> float:
     """Run one command to completion (resuming its folder), its output appended to `log`;
-    returns its wall seconds, also kept in OUT/stages.json (a resumed stage adds up)."""
+    returns its wall seconds over every invocation so far (OUT/stages.json: a resumed stage adds up)."""
     times_file = out / "stages.json"
     times = json.loads(times_file.read_text()) if times_file.exists() else {}
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(argv[1:])}", flush=True)
     t0 = time.monotonic()
     with open(log, "a") as sink:
         code = subprocess.run(argv, stdout=sink, stderr=subprocess.STDOUT).returncode
-    seconds = time.monotonic() - t0
-    times[name] = round(times.get(name, 0.0) + seconds, 1)
+    times[name] = round(times.get(name, 0.0) + time.monotonic() - t0, 1)
     times_file.write_text(json.dumps(times, indent=2) + "\n")
     if code != 0:
         sys.exit(f"{name} failed (exit {code}); its output is in {log}; rerun the same command to resume")
-    return seconds
+    return times[name]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -84,7 +83,7 @@ def per_question(method_dir: Path) -> dict[str, dict]:
         rows[q] = {"score": statistics.fmean(scored) if w["valid"] and scored else 0.0, "valid": bool(w["valid"]),
                    "operators": bool(operators_awaited(w["code"])) if w["valid"] else False,
                    "tokens": sum(e["prompt_tokens"] + e["completion_tokens"] for e in runs[q]),
-                   "runs": len(runs[q])}
+                   "runs": len(runs[q]), "timeouts": sum(e["status"] == "timeout" for e in runs[q])}
     return rows
 
 
@@ -123,26 +122,36 @@ def pilot(args: argparse.Namespace, out: Path) -> None:
                 "evaluate", "--task", task, "--split", "validate", "--limit", str(args.pilot_limit), "--runs", "1",
                 "--max-resample", "0", "--judge", "off", "--baselines", ",".join(baselines),
                 "--executor-model", executor, *args.passthrough, "--out", str(folder)), out, out / "pilot.log")
-            methods = {"generator (untrained)": folder / "untrained",
-                       **{b: folder / f"baseline-{b}" for b in baselines}}
-            measured = {name: per_question(d) for name, d in methods.items()}
-            row = {"task": task, "executor": executor, "seconds": round(seconds),
-                   "valid": statistics.fmean(r["valid"] for r in measured["generator (untrained)"].values()),
-                   "solve": {name: statistics.fmean(r["score"] for r in m.values()) for name, m in measured.items()},
-                   "tokens": {name: statistics.fmean(r["tokens"] for r in m.values()) for name, m in measured.items()}}
+            row = pilot_row(task, executor, folder, baselines, seconds)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    (out / "pilot.json").write_text(json.dumps(rows, indent=2) + "\n")
+            (out / "pilot.json").write_text(json.dumps(rows, indent=2) + "\n")  # a stopped pilot keeps its rows
     print("\n" + pilot_table(rows))
+
+
+def pilot_row(task: str, executor: str, folder: Path, baselines: list[str], seconds: float) -> dict:
+    """Valid rate of the untrained generator's first samples; per method the solve rate over the
+    questions, executor tokens per executed run, and runs cut by the time limit."""
+    methods = {"generator (untrained)": folder / "untrained", **{b: folder / f"baseline-{b}" for b in baselines}}
+    measured = {name: per_question(d) for name, d in methods.items()}
+    ran = {name: [r for r in m.values() if r["runs"]] for name, m in measured.items()}
+    return {"task": task, "executor": executor, "seconds": round(seconds),
+            "valid": statistics.fmean(r["valid"] for r in measured["generator (untrained)"].values()),
+            "solve": {name: statistics.fmean(r["score"] for r in m.values()) for name, m in measured.items()},
+            "tokens": {name: statistics.fmean(r["tokens"] / r["runs"] for r in m) if m else 0.0
+                       for name, m in ran.items()},
+            "timeouts": {name: sum(r["timeouts"] for r in m) for name, m in ran.items()}}
 
 
 def pilot_table(rows: list[dict]) -> str:
     lines = ["| task | executor | untrained valid | solve: untrained / io / cot / cot_sc / operator baseline "
-             "| tokens per run (same order) | wall |", "|---|---|---|---|---|---|"]
+             "| executor tokens per run (same order) | runs cut at the time limit (same order) | wall |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        solve = " / ".join(f"{v:.2f}" for v in r["solve"].values())
-        tokens = " / ".join(f"{v:.0f}" for v in r["tokens"].values())
-        lines.append(f"| {r['task']} | {r['executor']} | {r['valid']:.2f} | {solve} | {tokens} | {r['seconds']} s |")
+        solve, tokens, cut = (" / ".join(spec.format(v) for v in r[key].values())
+                              for key, spec in (("solve", "{:.2f}"), ("tokens", "{:.0f}"), ("timeouts", "{}")))
+        lines.append(f"| {r['task']} | {r['executor']} | {r['valid']:.2f} | {solve} | {tokens} | {cut} | "
+                     f"{r['seconds']} s |")
     return "\n".join(lines)
 
 
