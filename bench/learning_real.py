@@ -183,17 +183,19 @@ def experiment(args: argparse.Namespace, out: Path) -> None:
     (out / "results.json").write_text(json.dumps({"rows": rows, "stages": stages, "training": training,
                                                   "training_runs_agree": agreement}, indent=2) + "\n")
     print(f"\n{table(rows)}\n\nstage seconds: {json.dumps(stages)}\ntraining: {json.dumps(training)}\n"
-          f"training workflows whose runs all scored the same: {agreement:.2f}")
+          f"training workflows whose runs all scored the same: "
+          f"{'n/a (one run each)' if agreement is None else f'{agreement:.2f}'}")
 
 
 def runs_agree(train_dir: Path) -> float:
     """Of the workflows training executed more than once, the fraction whose runs all scored the
     same: how much a test question gains from more than one run."""
-    scores: dict[str, set] = {}
+    scores: dict[str, list] = {}
     for path in train_dir.glob("iter_*/executions.jsonl"):
         for e in read_jsonl(path):
-            scores.setdefault(e["workflow_id"], set()).add(e["score"])
-    return statistics.fmean(len(s) == 1 for s in scores.values()) if scores else float("nan")
+            scores.setdefault(e["workflow_id"], []).append(e["score"])
+    repeated = [s for s in scores.values() if len(s) > 1]
+    return statistics.fmean(len(set(s)) == 1 for s in repeated) if repeated else None
 
 
 def main(argv: list[str]) -> None:
