@@ -27,14 +27,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import hashlib
 import json
+import re
 import statistics
 import sys
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cli import Parser, Preset, add_flags, check_settings, flag, given, run_cli
+from .cli import Parser, Preset, UserError, add_flags, check_settings, flag, given, run_cli
 from .executor import ExecutorClient
 from .executor.client import price_for
 from .executor.reachable import require_answering
@@ -47,6 +49,8 @@ from .rundir import JsonlLog, run_lock, save_or_check_settings
 from .tasks import Task, load_task
 from .tasks.registry import smaller_than_the_paper
 from .tasks.answer_judge import JUDGE_MODES, JUDGED_TASKS, AnswerJudge, JudgedTask
+from .workflow.runtime import validate_workflow
+from .workflow.validate import MAX_WORKFLOW_CHARS
 from .workflow.static_baselines import BASELINES, EXECUTOR_TEMPERATURES, ONLY_FOR, baseline_workflow, baselines_for
 
 if TYPE_CHECKING:
@@ -62,6 +66,7 @@ class Method:
     dir: str  # OUT/<dir>
     adapter: str | None = None
     baseline: str | None = None
+    workflow: str | None = None  # the NAME of a fixed workflow (--workflows NAME=FILE)
 
     @property
     def executor_temperature(self) -> float:
@@ -91,6 +96,7 @@ class EvalConfig:
     executor_max_tokens: int | None = None
     preflight_timeout: float = 30.0
     baselines: tuple[str, ...] = BASELINES  # --baselines all|none|a,b
+    workflows: tuple[tuple[str, str], ...] = ()  # --workflows NAME=FILE,...: fixed workflows, e.g. a searched best
     runs: int = flag(3, "Executions per workflow and baseline; reported scores average them (the paper: 3).",
                      bounds=(1, 1000))
     judge: str = flag("auto", "LLM judge for MATH, DROP and HotpotQA answers: auto = on when the executor is a "
@@ -151,8 +157,8 @@ class EvalConfig:
         """The rows, in order; "all" baselines are those the task's family can run."""
         untrained = [Method(UNTRAINED, "untrained")] if self.untrained or not self.adapter else []
         trained = [Method("scoreflow (trained)", "trained", adapter=self.adapter)] if self.adapter else []
-        return untrained + trained + [Method(f"baseline {b}", f"baseline-{b}", baseline=b)
-                                      for b in baselines_for(family, self.baselines)]
+        return (untrained + trained + [Method(f"workflow {n}", f"workflow-{n}", workflow=n) for n, _ in self.workflows]
+                + [Method(f"baseline {b}", f"baseline-{b}", baseline=b) for b in baselines_for(family, self.baselines)])
 
     def check_baselines(self, family: str) -> None:
         """A baseline named on the command line that the task's family cannot run is an error
@@ -179,21 +185,37 @@ def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
                                 "training iteration, e.g. runs/scoreflow-gsm8k/iter_1/adapter")
     task = load_task(cfg.task, cfg.split, cfg.data_dir)
     cfg.check_baselines(task.family)
+    fixed = {name: read_workflow(name, file, task.family) for name, file in cfg.workflows}
     check_endpoints(replace(cfg.run_config(), api_key=api_key))
     if cfg.judge_url:
         require_answering(cfg.judge_url, "--judge-url", cfg.judge_model or cfg.executor_model or DEFAULT_MODEL,
                           api_key=api_key, timeout_s=cfg.preflight_timeout)
     with run_lock(out):
-        return _evaluate(cfg, task, out, api_key)
+        return _evaluate(cfg, task, out, api_key, fixed)
 
 
-def _evaluate(cfg: EvalConfig, task: Task, out: Path, api_key: str | None) -> dict:
+def read_workflow(name: str, file: str, family: str) -> str:
+    """The workflow source in `file` (--workflows NAME=FILE), checked as a generated one is
+    (PAPERS.md §S3's static checks); a file that is not one is a one-line error."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            code = f.read(MAX_WORKFLOW_CHARS + 1)
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--workflows {name}={file}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    if problems := validate_workflow(code, family):
+        raise UserError(f"--workflows {name}={file}: not a valid {family} workflow: {problems[0]}")
+    return code
+
+
+def _evaluate(cfg: EvalConfig, task: Task, out: Path, api_key: str | None, fixed: dict[str, str]) -> dict:
     """`run`'s work, once the settings are checked: store them, generate, execute, tabulate."""
     from .optimize import stages
     from .optimize.generator import make_generator
 
     preset = EMBEDDED.in_force(cfg)
-    save_or_check_settings(out, {**stored_settings(cfg), "preset": preset}, lambda stored: {"preset": preset, **stored})
+    digests = {name: hashlib.sha256(code.encode()).hexdigest() for name, code in fixed.items()}  # an edited file: a new run
+    save_or_check_settings(out, {**stored_settings(cfg), "preset": preset, "workflow_sha256": digests},
+                           lambda stored: {"preset": preset, "workflows": [], "workflow_sha256": {}, **stored})
     split_size, note = len(task.questions), smaller_than_the_paper(task, cfg.split)
     task = replace(task, questions=task.questions[: cfg.limit])
     run_cfg = replace(cfg.run_config(), api_key=api_key)
@@ -207,13 +229,15 @@ def _evaluate(cfg: EvalConfig, task: Task, out: Path, api_key: str | None) -> di
     workflows = {}
     for m in methods:  # generate first, one generator in memory at a time; then execute
         it = stages.Iteration(0, out / m.dir, run_cfg, task, label=m.name)
-        if m.baseline is None:
+        if m.baseline is None and m.workflow is None:
             generator = make_generator(run_cfg, Path(m.adapter) if m.adapter else None)
             workflows[m] = stages.generate(it, generator)
             del generator
             gc.collect()
+        elif m.workflow:
+            workflows[m] = _fixed_workflows(it, m.dir, fixed[m.workflow])
         else:
-            workflows[m] = _baseline_workflows(it, m.baseline)
+            workflows[m] = _fixed_workflows(it, m.baseline, baseline_workflow(m.baseline, it.family))
     rows = []
     with executor_endpoint(cfg.executor_url, cfg.executor_model) as url:
         for m in methods:
@@ -231,8 +255,8 @@ def _evaluate(cfg: EvalConfig, task: Task, out: Path, api_key: str | None) -> di
     return results
 
 
-def _baseline_workflows(it: Iteration, name: str) -> list[dict]:
-    code = baseline_workflow(name, it.family)
+def _fixed_workflows(it: Iteration, name: str, code: str) -> list[dict]:
+    """The same workflow for every question (a static baseline, or a --workflows file)."""
     records = [{"id": f"{name}-{q.id}", "question_id": q.id, "index": 0, "response": code, "code": code,
                 "valid": True, "problems": [], "resamples": 0} for q in it.task.questions]
     JsonlLog(it.dir / "workflows.jsonl").write(records)
@@ -319,6 +343,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, Path, str | N
     p.add_argument("--baselines", type=_baseline_list, metavar="LIST", default=argparse.SUPPRESS,
                    help=f"Static baselines to run: all (default: those the task can run), none, or a comma list of "
                         f"{', '.join(BASELINES)} (programmer: math tasks only; test: code tasks only).")
+    p.add_argument("--workflows", type=_workflow_list, metavar="NAME=FILE,...", default=argparse.SUPPRESS,
+                   help="Fixed workflows to evaluate beside the generator, one for every question (e.g. "
+                        "aflow=runs/aflow/best_workflow.py); each file holds a workflow in the generator's format.")
     p.add_argument("--no-untrained", action="store_true", help="Skip the generator without the adapter.")
     add_flags(p, EvalConfig, preset=EMBEDDED.settings, like=RunConfig)
     a = vars(p.parse_args(argv))
@@ -328,6 +355,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, Path, str | N
     cfg = EMBEDDED.resolve(EvalConfig, given_flags)
     out = Path(a["out"] or f"runs/evaluate-{cfg.task}-{cfg.split}")
     return cfg, out, a["api_key"]
+
+
+def _workflow_list(text: str) -> tuple[tuple[str, str], ...]:
+    named = []
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        name, _, file = (part.strip() for part in item.partition("="))
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or not file:
+            raise argparse.ArgumentTypeError(f"{item!r}: pass NAME=FILE pairs separated by commas, NAME of letters, "
+                                             "digits, - and _ (e.g. aflow=runs/aflow/best_workflow.py)")
+        named.append((name, file))
+    if not named or len({name for name, _ in named}) < len(named):
+        raise argparse.ArgumentTypeError(f"{text!r}: pass at least one NAME=FILE, each NAME once")
+    return tuple(named)
 
 
 def _baseline_list(text: str) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from scoreflow.cli import UserError
 from scoreflow.evaluate import EvalConfig, parse_args, run
 from scoreflow.executor import ExecutorClient
 from scoreflow.tasks import load_task
@@ -42,10 +43,11 @@ class EvalScript(FakeOpenAIServer):
 
 
 def config(server, tmp_path, **kw) -> EvalConfig:
-    return EvalConfig(task="gsm8k", split="validate", limit=2,
-                      adapter=str(tmp_path / "run" / "iter_0" / "adapter"), generator_url=server.base_url,
-                      generator_model="scripted", executor_url=server.base_url, executor_model="scripted",
-                      **{"baselines": ("io", "cot"), "runs": 2, **kw})
+    url = server.base_url if server else "http://127.0.0.1:9/v1"  # no server: a run refused before any request
+    return EvalConfig(**{"task": "gsm8k", "split": "validate", "limit": 2,
+                         "adapter": str(tmp_path / "run" / "iter_0" / "adapter"), "generator_url": url,
+                         "generator_model": "scripted", "executor_url": url, "executor_model": "scripted",
+                         "baselines": ("io", "cot"), "runs": 2, **kw})
 
 
 def test_evaluate_scores_every_method_and_resumes(tmp_path, gsm8k_rows):
@@ -81,6 +83,29 @@ def test_evaluate_scores_every_method_and_resumes(tmp_path, gsm8k_rows):
         assert f"| {io['usd']:.6f} |" in priced["markdown"]
     with pytest.raises(ValueError, match="--price-in and --price-out go together"):
         EvalConfig(price_in=1.0)
+
+
+def test_fixed_workflows_share_the_table_and_an_edited_file_is_a_new_run(tmp_path, gsm8k_rows):
+    good, bad = tmp_path / "good.py", tmp_path / "bad.py"
+    good.write_text(GOOD)
+    bad.write_text(BAD)
+    out, fixed = tmp_path / "eval", dict(adapter=None, baselines=(), workflows=(("aflow", str(good)), ("adas", str(bad))))
+    with EvalScript(gsm8k_rows[:2]) as server:
+        results = run(config(server, tmp_path, **fixed), out)
+        rows = {m["method"]: m for m in results["methods"]}
+        assert list(rows) == ["generator (untrained)", "workflow aflow", "workflow adas"]
+        assert (rows["workflow aflow"]["score"], rows["workflow adas"]["score"]) == (1.0, 0.0)
+        assert rows["workflow aflow"]["valid_workflows"] == 2 and rows["workflow aflow"]["llm_calls"] == 2.0
+        assert "| workflow aflow | 1.000 | 0.000 | +1.000 | 2/2 | 0 |" in results["markdown"]
+        good.write_text(GOOD.replace("check this answer", "verify this answer"))
+        with pytest.raises(ValueError, match="workflow_sha256.aflow: stored"):
+            run(config(server, tmp_path, **fixed), out)
+    bad.write_text("import os\n")
+    with pytest.raises(UserError, match=r"--workflows adas=.*bad.py: not a valid math workflow: "):
+        run(config(None, tmp_path, **fixed), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    assert parse_args(["--workflows", f"aflow={good},adas={bad}"])[0].workflows == (("aflow", str(good)),
+                                                                                  ("adas", str(bad)))
 
 
 def test_command_line_defaults_and_baseline_names():

@@ -55,6 +55,7 @@ def test_real_mode_end_to_end_then_resume(tmp_path, gsm8k_rows, shallow_generato
         assert trained["valid"] == 1.0 and trained["operator_use"] == 1.0 and trained["questions"] == 2
         assert trained["tokens_per_question"] > 0
         assert set(results["stages"]) == {"train score_dpo", "evaluate score_dpo"}
+        assert results["training_runs_agree"] == 1.0  # the scripted executor answers the same every run
         assert (tmp_path / "experiment" / "train-score_dpo" / "iter_1" / "adapter").is_dir()
         assert "| trained (score_dpo) | 2 | 1.000 ± 0.000 | +1.000 ± 0.000 |" in first.stdout
 
