@@ -235,9 +235,9 @@ def _evaluate(cfg: EvalConfig, task: Task, out: Path, api_key: str | None, fixed
             del generator
             gc.collect()
         elif m.workflow:
-            workflows[m] = _fixed_workflows(it, m.dir, fixed[m.workflow])
+            workflows[m] = stages.fixed_workflows(it, m.dir, fixed[m.workflow])
         else:
-            workflows[m] = _fixed_workflows(it, m.baseline, baseline_workflow(m.baseline, it.family))
+            workflows[m] = stages.fixed_workflows(it, m.baseline, baseline_workflow(m.baseline, it.family))
     rows = []
     with executor_endpoint(cfg.executor_url, cfg.executor_model) as url:
         for m in methods:
@@ -253,14 +253,6 @@ def _evaluate(cfg: EvalConfig, task: Task, out: Path, api_key: str | None, fixed
     print(f"figure: {figure}" if figure else f"figure: skipped, matplotlib is not installed ({PLOT_HINT} to get it)",
           file=sys.stderr)
     return results
-
-
-def _fixed_workflows(it: Iteration, name: str, code: str) -> list[dict]:
-    """The same workflow for every question (a static baseline, or a --workflows file)."""
-    records = [{"id": f"{name}-{q.id}", "question_id": q.id, "index": 0, "response": code, "code": code,
-                "valid": True, "problems": [], "resamples": 0} for q in it.task.questions]
-    JsonlLog(it.dir / "workflows.jsonl").write(records)
-    return records
 
 
 async def _execute(it: Iteration, workflows: list[dict], cfg: EvalConfig, url: str, api_key: str | None,

@@ -10,6 +10,8 @@
                isolation, hostile workflows and programs
     magicore/  MAgICoRE: difficulty, the loop, reward models, runs and their flags
     e2e/       the ScoreFlow loop and the commands, run whole against scripted loopback servers
+    search/    the automated baselines AFlow and ADAS: selection, convergence, archive, bootstrap,
+               both searches whole against a scripted optimiser and executor, kill and resume
     project/   the repository as a whole: import graph, names, fresh install, bench/ scripts
     helpers/   what tests share (not collected); the scripted OpenAI server and the shared
                prompts are in scoreflow.testing, for bench/ too

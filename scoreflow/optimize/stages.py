@@ -134,6 +134,14 @@ def generate(it: Iteration, generator) -> list[dict]:
     return log.read()
 
 
+def fixed_workflows(it: Iteration, name: str, code: str) -> list[dict]:
+    """The same workflow for every question (a static baseline, or a --workflows file)."""
+    records = [{"id": f"{name}-{q.id}", "question_id": q.id, "index": 0, "response": code, "code": code,
+                "valid": True, "problems": [], "resamples": 0} for q in it.task.questions]
+    JsonlLog(it.dir / "workflows.jsonl").write(records)
+    return records
+
+
 # -- (2) execute and score ------------------------------------------------------------------------
 async def execute(it: Iteration, workflows: list[dict], executor) -> list[dict]:
     log = JsonlLog(it.dir / "executions.jsonl")

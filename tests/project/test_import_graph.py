@@ -151,7 +151,8 @@ def test_the_documented_arrows_are_the_import_graph():
 def test_commands_check_their_flags_before_importing_torch():
     """Importing a command's module (what a typo in its flags costs) does not import torch (~2 s):
     the packages' exports are lazy and the commands import the heavy parts after their checks."""
-    commands = ["scoreflow.train", "scoreflow.evaluate", "scoreflow.generate", "scoreflow.magicore.__main__"]
+    commands = ["scoreflow.train", "scoreflow.evaluate", "scoreflow.generate", "scoreflow.magicore.__main__",
+                "scoreflow.aflow", "scoreflow.adas"]
     code = f"import sys\nfor m in {commands}: __import__(m)\nprint(sorted(m for m in sys.modules if m.startswith('torch')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr
