@@ -158,33 +158,46 @@ def pilot_table(rows: list[dict]) -> str:
 def experiment(args: argparse.Namespace, out: Path) -> None:
     log, arms = out / "experiment.log", ["score_dpo"] + (["dpo"] if args.dpo else [])
     common = ["--task", args.task, "--executor-model", args.executor, "--seed", str(args.seed), *args.passthrough]
-    evaluated = {}
+    evaluated, run = {}, stage if not args.table_only else lambda *_: None
     for n, arm in enumerate(arms):
         loss = ["--loss", "dpo", "--pair-gap", "uniform"] if arm == "dpo" else []
-        stage(f"train {arm}", command("train", "--split", "validate", "--limit", str(args.train_limit), "--k",
+        run(f"train {arm}", command("train", "--split", "validate", "--limit", str(args.train_limit), "--k",
                                       str(args.k), "--iterations", str(args.iterations), *loss, *common,
                                       *shlex.split(args.train_args),
                                       "--out", str(out / f"train-{arm}")), out, log)
         folder = out / f"eval-{arm}"
         others = ["--baselines", ",".join(args.baselines)] if n == 0 else ["--baselines", "none", "--no-untrained"]
-        stage(f"evaluate {arm}", command("evaluate", "--split", "test", "--limit", str(args.test_limit), "--runs",
+        run(f"evaluate {arm}", command("evaluate", "--split", "test", "--limit", str(args.test_limit), "--runs",
                                          str(args.runs), "--judge", "off", "--adapter",
                                          str(out / f"train-{arm}" / f"iter_{args.iterations - 1}" / "adapter"),
                                          *others, *common, *shlex.split(args.eval_args), "--out", str(folder)),
               out, log)
         evaluated[f"trained ({arm})"] = folder / "trained"
     first = out / f"eval-{arms[0]}"
-    measured = {"untrained": per_question(first / "untrained"), **{a: per_question(d) for a, d in evaluated.items()},
-                **{f"baseline {b}": per_question(first / f"baseline-{b}") for b in args.baselines}}
-    rows = [arm_row(name, m, measured["untrained"]) for name, m in measured.items()]
+    folders = {"untrained": first / "untrained", **evaluated,
+               **{f"baseline {b}": first / f"baseline-{b}" for b in args.baselines}}
+    measured = {name: per_question(d) for name, d in folders.items()}
+    unfinished = {name: f"{sum(r['runs'] for r in m.values())} of {args.runs * sum(r['valid'] for r in m.values())} "
+                        f"runs, {len(m)} of {args.test_limit} questions sampled"
+                  for name, m in measured.items() if not finished(m, args.runs, args.test_limit)}
+    if "untrained" in unfinished:
+        sys.exit(f"the untrained generator's evaluation has not finished ({unfinished['untrained']}): no table yet")
+    rows = [arm_row(name, m, measured["untrained"]) for name, m in measured.items() if name not in unfinished]
     stages = json.loads((out / "stages.json").read_text())
     training = {arm: read_jsonl(out / f"train-{arm}" / "summary.jsonl") for arm in arms}
     agreement = runs_agree(out / f"train-{arms[0]}")
-    (out / "results.json").write_text(json.dumps({"rows": rows, "stages": stages, "training": training,
-                                                  "training_runs_agree": agreement}, indent=2) + "\n")
-    print(f"\n{table(rows)}\n\nstage seconds: {json.dumps(stages)}\ntraining: {json.dumps(training)}\n"
+    (out / "results.json").write_text(json.dumps({"rows": rows, "unfinished": unfinished, "stages": stages,
+                                                  "training": training, "training_runs_agree": agreement},
+                                                 indent=2) + "\n")
+    print(f"\n{table(rows)}\n" + "".join(f"\nunfinished, left out: {name} ({done})" for name, done in unfinished.items())
+          + f"\n\nstage seconds: {json.dumps(stages)}\ntraining: {json.dumps(training)}\n"
           f"training workflows whose runs all scored the same: "
           f"{'n/a (one run each)' if agreement is None else f'{agreement:.2f}'}")
+
+
+def finished(rows: dict[str, dict], runs: int, questions: int) -> bool:
+    """Every question sampled and every valid workflow run `runs` times."""
+    return len(rows) == questions and all(r["runs"] >= runs for r in rows.values() if r["valid"])
 
 
 def runs_agree(train_dir: Path) -> float:
@@ -221,6 +234,9 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-args", default="", help="more flags for scoreflow.train, e.g. '--pairs 64'")
     ap.add_argument("--eval-args", default="", help="more flags for scoreflow.evaluate")
+    ap.add_argument("--table-only", action="store_true",
+                    help="run nothing: the table of the arms that have finished (while the experiment runs, or after "
+                         "it was stopped); the unfinished ones are named")
     ap.add_argument("--out", default="runs/bench-learning-real")
     own, passthrough = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = ap.parse_args(own)

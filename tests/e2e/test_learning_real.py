@@ -31,9 +31,9 @@ class TrainedWritesGood(ScoreFlowScript):
         return super()._default_reply(path, body)
 
 
-def bench(server, generator: Path, out: Path) -> subprocess.CompletedProcess:
+def bench(server, generator: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "bench/bench_learning.py", "--real", "--task", "gsm8k", "--executor", "scripted",
+        [sys.executable, "bench/bench_learning.py", "--real", *extra, "--task", "gsm8k", "--executor", "scripted",
          "--train-limit", "2", "--k", "3", "--iterations", "2", "--test-limit", "2", "--runs", "2",
          "--baselines", "programmer", "--train-args", "--pairs 2 --invalid zero --runs 2 --lr 1e-4",
          "--out", str(out), "--", "--generator", str(generator), "--generator-url", server.base_url,
@@ -65,3 +65,9 @@ def test_real_mode_end_to_end_then_resume(tmp_path, gsm8k_rows, shallow_generato
         assert json.loads((tmp_path / "experiment" / "results.json").read_text())["rows"] == results["rows"]
         # resumed: nothing generated or executed again (the two preflight checks and two adapter loads remain)
         assert server.request_count - requests <= 6
+
+        requests = server.request_count
+        table = bench(server, shallow_generator, tmp_path, "--table-only")
+        assert table.returncode == 0 and server.request_count == requests  # runs nothing
+        assert "| trained (score_dpo) | 2 | 1.000 ± 0.000 | +1.000 ± 0.000 |" in table.stdout
+        assert "unfinished" not in table.stdout
