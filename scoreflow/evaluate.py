@@ -45,7 +45,7 @@ from .llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL
 from .optimize.config import EMBEDDED as TRAIN_EMBEDDED
 from .optimize.config import RunConfig, check_endpoints, stored_settings
 from .optimize.endpoint import executor_endpoint
-from .rundir import JsonlLog, run_lock, save_or_check_settings
+from .rundir import run_lock, save_or_check_settings
 from .tasks import Task, load_task
 from .tasks.registry import smaller_than_the_paper
 from .tasks.answer_judge import JUDGE_MODES, JUDGED_TASKS, AnswerJudge, JudgedTask

@@ -6,7 +6,6 @@ and resume."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,9 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file, save_file
 
-from scripted_workflows import ScoreFlowScript
+from scripted_workflows import BAD, GOOD, ScoreFlowScript
 
 
 def train_cmd(server, generator: Path, out: Path, *extra):

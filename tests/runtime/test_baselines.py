@@ -10,7 +10,7 @@ import pytest
 from scoreflow.executor import ExecutorClient
 from scoreflow.tasks import load_task
 from scoreflow.testing.scripted_server import CHAT_PATH, FakeOpenAIServer, Reply, completion
-from scoreflow.workflow.static_baselines import BASELINES, baseline_workflow, baselines_for
+from scoreflow.workflow.static_baselines import baseline_workflow, baselines_for
 from scoreflow.workflow.prompts import FAMILY_OPERATORS
 from scoreflow.workflow.runtime import run_workflow, validate_workflow
 
