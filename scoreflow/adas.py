@@ -22,21 +22,14 @@ embedded preset ("embedded preset" below); the first line of a run names the def
 from __future__ import annotations
 
 from .cli import run_cli
-from .search.command import parse, run
+from .search import command
 from .search.config import ADAS_EMBEDDED, AdasConfig
 
 PROG = "scoreflow.adas"
 
 
-async def _search(*args) -> dict:
-    from .search.adas import search  # torch (slow to import) only once the settings are checked
-
-    return await search(*args)
-
-
 def main(argv: list[str] | None = None) -> None:
-    cfg, out = parse(PROG, __doc__, AdasConfig, ADAS_EMBEDDED, argv)
-    run(PROG, cfg, out, ADAS_EMBEDDED, _search)
+    command.main(PROG, __doc__, AdasConfig, ADAS_EMBEDDED, argv)
 
 
 if __name__ == "__main__":

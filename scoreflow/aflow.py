@@ -21,21 +21,14 @@ first line of a run names the defaults in force.
 from __future__ import annotations
 
 from .cli import run_cli
-from .search.command import parse, run
+from .search import command
 from .search.config import AFLOW_EMBEDDED, AflowConfig
 
 PROG = "scoreflow.aflow"
 
 
-async def _search(*args) -> dict:
-    from .search.aflow import search  # torch (slow to import) only once the settings are checked
-
-    return await search(*args)
-
-
 def main(argv: list[str] | None = None) -> None:
-    cfg, out = parse(PROG, __doc__, AflowConfig, AFLOW_EMBEDDED, argv)
-    run(PROG, cfg, out, AFLOW_EMBEDDED, _search)
+    command.main(PROG, __doc__, AflowConfig, AFLOW_EMBEDDED, argv)
 
 
 if __name__ == "__main__":

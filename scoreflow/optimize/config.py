@@ -17,7 +17,7 @@ from ..cli import CONCURRENCY, SEED, Bounds, Preset, check_settings, flag
 from ..dpo.pairs import GAPS
 from ..dpo.config import TrainConfig
 from ..engine.sampling_ranges import MAX_TOKENS, TEMPERATURE, TOP_P
-from ..executor.reachable import COMPLETIONS, PREFLIGHT_TIMEOUT, require_answering
+from ..executor.reachable import CHAT, COMPLETIONS, PREFLIGHT_TIMEOUT, require_answering
 from ..llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL, is_embedded, resolve_model_dir
 from ..tasks.registry import TASK_NAMES
 from ..workflow.prompts import EXTRA_OPERATORS
@@ -159,20 +159,23 @@ def resolve(overrides: dict, dpo_overrides: dict | None = None) -> RunConfig:
 
 
 def check_endpoints(cfg: RunConfig) -> None:
-    """Fail now, in one line, on a generator or executor the run could not use: an unknown model
-    name, a missing package, a folder without config.json, a URL that does not answer a 1-token
-    request within --preflight-timeout. The executor first: converting the generator takes a
-    minute the executor's error should not wait for."""
+    """Fail now, in one line, on a generator or executor the run could not use. The executor
+    first: converting the generator takes a minute the executor's error should not wait for."""
     patience = dict(api_key=cfg.api_key, timeout_s=cfg.preflight_timeout)
-    if cfg.executor_url:
-        require_answering(cfg.executor_url, "--executor-url", cfg.executor_model or DEFAULT_MODEL, **patience)
+    check_model(cfg.executor_url, "--executor-url", cfg.executor_model or DEFAULT_MODEL, **patience)
+    check_model(cfg.generator_url, "--generator-url", cfg.generator_model or cfg.generator, route=COMPLETIONS,
+                **patience)
+
+
+def check_model(url: str | None, flag: str, model: str, *, api_key: str | None, timeout_s: float,
+                route: str = CHAT) -> None:
+    """UserError, one line, unless `url` answers a 1-token request for `model` within `timeout_s`,
+    or, with no URL, the local `model` (served on loopback or in-process) is found: an unknown
+    name, a missing package, a folder without config.json."""
+    if url:
+        require_answering(url, flag, model, api_key=api_key, timeout_s=timeout_s, route=route)
     else:
-        resolve_model_dir(cfg.executor_model or DEFAULT_MODEL)  # served on loopback
-    if cfg.generator_url:
-        require_answering(cfg.generator_url, "--generator-url", cfg.generator_model or cfg.generator,
-                          route=COMPLETIONS, **patience)
-    else:
-        resolve_model_dir(cfg.generator)
+        resolve_model_dir(model)
 
 
 def save_or_check(cfg: RunConfig, run_dir: Path) -> None:

@@ -1,6 +1,6 @@
 """What `python -m scoreflow.aflow` and `python -m scoreflow.adas` share, in the order a run
-goes through it: flags from the method's settings dataclass over its embedded preset (`parse`);
-the checks before anything is written (the task's data, both endpoints answering or both local
+goes through it (`main`): flags from the method's settings dataclass over its embedded preset
+(`parse`); the checks before anything is written (the task's data, both endpoints answering or both local
 models found); the run directory, locked, with its settings stored so that a resume cannot mix
 others in; the two endpoints (served here on loopback when no URL is given) and their clients;
 and OUT/best_workflow.py, replaced atomically whenever the best candidate changes.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import os
 import sys
 from dataclasses import replace
@@ -19,9 +20,8 @@ from typing import Any, Awaitable, Callable, Iterator
 
 from ..cli import Parser, Preset, add_flags, given
 from ..executor import ExecutorClient
-from ..executor.reachable import require_answering
-from ..llama.registry import DEFAULT_MODEL, resolve_model_dir
-from ..optimize.config import RunConfig, stored_settings
+from ..llama.registry import DEFAULT_MODEL
+from ..optimize.config import RunConfig, check_model, stored_settings
 from ..optimize.endpoint import executor_endpoint
 from ..rundir import run_lock, save_or_check_settings
 from ..tasks import Task, load_task
@@ -33,6 +33,14 @@ OPTIMIZER_TIMEOUT_S = 900.0  # one optimiser request; the embedded one writes ~1
 BEST_WORKFLOW = "best_workflow.py"
 
 Search = Callable[[Any, Task, Path, ExecutorClient, ExecutorClient], Awaitable[dict]]
+
+
+def main(prog: str, doc: str, cls: type[SearchConfig], preset: Preset, argv: list[str] | None = None) -> dict:
+    """`python -m scoreflow.<method>` for method `prog.split('.')[-1]`, a module of this package
+    whose `search` is imported (with torch, slow) only once the settings are checked."""
+    cfg, out = parse(prog, doc, cls, preset, argv)
+    search = importlib.import_module(f"{__package__}.{prog.split('.')[-1]}").search
+    return run(prog, cfg, out, preset, search)
 
 
 def parse(prog: str, doc: str, cls: type[SearchConfig], preset: Preset,
@@ -65,18 +73,12 @@ def run(prog: str, cfg: SearchConfig, out: Path, preset: Preset, search: Search)
 
 
 def check_endpoints(cfg: SearchConfig) -> None:
-    """One line now, not an hour later, for an endpoint that does not answer a 1-token request or
-    a local model that cannot be found."""
+    """One line now, not an hour later, for an executor or optimiser the run could not use."""
     patience = dict(api_key=cfg.api_key, timeout_s=cfg.preflight_timeout)
-    if cfg.executor_url:
-        require_answering(cfg.executor_url, "--executor-url", cfg.executor_model or DEFAULT_MODEL, **patience)
-    else:
-        resolve_model_dir(cfg.executor_model or DEFAULT_MODEL)
+    check_model(cfg.executor_url, "--executor-url", cfg.executor_model or DEFAULT_MODEL, **patience)
     url, model = cfg.optimizer
-    if cfg.optimizer_url:
-        require_answering(url, "--optimizer-url", model, **patience)
-    elif url is None:
-        resolve_model_dir(model)
+    if cfg.optimizer_url or url is None:  # the executor's endpoint otherwise, checked above
+        check_model(url, "--optimizer-url", model, **patience)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scripted_search import OPTIMIZER, SearchScript, adas_reply
-from scoreflow.adas import _search
+from scoreflow.search.adas import search
 from scoreflow.search.adas import BOOTSTRAP_SAMPLES, CONFIDENCE, bootstrap, fitness_text
 from scoreflow.search.command import run
 from scoreflow.search.config import ADAS_EMBEDDED, AdasConfig
@@ -51,7 +51,7 @@ def test_the_archive_grows_and_debugging_is_bounded(tmp_path, gsm8k_rows):
     with SearchScript(gsm8k_rows[:1], replies, then=lambda i: adas_reply(INVALID, "never valid")) as server:  # gen 3
         cfg = AdasConfig(limit=1, rounds=3, debug_max=2, optimizer_url=server.base_url, optimizer_model=OPTIMIZER,
                          executor_url=server.base_url, executor_model="executor")
-        result = run("scoreflow.adas", cfg, out, ADAS_EMBEDDED, _search)
+        result = run("scoreflow.adas", cfg, out, ADAS_EMBEDDED, search)
         requests = server.optimizer_requests()
     initial = baselines_for("math")
     assert [m["name"] for m in result["archive"]] == [*initial, "goody", "b"]

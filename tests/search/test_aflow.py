@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scripted_search import OPTIMIZER, SearchScript, aflow_reply
-from scoreflow.aflow import _search
+from scoreflow.search.aflow import search
 from scoreflow.search.aflow import (ALPHA, LAMBDA, candidates, converged, experience, select,
                                     selection_probabilities)
 from scoreflow.search.command import run
@@ -71,7 +71,7 @@ def test_a_better_child_becomes_a_parent_and_invalid_children_never_stop_the_sea
     out = tmp_path / "aflow"
     with SearchScript(gsm8k_rows[:2], replies) as server:
         result = run("scoreflow.aflow", config(server, rounds=3, attempts=2, early_stop=False), out,
-                     AFLOW_EMBEDDED, _search)
+                     AFLOW_EMBEDDED, search)
         requests = server.optimizer_requests()
     rounds = rounds_of(out)
     assert [(r["round"], r["parent"], r["score"], r["replies"]) for r in rounds] == [
@@ -99,6 +99,6 @@ def test_a_better_child_becomes_a_parent_and_invalid_children_never_stop_the_sea
 def test_convergence_stops_the_search_early(tmp_path, gsm8k_rows):
     out = tmp_path / "aflow"
     with SearchScript(gsm8k_rows[:1], then=lambda i: aflow_reply(BAD, f"change {i}")) as server:
-        result = run("scoreflow.aflow", config(server, limit=1, rounds=20), out, AFLOW_EMBEDDED, _search)
+        result = run("scoreflow.aflow", config(server, limit=1, rounds=20), out, AFLOW_EMBEDDED, search)
         assert len(server.optimizer_requests()) == 5
     assert result["stopped"] == "converged" and len(rounds_of(out)) == 6  # the template and 5 children, all 0
