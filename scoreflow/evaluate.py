@@ -90,6 +90,7 @@ class EvalConfig:
     untrained: bool = True  # also evaluate the generator without the adapter (--no-untrained)
     generator_url: str | None = None
     generator_model: str | None = None
+    generator_concurrency: int = 64
     executor_url: str | None = None  # None: our server over executor_model (default: the embedded one), on loopback
     executor_model: str | None = None
     executor_concurrency: int = 16

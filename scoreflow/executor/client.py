@@ -1,7 +1,8 @@
 """Async client for OpenAI-compatible chat completions: the executor LLM of every operator.
 
 POST {base_url}/chat/completions over one `httpx.AsyncClient`; works against OpenAI, vLLM and
-our own `scoreflow.serve`. What the reference code lacked (PAPERS.md §R), done here:
+our own `scoreflow.serve`. `complete()` posts a raw prompt to the legacy {base_url}/completions
+route instead (a remote generator: optimize/generator.py), with the same retries and limits. What the reference code lacked (PAPERS.md §R), done here:
 
 - transient failures are retried: HTTP 408/409/429/5xx, timeouts, refused or dropped
   connections, with exponential backoff and jitter, waiting at least `Retry-After` seconds
@@ -29,7 +30,7 @@ import itertools
 import os
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import httpx
@@ -96,7 +97,7 @@ _ADVICE = {
 
 @dataclass(frozen=True)
 class ChatResult:
-    """One chat completion: n texts (`text` when n=1), why each stopped, and token usage."""
+    """One completion (chat or legacy): n texts (`text` when n=1), why each stopped, and token usage."""
 
     texts: tuple[str, ...]
     finish_reasons: tuple[str | None, ...]
@@ -194,7 +195,7 @@ class ExecutorClient:
                 self._usage.cache_hits += 1
                 return dataclasses.replace(_parse(reply, n), cached=True)
         try:
-            reply, result = await self._post(payload, n)
+            reply, result = await self._post(self._url, payload, lambda r: _parse(r, n))
         except ExecutorError:
             self._usage.errors += 1
             raise
@@ -202,20 +203,34 @@ class ExecutorClient:
             self._cache.put(key, reply)
         return result
 
-    async def _post(self, payload: dict, n: int) -> tuple[dict, ChatResult]:
-        """Send with retries; returns the raw reply (for the cache) and its parsed form."""
+    async def complete(self, prompt: str, *, temperature: float = 0.0, max_tokens: int | None = None, n: int = 1,
+                       stop: str | list[str] | None = None, seed: int | None = None,
+                       top_p: float | None = None) -> ChatResult:
+        """One legacy completion of the raw `prompt` (no chat template: the caller applied it).
+        An empty text is a valid answer here (a model may stop at once); it is never cached."""
+        optional = dict(max_tokens=max_tokens or self.default_max_tokens, stop=stop, seed=seed, top_p=top_p)
+        payload = {"model": self.model, "prompt": prompt, "temperature": temperature, "n": n,
+                   **{k: v for k, v in optional.items() if v is not None}}
+        try:
+            return (await self._post(f"{self.base_url}/completions", payload, lambda r: _parse_texts(r, n)))[1]
+        except ExecutorError:
+            self._usage.errors += 1
+            raise
+
+    async def _post(self, url: str, payload: dict, parse: Callable[[dict], ChatResult]) -> tuple[dict, ChatResult]:
+        """Send to `url` with retries; returns the raw reply (for the cache) and parse(reply)."""
         attempts, attempt, bad_replies = self.max_retries + 1, 0, 0
         while True:
             retry_after = None
             try:
                 async with self._semaphore:
                     self._usage.requests += 1
-                    response = await asyncio.wait_for(self._http.post(self._url, json=payload), self.timeout)
+                    response = await asyncio.wait_for(self._http.post(url, json=payload), self.timeout)
                 if response.status_code == 200:
                     reply = _json(response)
                     self._account(reply)
-                    return reply, _parse(reply, n)
-                error = self._status_error(response, f"attempt {attempt + 1} of {attempts}")
+                    return reply, parse(reply)
+                error = self._status_error(response, url, f"attempt {attempt + 1} of {attempts}")
                 if not _retryable(response.status_code):
                     raise error
                 retry_after = _retry_after(response)
@@ -226,7 +241,7 @@ class ExecutorClient:
                 error = e
             except (httpx.TransportError, asyncio.TimeoutError) as e:
                 error = APIConnectionError(
-                    f"no reply from {self._url} (attempt {attempt + 1} of {attempts}): {type(e).__name__} {e}; "
+                    f"no reply from {url} (attempt {attempt + 1} of {attempts}): {type(e).__name__} {e}; "
                     f"check that the server is running, or raise timeout (now {self.timeout}s)")
             if attempt + 1 == attempts:
                 raise error
@@ -238,12 +253,12 @@ class ExecutorClient:
         backoff = min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
         return backoff if retry_after is None else max(backoff, min(retry_after, MAX_RETRY_AFTER_S))
 
-    def _status_error(self, response: httpx.Response, attempt: str) -> APIStatusError:
+    def _status_error(self, response: httpx.Response, url: str, attempt: str) -> APIStatusError:
         status = response.status_code
         fallback = "the server failed; check its logs" if status >= 500 else "the server refused the request"
         cls, advice = _ADVICE.get(status, (APIStatusError, fallback))
         advice = advice.format(model=self.model, base_url=self.base_url)
-        return cls(f"HTTP {status} from {self._url} ({attempt}): {_server_message(response)} -- {advice}", status)
+        return cls(f"HTTP {status} from {url} ({attempt}): {_server_message(response)} -- {advice}", status)
 
     def _account(self, reply: dict) -> None:
         """Count tokens of every JSON reply, valid or not: an empty reply was still billed."""
@@ -306,16 +321,31 @@ def _json(response: httpx.Response) -> dict:
     return reply
 
 
-def _parse(reply: dict, n: int) -> ChatResult:
-    """Validate a chat-completion object; anything without n non-blank texts is an error."""
+def _choices(reply: dict, n: int) -> list:
     choices = reply.get("choices")
     if not isinstance(choices, list) or not choices:
         raise MalformedReplyError(f"reply has no choices: {_excerpt(reply)}")
     if len(choices) != n:
         raise MalformedReplyError(f"asked for n={n} completions, got {len(choices)}; if the server does not "
-                                  f"support n, call chat() {n} times")
+                                  f"support n, call it {n} times")
+    return choices
+
+
+def _parse_texts(reply: dict, n: int) -> ChatResult:
+    """Validate a legacy text-completion object: n choices with a string `text` each, in the
+    order of their `index`."""
+    choices = _choices(reply, n)
+    if not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in choices):
+        raise MalformedReplyError(f"a choice has no text: {_excerpt(choices)}")
+    choices = sorted(choices, key=lambda c: c.get("index") if isinstance(c.get("index"), int) else 0)
+    return ChatResult(tuple(c["text"] for c in choices), tuple(c.get("finish_reason") for c in choices),
+                      *_tokens(reply))
+
+
+def _parse(reply: dict, n: int) -> ChatResult:
+    """Validate a chat-completion object; anything without n non-blank texts is an error."""
     texts, reasons = [], []
-    for choice in choices:
+    for choice in _choices(reply, n):
         message = choice.get("message") if isinstance(choice, dict) else None
         content = message.get("content") if isinstance(message, dict) else None
         reason = choice.get("finish_reason") if isinstance(choice, dict) else None

@@ -24,7 +24,8 @@ from ..workflow.prompts import EXTRA_OPERATORS
 from ..rundir import save_or_check_settings
 
 
-NOT_SETTINGS = {"api_key", "preflight_timeout"}  # not stored with a run: they do not change its results
+# not stored with a run: they do not change its results
+NOT_SETTINGS = {"api_key", "preflight_timeout", "generator_concurrency"}
 PAPER_PAIRS = {"humaneval": 600}  # N per task in the reference code; 2000 for every other task
 
 
@@ -42,6 +43,8 @@ class RunConfig:
     generator_url: str | None = flag(None, "Use an OpenAI-compatible /v1/completions endpoint (e.g. vLLM) as the "
                                            "generator instead.")
     generator_model: str | None = flag(None, "Model name at --generator-url.")
+    generator_concurrency: int = flag(64, "Requests (one per question, k workflows each) in flight at once at "
+                                          "--generator-url.", bounds=CONCURRENCY)
     # executor: any OpenAI-compatible chat endpoint; None = serve the default model on loopback
     executor_url: str | None = flag(None, "OpenAI-compatible chat endpoint that runs the operators (default: the "
                                           "embedded model served by scoreflow on loopback).")

@@ -1,15 +1,21 @@
 """The generator G: samples k workflows per question from the generator prompt.
 
 Two backends with one method, `sample(prompts, n, seeds) -> [[text, ...] per prompt]` (n: one
-count for all prompts, or one per prompt):
+count for all prompts, or one per prompt), and `questions_per_call(k)`, how many questions the
+generate stage hands `sample` at once (and writes to disk together):
 - LocalGenerator: our engine in-process on base model + LoRA (the same module object that
-  Score-DPO then trains, so iteration i+1 samples from the updated policy);
+  Score-DPO then trains, so iteration i+1 samples from the updated policy); GENERATE_ROWS
+  sequences decoded together;
 - RemoteGenerator: any OpenAI-compatible /v1/completions endpoint (e.g. vLLM serving the base
-  model with our PEFT-layout adapter); training still happens locally.
+  model with our PEFT-layout adapter); training still happens locally. One request per
+  question (n = k, the question's seed), --generator-concurrency of them in flight at once, so
+  the server batches across questions; retried as the executor's requests are
+  (executor/client.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from pathlib import Path
 
@@ -17,6 +23,7 @@ import httpx
 import torch
 
 from ..engine import Engine, SamplingParams
+from ..executor import ExecutorClient
 from ..llama import load_model, load_tokenizer
 from ..lora import apply_lora, load_adapter
 from ..workflow.prompts import generator_prompt
@@ -27,6 +34,8 @@ STOP = "</graph>"
 # The assistant turn starts with the opening tag (part of the prompt): the policy writes the
 # workflow from the first token instead of prose around it.
 RESPONSE_PREFIX = "<graph>\n"
+GENERATE_ROWS = 32  # sequences the local engine decodes together
+GENERATOR_TIMEOUT_S = 600.0  # one remote request: k workflows of up to max_new_tokens each
 
 
 def prompt_ids(tokenizer, family: str, question: str, extra: tuple[str, ...] = ()) -> list[int]:
@@ -49,6 +58,9 @@ class LocalGenerator:
 
     def prompt_ids(self, family: str, question: str) -> list[int]:
         return prompt_ids(self.tokenizer, family, question, self.cfg.extra_operators)
+
+    def questions_per_call(self, k: int) -> int:
+        return max(1, GENERATE_ROWS // k)
 
     def for_iteration(self, adapter_dir: Path | None) -> LocalGenerator:
         """The generator of the next iteration: this one, whose model Score-DPO trained in place."""
@@ -99,17 +111,26 @@ class RemoteGenerator:
         """The generator of the next iteration: the endpoint asked to serve the new adapter."""
         return RemoteGenerator(self.cfg, adapter_dir)
 
+    def questions_per_call(self, k: int) -> int:
+        return self.cfg.generator_concurrency
+
     def sample(self, prompts: list[list[int]], n: int | list[int], seeds: list[int]) -> list[list[str]]:
-        out = []
-        for ids, k, seed in zip(prompts, n if isinstance(n, list) else [n] * len(prompts), seeds):
-            r = self.http.post("/completions", json={
-                "model": self.served, "prompt": self.tokenizer.decode(ids), "n": k, "seed": seed,
-                "temperature": self.cfg.temperature, "top_p": self.cfg.top_p,
-                "max_tokens": self.cfg.max_new_tokens, "stop": [STOP]})
-            r.raise_for_status()
-            choices = sorted(r.json()["choices"], key=lambda c: c["index"])
-            out.append([_close(c["text"], c.get("finish_reason")) for c in choices])
-        return out
+        """All prompts in flight at once (at most --generator-concurrency), answers in prompt order."""
+        return asyncio.run(self._sample(prompts, n if isinstance(n, list) else [n] * len(prompts), seeds))
+
+    async def _sample(self, prompts: list[list[int]], ns: list[int], seeds: list[int]) -> list[list[str]]:
+        progress = Progress("    sampling (questions)", len(prompts), every_s=30.0)
+        client = ExecutorClient(self.cfg.generator_url, self.served, api_key=self.cfg.api_key,
+                                max_concurrency=self.cfg.generator_concurrency, timeout=GENERATOR_TIMEOUT_S)
+
+        async def one(ids: list[int], k: int, seed: int) -> list[str]:
+            r = await client.complete(self.tokenizer.decode(ids), n=k, seed=seed, temperature=self.cfg.temperature,
+                                      top_p=self.cfg.top_p, max_tokens=self.cfg.max_new_tokens, stop=[STOP])
+            progress.update(1)
+            return [_close(text, reason) for text, reason in zip(r.texts, r.finish_reasons)]
+
+        async with client:
+            return list(await asyncio.gather(*map(one, prompts, ns, seeds)))
 
 
 def _close(text: str, finish_reason: str | None) -> str:

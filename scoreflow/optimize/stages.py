@@ -40,7 +40,6 @@ from .generator import RESPONSE_PREFIX
 from ..progress import Progress
 from ..rundir import JsonlLog, mark_done, stage_done
 
-GENERATE_ROWS = 32  # samples decoded together: GENERATE_ROWS // k questions per chunk (written together)
 MAX_ABRUPT_ENDS = 2  # a run during which the process died this often is recorded as crashed, not started again
 
 
@@ -109,7 +108,7 @@ def generate(it: Iteration, generator) -> list[dict]:
     todo = [(i, q) for i, q in enumerate(it.task.questions) if q.id not in have]
     progress = Progress(f"[{it.name}] generate (questions)", len(it.task.questions))
     progress.done = len(have)
-    step = max(1, GENERATE_ROWS // it.cfg.k)
+    step = generator.questions_per_call(it.cfg.k)
     for c in range(0, len(todo), step):
         chunk = todo[c: c + step]
         prompts = [generator.prompt_ids(it.family, q.prompt) for _, q in chunk]

@@ -10,7 +10,8 @@ the endpoint that the tests and benchmarks of code calling an OpenAI-compatible 
 
 Requests take scripted replies in arrival order; once the script is used up every request
 gets the default reply: a completion whose text echoes the last message ("echo: <content>",
-one choice per requested n) with fixed usage. Unknown paths get a real 404.
+one choice per requested n) with fixed usage, or on the legacy /v1/completions route the
+prompt ("echo: <prompt>"). Unknown paths get a real 404.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-CHAT_PATH = "/v1/chat/completions"
+CHAT_PATH, COMPLETIONS_PATH = "/v1/chat/completions", "/v1/completions"
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,20 @@ def completion(*texts: str, prompt_tokens: int = 10, completion_tokens: int = 5,
     choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": finish_reason}
                for i, t in enumerate(texts)]
     return {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "fake",
-            "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}}
+            "choices": choices, "usage": _usage(prompt_tokens, completion_tokens)}
+
+
+def text_completion(*texts: str, prompt_tokens: int = 10, completion_tokens: int = 5,
+                    finish_reason: str = "stop") -> dict:
+    """A legacy text-completion object with one choice per text."""
+    choices = [{"index": i, "text": t, "finish_reason": finish_reason} for i, t in enumerate(texts)]
+    return {"id": "cmpl-fake", "object": "text_completion", "created": 0, "model": "fake",
+            "choices": choices, "usage": _usage(prompt_tokens, completion_tokens)}
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
 class FakeOpenAIServer:
@@ -133,6 +145,10 @@ class FakeOpenAIServer:
         return reply
 
     def _default_reply(self, path: str, body: Any) -> Reply:
+        if path == COMPLETIONS_PATH and isinstance(body, dict) and isinstance(body.get("prompt"), str):
+            texts = [f"echo: {body['prompt']}"] * int(body.get("n") or 1)
+            return Reply(body=text_completion(*texts, prompt_tokens=self.prompt_tokens,
+                                              completion_tokens=self.completion_tokens))
         if path != CHAT_PATH:
             return Reply(404, _error(f"no route {path}"))
         if not isinstance(body, dict) or not body.get("messages"):

@@ -18,6 +18,9 @@ class ScriptedGenerator:
     def prompt_ids(self, family, question):
         return [len(question)]
 
+    def questions_per_call(self, k):
+        return 8
+
     def sample(self, prompts, n, seeds):
         counts = n if isinstance(n, list) else [n] * len(prompts)
         self.calls.append((len(prompts), counts))
