@@ -42,6 +42,8 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable, Mapping, TypeVar
 
+from .heap import return_freed_memory
+
 C = TypeVar("C")
 
 USER_ERRORS = (ValueError, OSError)  # FileNotFoundError and PermissionError are OSErrors
@@ -52,7 +54,9 @@ class UserError(Exception):
 
 
 def run_cli(prog: str, main: Callable[[], object]) -> None:
-    """Call `main()`; turn a user error into `PROG: message` and exit status 2."""
+    """Call `main()`, with freed memory going back to the system (heap.py); turn a user error
+    into `PROG: message` and exit status 2."""
+    return_freed_memory()
     try:
         main()
     except (UserError, *USER_ERRORS) as e:

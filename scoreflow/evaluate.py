@@ -44,6 +44,7 @@ from .figures import PLOT_HINT, accuracy_against_cost
 from .llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL
 from .optimize.config import EMBEDDED as TRAIN_EMBEDDED
 from .optimize.config import RunConfig, check_endpoints, stored_settings
+from .optimize.plan import add_plan_flags, report
 from .optimize.endpoint import executor_endpoint
 from .rundir import run_lock, save_or_check_settings
 from .tasks import Task, load_task
@@ -326,7 +327,7 @@ def _table(cfg: EvalConfig, questions: int, split_size: int, rows: list[dict]) -
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, Path, str | None]:
+def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, Path, str | None, bool]:
     p = Parser(prog="python -m scoreflow.evaluate", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", help="Results directory; rerun the same command to resume it "
@@ -340,6 +341,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, Path, str | N
                    help="Fixed workflows to evaluate beside the generator, one for every question (e.g. "
                         "aflow=runs/aflow/best_workflow.py); each file holds a workflow in the generator's format.")
     p.add_argument("--no-untrained", action="store_true", help="Skip the generator without the adapter.")
+    add_plan_flags(p, budget=False)
     add_flags(p, EvalConfig, preset=EMBEDDED.settings, like=RunConfig)
     a = vars(p.parse_args(argv))
     given_flags = given(a, EvalConfig)
@@ -347,7 +349,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, Path, str | N
         given_flags["untrained"] = False
     cfg = EMBEDDED.resolve(EvalConfig, given_flags)
     out = Path(a["out"] or f"runs/evaluate-{cfg.task}-{cfg.split}")
-    return cfg, out, a["api_key"]
+    return cfg, out, a["api_key"], a["plan"]
 
 
 def _workflow_list(text: str) -> tuple[tuple[str, str], ...]:
@@ -374,7 +376,10 @@ def _baseline_list(text: str) -> tuple[str, ...]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg, out, api_key = parse_args(argv)
+    cfg, out, api_key, show_plan = parse_args(argv)
+    if show_plan:  # the generator's stage: evaluation trains nothing
+        print(report(cfg.run_config(), None, training=False))
+        return
     run(cfg, out, api_key)
 
 

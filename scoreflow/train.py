@@ -33,6 +33,7 @@ from .executor import ExecutorClient
 from .llama.registry import DEFAULT_MODEL
 from .optimize.config import EMBEDDED, RunConfig, check_endpoints, resolve, save_or_check
 from .optimize.endpoint import executor_endpoint
+from .optimize.plan import add_plan_flags, report
 from .rundir import JsonlLog, run_lock, stage_info
 from .tasks import Task, load_task
 from .tasks.registry import smaller_than_the_paper
@@ -120,22 +121,29 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[dict, dict, Path]:
+def parse_args(argv: list[str] | None = None) -> tuple[dict, dict, Path, tuple[bool, int | None]]:
     p = Parser(prog="python -m scoreflow.train", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="Run directory; rerun the same command to resume it "
                                                "(default: runs/scoreflow-TASK).")
+    add_plan_flags(p)
     add_flags(p, RunConfig, preset=EMBEDDED.settings)
     add_flags(p.add_argument_group("Score-DPO"), TrainConfig, preset=preset_of(EMBEDDED.settings["dpo"]), dest_prefix="dpo_")
     a = vars(p.parse_args(argv))
     overrides, dpo = given(a, RunConfig), given(a, TrainConfig, dest_prefix="dpo_")
     out = Path(a["out"] or f"runs/scoreflow-{overrides.get('task', 'gsm8k')}")
-    return overrides, dpo, out
+    if a["memory_budget"] is not None and not a["plan"]:
+        p.error("--memory-budget goes with --plan")
+    return overrides, dpo, out, (a["plan"], a["memory_budget"])
 
 
 def main(argv: list[str] | None = None) -> None:
-    overrides, dpo, out = parse_args(argv)
-    run(resolve(overrides, dpo), out)
+    overrides, dpo, out, (show_plan, budget) = parse_args(argv)
+    cfg = resolve(overrides, dpo)
+    if show_plan:
+        print(report(cfg, budget))
+        return
+    run(cfg, out)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ from ..workflow.prompts import EXTRA_OPERATORS
 from ..rundir import save_or_check_settings
 
 
+GENERATE_ROWS = 32  # sequences the in-process generator decodes together (optimize/generator.py)
+KV_ROUND = 256  # its KV cache holds a multiple of this many positions per row
+
 # not stored with a run: they do not change its results
 NOT_SETTINGS = {"api_key", "preflight_timeout", "generator_concurrency"}
 PAPER_PAIRS = {"humaneval": 600}  # N per task in the reference code; 2000 for every other task
@@ -43,6 +46,8 @@ class RunConfig:
     generator_url: str | None = flag(None, "Use an OpenAI-compatible /v1/completions endpoint (e.g. vLLM) as the "
                                            "generator instead.")
     generator_model: str | None = flag(None, "Model name at --generator-url.")
+    device: str = flag("auto", "Where the generator runs and trains: auto = cuda when torch sees a GPU, else cpu "
+                               "(fp32 on CPU, bf16 weights on CUDA).", choices=("auto", "cpu", "cuda"))
     generator_concurrency: int = flag(64, "Requests (one per question, k workflows each) in flight at once at "
                                           "--generator-url.", bounds=CONCURRENCY)
     # executor: any OpenAI-compatible chat endpoint; None = serve the default model on loopback

@@ -27,14 +27,13 @@ from ..executor import ExecutorClient
 from ..llama import load_model, load_tokenizer
 from ..lora import apply_lora, load_adapter
 from ..workflow.prompts import generator_prompt
-from .config import RunConfig
+from .config import GENERATE_ROWS, KV_ROUND, RunConfig
 from ..progress import Progress
 
 STOP = "</graph>"
 # The assistant turn starts with the opening tag (part of the prompt): the policy writes the
 # workflow from the first token instead of prose around it.
 RESPONSE_PREFIX = "<graph>\n"
-GENERATE_ROWS = 32  # sequences the local engine decodes together
 GENERATOR_TIMEOUT_S = 600.0  # one remote request: k workflows of up to max_new_tokens each
 
 
@@ -47,12 +46,13 @@ class LocalGenerator:
     def __init__(self, cfg: RunConfig, adapter_dir: Path | None):
         self.cfg = cfg
         self.tokenizer = load_tokenizer(cfg.generator)
-        self.model = load_model(cfg.generator)
+        self.model = load_model(cfg.generator, device=None if cfg.device == "auto" else cfg.device)
+        # LoRA factors (and so their gradients and AdamW state) in fp32 over bf16 weights on CUDA, as PEFT keeps them
         if adapter_dir is not None:  # later iterations continue the same adapter (PAPERS.md §S4.5)
-            load_adapter(self.model, adapter_dir)
+            load_adapter(self.model, adapter_dir, dtype=torch.float32)
         else:
             torch.manual_seed(cfg.seed)  # the LoRA A init: a rerun or resumed run starts from the same adapter
-            apply_lora(self.model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+            apply_lora(self.model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, dtype=torch.float32)
         self.model.eval()
         self._engine = None
 
@@ -61,6 +61,12 @@ class LocalGenerator:
 
     def questions_per_call(self, k: int) -> int:
         return max(1, GENERATE_ROWS // k)
+
+    def release(self) -> None:
+        """Free what only generation uses, the engine's KV cache and the prepacked weight copies
+        (Transformer.prepack); the next `sample` makes them again."""
+        self._engine = None
+        self.model.unpack()
 
     def for_iteration(self, adapter_dir: Path | None) -> LocalGenerator:
         """The generator of the next iteration: this one, whose model Score-DPO trained in place."""
@@ -71,7 +77,7 @@ class LocalGenerator:
         rows, longest = sum(ns), max(map(len, prompts)) + self.cfg.max_new_tokens
         if self._engine is None or rows > self._engine.cache.n_slots or longest > self._engine.max_seq_len:
             self._engine = None  # free the old cache before allocating the new one
-            self._engine = Engine(self.model, self.tokenizer, max_batch=rows, max_seq_len=-(-longest // 256) * 256)
+            self._engine = Engine(self.model, self.tokenizer, max_batch=rows, max_seq_len=-(-longest // KV_ROUND) * KV_ROUND)
         params = [SamplingParams(n=k, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
                                  max_tokens=self.cfg.max_new_tokens, stop=[STOP], seed=s) for k, s in zip(ns, seeds)]
         progress = Progress("    sampling (tokens, at most)", rows * self.cfg.max_new_tokens, every_s=30.0)
@@ -113,6 +119,9 @@ class RemoteGenerator:
 
     def questions_per_call(self, k: int) -> int:
         return self.cfg.generator_concurrency
+
+    def release(self) -> None:
+        """Nothing to free: the local policy here only trains."""
 
     def sample(self, prompts: list[list[int]], n: int | list[int], seeds: list[int]) -> list[list[str]]:
         """All prompts in flight at once (at most --generator-concurrency), answers in prompt order."""

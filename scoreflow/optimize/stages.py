@@ -271,6 +271,7 @@ def train(it: Iteration, generator, workflows: list[dict], pair_records: list[di
             prompt = generator.prompt_ids(it.family, questions[p.question_id].prompt)
             chosen, rejected = (tok.encode(by_id[i]["response"]) + end for i in (p.winner_id, p.loser_id))
             examples.append(PairExample(tuple(prompt), tuple(chosen), tuple(rejected), p.s_w, p.s_l, p.weight))
+        generator.release()  # the engine's cache and weight copies: memory the training pass needs
         history = train_dpo(generator.model, examples, it.dir / "train", it.cfg.dpo)
     save_adapter(generator.model, it.dir / "adapter", base_model_name_or_path=it.cfg.generator)
     mark_done(it.dir, "train", {"steps": len(history)})

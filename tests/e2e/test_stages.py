@@ -21,6 +21,9 @@ class ScriptedGenerator:
     def questions_per_call(self, k):
         return 8
 
+    def release(self):
+        pass
+
     def sample(self, prompts, n, seeds):
         counts = n if isinstance(n, list) else [n] * len(prompts)
         self.calls.append((len(prompts), counts))

@@ -49,7 +49,7 @@ def test_one_preset_mechanism_for_every_command():
     assert evaluate.parse_args([])[0].limit == 10
     assert evaluate.parse_args(["--generator", "/models/llama"])[0].limit is None
     assert evaluate.parse_args(["--limit", "2"])[0].limit == 2
-    overrides, dpo, _ = train.parse_args([])
+    overrides, dpo, _, _ = train.parse_args([])
     assert train.resolve(overrides, dpo).limit == 4 and train.resolve({"generator": "/m"}, {}).limit is None
     remote = ["--executor-url", "http://x/v1", "--executor-model", "m"]
     assert evaluate.parse_args(remote)[0].limit is None  # a real executor: the paper's settings

@@ -21,7 +21,7 @@ def test_pairs_default_per_task_as_in_the_reference():
 
 
 def test_flags_resolve_to_paper_settings_or_the_preset():
-    overrides, dpo, out = parse_args(["--generator", "/m", "--task", "math", "--lr", "1e-5", "--gradient-checkpointing",
+    overrides, dpo, out, _ = parse_args(["--generator", "/m", "--task", "math", "--lr", "1e-5", "--gradient-checkpointing",
                                       "true", "--invalid", "zero"])
     cfg = resolve(overrides, dpo)
     assert (cfg.task, cfg.invalid, cfg.k, cfg.temperature, cfg.iterations) == ("math", "zero", 8, 0.2, 3)
