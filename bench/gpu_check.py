@@ -1,9 +1,10 @@
 """One short check on one CUDA GPU (<= 8 minutes): our decode and our Score-DPO step on a
 Llama-3.1-8B-shaped model with random bf16 weights, against the memory floor, transformers
-`generate` and TRL's DPO step on the very same weights. Prints one table.
+`generate` and TRL's DPO step on the very same weights; then the trainer the commands use on a
+Llama-3.2-1B-shaped model, against the memory plan. Prints two tables.
 
-    python bench/gpu_check.py          # CUDA: the Llama-3.1-8B shape, bf16
-    python bench/gpu_check.py --tiny   # CPU, fp32, a tiny shape: what CI runs, so it never rots
+    python bench/gpu_check.py               # CUDA: the Llama shapes, bf16
+    python bench/gpu_check.py --cpu-smoke   # CPU, fp32, tiny shapes: what CI runs, so it never rots
 
 No weights can be downloaded on a lent GPU machine, so transformers builds the model with its
 own random initialisation and ours takes the same tensors (no copy). Rows:
@@ -17,13 +18,21 @@ own random initialisation and ours takes the same tensors (no copy). Rows:
   trl is installed (it is not on the lent machines' image: carry it as wheels, see the device
   notes);
 - decode with CUDA-graph capture (`Engine(cuda_graphs=True)`, engine/cuda_graph.py) at batch 1
-  and 32, against the same engine without it (on CPU, --tiny, the fixed-shape step runs eagerly:
-  the row then checks the path, not the speed-up).
+  and 32, against the same engine without it (on CPU, --cpu-smoke, the fixed-shape step runs
+  eagerly: the row then checks the path, not the speed-up);
+- training (the second table): `train_dpo`, the trainer `python -m scoreflow.train` runs, on
+  random bf16 weights made on the GPU (LoRA r8 on q,v in fp32, AdamW), one question of a
+  1,000-token prompt and 8 responses of 1,000 tokens, in pair grouping (4 pairs, 4 steps) and
+  question grouping (one step), with gradient checkpointing off and on: seconds per step, and
+  the peak of `torch.cuda.max_memory_allocated` against the memory plan's peak for the same
+  settings (scoreflow/memory_plan.py). On CPU the peak is not measured here
+  (bench/memory_plan.py measures it).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import tempfile
 import time
@@ -31,18 +40,26 @@ import time
 import torch
 
 from scoreflow.dpo.batch import PairExample, pack, pair_logps
+from scoreflow.dpo.config import TrainConfig
 from scoreflow.dpo.loss import score_dpo_loss
+from scoreflow.dpo.trainer import train_dpo
 from scoreflow.engine import Engine, SamplingParams
 from scoreflow.llama import LlamaConfig, Transformer
 from scoreflow.lora import apply_lora, disable_adapter
+from scoreflow.memory_plan import GiB, Run, Shape, plan
 
 LLAMA_31_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                    num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0, max_position_embeddings=8192,
                    rms_norm_eps=1e-5)
 TINY = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, rope_theta=10000.0, max_position_embeddings=4096, rms_norm_eps=1e-5)
+LLAMA_32_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                   num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0, max_position_embeddings=8192,
+                   rms_norm_eps=1e-5, tie_word_embeddings=True)
 PAIR = (900, 300, 300)  # prompt, chosen, rejected tokens
 TINY_PAIR = (90, 30, 30)
+QUESTION = (1000, 1000, 8)  # prompt tokens, tokens per response, responses
+TINY_QUESTION = (60, 20, 4)
 
 
 class NoText:
@@ -203,13 +220,48 @@ def trl_dpo_step_s(hf, device: str, steps: int, pair: tuple[int, int, int]) -> f
     return sorted(gaps)[len(gaps) // 2]
 
 
+def training_rows(shape: dict, device: str, dtype: torch.dtype, question: tuple[int, int, int]) -> list[str]:
+    """train_dpo per grouping and checkpointing setting on one question: s/step and peak memory
+    against the plan (module docstring)."""
+    P, N, k = question
+    g = torch.Generator().manual_seed(0)
+    ids = lambda n: tuple(torch.randint(0, shape["vocab_size"], (n,), generator=g).tolist())  # noqa: E731
+    prompt, responses = ids(P), [ids(N) for _ in range(k)]
+    pairs = [PairExample(prompt, responses[i], responses[i + 1], s_w=1.0, s_l=0.0) for i in range(0, k, 2)]
+    rows = []
+    for grouping, checkpointing in itertools.product(("pair", "question"), (False, True)):
+        with torch.device(device):
+            model = Transformer(LlamaConfig(**shape)).to(dtype)
+        model.init_buffers(device)
+        apply_lora(model, r=8, alpha=16, dropout=0.01, dtype=torch.float32)
+        cfg = TrainConfig(lr=1e-6, dpo_grouping=grouping, gradient_checkpointing=checkpointing)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        with tempfile.TemporaryDirectory() as out:
+            sync(device)
+            t = time.perf_counter()
+            history = train_dpo(model, pairs, out, cfg, progress=False)
+            sync(device)
+            seconds = (time.perf_counter() - t) / len(history)
+        run = Run(k, N, P, 8, grouping, checkpointing, generate_rows=None, kv_round=1)
+        planned = max(s.total for s in plan(Shape.of(LlamaConfig(**shape)), run, device))
+        measured = torch.cuda.max_memory_allocated() if device == "cuda" else None
+        got, ratio = ("-", "-") if measured is None else (f"{measured / GiB:.2f}", f"{measured / planned:.2f}")
+        rows.append(f"| {grouping}, checkpointing {'on' if checkpointing else 'off'} | {len(history)} | "
+                    f"{seconds:.3f} | {planned / GiB:.2f} | {got} | {ratio} |")
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tiny", action="store_true", help="CPU, fp32, a tiny shape (CI)")
-    ap.add_argument("--steps", type=int, default=None, help="training steps timed after one warm-up (default: 3; 1 with --tiny)")
+    ap.add_argument("--cpu-smoke", dest="tiny", action="store_true", help="CPU, fp32, tiny shapes (CI)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps timed after one warm-up (default: 3; 1 with --cpu-smoke)")
     a = ap.parse_args()
     if not a.tiny and not torch.cuda.is_available():
-        raise SystemExit("gpu_check: no CUDA device; run with --tiny on a CPU")
+        raise SystemExit("gpu_check: no CUDA device; run with --cpu-smoke on a CPU")
     device, dtype, shape = ("cpu", torch.float32, TINY) if a.tiny else ("cuda", torch.bfloat16, LLAMA_31_8B)
     prompt, new, pair = (32, 8, TINY_PAIR) if a.tiny else (128, 64, PAIR)
     steps = a.steps or (1 if a.tiny else 3)
@@ -238,6 +290,13 @@ def main() -> None:
     ratio = f"{theirs / mine:.2f}x" if isinstance(theirs, float) else "-"
     shown = f"{theirs:.3f}" if isinstance(theirs, float) else theirs
     print(f"| Score-DPO step, s (LoRA r8 q,v; {'+'.join(map(str, pair))} tokens) | {mine:.3f} | {shown} | {ratio} | |")
+    question = TINY_QUESTION if a.tiny else QUESTION
+    print(f"\n# train_dpo on the {'tiny' if a.tiny else 'Llama-3.2-1B'} shape, {dtype}: one question, "
+          f"{question[0]}-token prompt, {question[2]} responses of {question[1]} tokens")
+    print("| grouping | steps | s/step | planned peak, GB | measured peak, GB | measured / planned |")
+    print("|---|---|---|---|---|---|")
+    for row in training_rows(TINY if a.tiny else LLAMA_32_1B, device, dtype, question):
+        print(row, flush=True)
     print(f"\nwall {time.perf_counter() - t0:.0f} s")
 
 
