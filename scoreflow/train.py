@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from dataclasses import replace
@@ -32,20 +33,25 @@ from .dpo.config import TrainConfig
 from .executor import ExecutorClient
 from .llama.registry import DEFAULT_MODEL
 from .optimize.config import EMBEDDED, RunConfig, check_endpoints, resolve, save_or_check
+from .optimize import ranks
 from .optimize.endpoint import executor_endpoint
 from .optimize.plan import add_plan_flags, report
-from .rundir import JsonlLog, run_lock, stage_info
+from .rundir import JsonlLog, run_lock, stage_done, stage_info
 from .tasks import Task, load_task
 from .tasks.registry import smaller_than_the_paper
 
 
 def run(cfg: RunConfig, out: Path) -> list[dict]:
-    """Run (or resume) every iteration, holding OUT's lock; returns the per-iteration summary rows."""
+    """Run (or resume) every iteration, holding OUT's lock; returns the per-iteration summary rows.
+    Under torchrun, rank 0 does this and the other ranks only train (optimize/ranks.py)."""
     task = load_task(cfg.task, cfg.split, cfg.data_dir)
+    task = replace(task, questions=task.questions[: cfg.limit])
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _training_rank(cfg, task, out)
     check_endpoints(cfg)
     with run_lock(out):
         save_or_check(cfg, out)
-        return _iterations(cfg, replace(task, questions=task.questions[: cfg.limit]), out)
+        return _iterations(cfg, task, out)
 
 
 def _iterations(cfg: RunConfig, task: Task, out: Path) -> list[dict]:
@@ -58,6 +64,7 @@ def _iterations(cfg: RunConfig, task: Task, out: Path) -> list[dict]:
         print(f"scoreflow.train: note: {note}", file=sys.stderr)
     print(f"scoreflow.train: {cfg.task}/{cfg.split}, {len(task.questions)} questions, {cfg.iterations} iterations, "
           f"k={cfg.k}, runs={cfg.runs}, pairs={cfg.pairs}, invalid={cfg.invalid} -> {out}", file=sys.stderr)
+    _, world = ranks.start(cfg.device)
     with executor_endpoint(cfg.executor_url, cfg.executor_model) as url:
         generator = None
         rows = []
@@ -65,19 +72,46 @@ def _iterations(cfg: RunConfig, task: Task, out: Path) -> list[dict]:
             it = stages.Iteration(i, out / f"iter_{i}", cfg, task)
             adapter = out / f"iter_{i - 1}" / "adapter" if i else None
             t0 = time.monotonic()
-            generator = make_generator(cfg, adapter) if generator is None else generator.for_iteration(adapter)
+            if generator is not None and generator.trained_here:
+                generator = generator.for_iteration(adapter)
+            else:  # the first iteration, or a resumed run whose last training an earlier process did
+                generator = None  # free its weights before the new ones load
+                generator = make_generator(cfg, adapter)
             workflows = stages.generate(it, generator)
             t_gen = time.monotonic()
             executions, usage = asyncio.run(_execute(it, workflows, cfg, url, out))
             scores = stages.score(it, workflows, executions)
             pair_records = stages.pairs(it, workflows, scores)
             t_exec = time.monotonic()
+            generator.trained_here = not stage_done(it.dir, "train")
             history = stages.train(it, generator, workflows, pair_records)
             rows.append(_summary(it, workflows, scores, history, usage,
                                  {"generate": t_gen - t0, "execute": t_exec - t_gen, "train": time.monotonic() - t_exec}))
             JsonlLog(out / "summary.jsonl").write(rows)
+    ranks.finish(world)
     print(_table(rows))
     return rows
+
+
+def _training_rank(cfg: RunConfig, task: Task, out: Path) -> list[dict]:
+    """A rank other than 0 under torchrun: each iteration, once rank 0 has written its pairs,
+    the same Score-DPO on its share of the micro-batches (the LoRA weights stay identical)."""
+    from .optimize import stages
+    from .optimize.generator import LocalGenerator
+
+    _, world = ranks.start(cfg.device)
+    generator = None
+    for i in range(cfg.iterations):
+        it = stages.Iteration(i, out / f"iter_{i}", cfg, task)
+        adapter = out / f"iter_{i - 1}" / "adapter" if i else None
+        ranks.wait_for_pairs(it.dir)
+        if generator is None or not generator.trained_here:  # as rank 0 makes it
+            generator = None
+            generator = LocalGenerator(cfg, adapter)
+        generator.trained_here = not stage_done(it.dir, "train")
+        stages.train(it, generator, JsonlLog(it.dir / "workflows.jsonl").read(), JsonlLog(it.dir / "pairs.jsonl").read())
+    ranks.finish(world)
+    return []
 
 
 async def _execute(it, workflows, cfg: RunConfig, url: str, out: Path):

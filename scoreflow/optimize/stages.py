@@ -37,6 +37,7 @@ from ..workflow.runtime import WorkerStartError, extract_graph, run_workflow, va
 from .config import RunConfig
 from .dry_run import dry_run
 from .generator import RESPONSE_PREFIX
+from .ranks import is_main
 from ..progress import Progress
 from ..rundir import JsonlLog, mark_done, stage_done
 
@@ -273,6 +274,7 @@ def train(it: Iteration, generator, workflows: list[dict], pair_records: list[di
             examples.append(PairExample(tuple(prompt), tuple(chosen), tuple(rejected), p.s_w, p.s_l, p.weight))
         generator.release()  # the engine's cache and weight copies: memory the training pass needs
         history = train_dpo(generator.model, examples, it.dir / "train", it.cfg.dpo)
-    save_adapter(generator.model, it.dir / "adapter", base_model_name_or_path=it.cfg.generator)
-    mark_done(it.dir, "train", {"steps": len(history)})
+    if is_main():  # under torchrun every rank holds the same adapter; rank 0 writes it
+        save_adapter(generator.model, it.dir / "adapter", base_model_name_or_path=it.cfg.generator)
+        mark_done(it.dir, "train", {"steps": len(history)})
     return history

@@ -109,14 +109,14 @@ def test_fixed_workflows_share_the_table_and_an_edited_file_is_a_new_run(tmp_pat
 
 
 def test_command_line_defaults_and_baseline_names():
-    cfg, out, key = parse_args(["--task", "math", "--baselines", "io,multipersona", "--executor-url",
+    cfg, out, key, _ = parse_args(["--task", "math", "--baselines", "io,multipersona", "--executor-url",
                                 "http://x/v1", "--generator", "/models/llama"])
     assert cfg.baselines == ("io", "multipersona") and cfg.split == "test" and cfg.runs == 3 and key is None
     assert cfg.judged and cfg.temperature == 0.2 and cfg.limit is None  # paper settings, judge for MATH
     assert cfg.judge_label == "on (verdict)" and parse_args(["--judge", "on", "--judge-mode", "rescue"])[0].judge_label \
         == "on (rescue)"
     assert str(out) == "runs/evaluate-math-test"
-    embedded, _, _ = parse_args([])
+    embedded, _, _, _ = parse_args([])
     assert not embedded.judged and embedded.limit == 10  # the embedded models: no judge, a small run
     with pytest.raises(ValueError, match="unknown baseline"):
         EvalConfig(baselines=("debate",))

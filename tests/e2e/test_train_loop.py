@@ -7,12 +7,14 @@ and resume."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from scripted_workflows import BAD, GOOD, ScoreFlowScript
 
@@ -84,3 +86,41 @@ def test_one_iteration_end_to_end_then_kill_and_resume(tmp_path, gsm8k_rows, sha
         b = artefacts(out)
         assert b == a  # no duplicated executions, identical artefacts
         assert server.request_count >= n_exec_requests
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_rank0_runs_the_stages_both_train(tmp_path, gsm8k_rows, shallow_generator):
+    """`torchrun --nproc-per-node 2 -m scoreflow.train` (gloo on CPU): only rank 0 samples and
+    executes; both ranks train, one step holding both pairs, the same as one process
+    accumulating two micro-batches (--grad-accum 2; no LoRA dropout, whose masks each rank draws
+    from its own seed)."""
+    with ScoreFlowScript(gsm8k_rows[:2], delay_s=0.05) as server:
+        single = subprocess.run(train_cmd(server, shallow_generator, tmp_path / "single", "--grad-accum", "2",
+                                          "--lora-dropout", "0"),
+                                env=env(), capture_output=True, text=True, timeout=600)
+        assert single.returncode == 0, single.stderr[-3000:]
+        sampled = sum(r.path == "/v1/completions" for r in server.requests)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = str(s.getsockname()[1])
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+                    "127.0.0.1", "--master-port", port,
+                    *train_cmd(server, shallow_generator, tmp_path / "ranks", "--lora-dropout", "0")[1:]]
+        ranks = subprocess.run(torchrun, env=env(), capture_output=True, text=True, timeout=600)
+        assert ranks.returncode == 0, ranks.stderr[-3000:]
+    assert sum(r.path == "/v1/completions" for r in server.requests) == 2 * sampled  # rank 0 alone sampled
+    a, b = artefacts(tmp_path / "single"), artefacts(tmp_path / "ranks")
+    assert {k: a[k] for k in ("workflows", "executions", "scores", "pairs")} == \
+        {k: b[k] for k in ("workflows", "executions", "scores", "pairs")}
+    assert [(m["step"], m["pairs"]) for m in b["metrics"]] == [(1, 2)]  # both ranks' pairs in one step
+    assert b["metrics"][0]["loss"] == pytest.approx(a["metrics"][0]["loss"], rel=1e-5)
+    from safetensors.torch import load
+
+    single_w, ranks_w = load(a["adapter"]), load(b["adapter"])
+    # AdamW's first step moves a weight by lr g / (|g| + eps): where g is ~eps (1e-8) the two
+    # summation orders (all_reduce, accumulation) can move it differently, by a fraction of lr
+    # (1e-4); everywhere else the step is the same
+    diff = torch.cat([(single_w[k] - ranks_w[k]).abs().flatten() for k in single_w])
+    assert (diff <= 1e-9).float().mean() >= 0.999 and diff.max() <= 1e-5
+    assert all(ranks_w[k].abs().max() > 0 for k in ranks_w if "lora_B" in k)  # B starts at 0: it trained
+    assert not list((tmp_path / "ranks").glob("iter_0/train/checkpoint/*.tmp*"))
