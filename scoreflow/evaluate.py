@@ -18,7 +18,8 @@ rules reject); `--judge auto` judges when the executor is a real endpoint, not t
 Each method writes OUT/<method>/{workflows,executions,scores}.jsonl as it goes (the training
 stages' own files), so rerunning the same command resumes; the table goes to OUT/results.md
 and OUT/results.json, with calls, tokens and USD per question and run (the client's price
-list, or --price-in/--price-out), and the score against that cost to OUT/accuracy_cost.png
+list, or --price-in/--price-out: rerunning a finished evaluation with other prices only prices
+it again), and the score against that cost to OUT/accuracy_cost.png
 (with the [plot] extra).
 """
 
@@ -75,6 +76,7 @@ class Method:
 
 
 UNTRAINED = "generator (untrained)"
+PRICES = ("price_in", "price_out")  # not stored: the USD column is computed from the stored tokens
 PRICE = (0, 10**4)  # USD per 1M tokens
 
 
@@ -216,8 +218,10 @@ def _evaluate(cfg: EvalConfig, task: Task, out: Path, api_key: str | None, fixed
 
     preset = EMBEDDED.in_force(cfg)
     digests = {name: hashlib.sha256(code.encode()).hexdigest() for name, code in fixed.items()}  # an edited file: a new run
-    save_or_check_settings(out, {**stored_settings(cfg), "preset": preset, "workflow_sha256": digests},
-                           lambda stored: {"preset": preset, "workflows": [], "workflow_sha256": {}, **stored})
+    settings = {k: v for k, v in stored_settings(cfg).items() if k not in PRICES}  # the table prices again
+    save_or_check_settings(out, {**settings, "preset": preset, "workflow_sha256": digests},
+                           lambda stored: {"preset": preset, "workflows": [], "workflow_sha256": {},
+                                           **{k: v for k, v in stored.items() if k not in PRICES}})
     split_size, note = len(task.questions), smaller_than_the_paper(task, cfg.split)
     task = replace(task, questions=task.questions[: cfg.limit])
     run_cfg = replace(cfg.run_config(), api_key=api_key)

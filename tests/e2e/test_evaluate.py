@@ -76,7 +76,11 @@ def test_evaluate_scores_every_method_and_resumes(tmp_path, gsm8k_rows):
         with pytest.raises(ValueError, match=r"other settings \(runs: stored 2, given 3\)"):
             run(config(server, tmp_path, runs=3), out)
 
-        priced = run(config(server, tmp_path, price_in=1.0, price_out=2.0), tmp_path / "priced")
+        sent = server.request_count  # prices are not settings: the finished run is priced again, nothing rerun
+        priced = run(config(server, tmp_path, price_in=1.0, price_out=2.0), out)
+        assert not [r for r in server.requests[sent:] if r.path in ("/v1/completions", "/v1/chat/completions")
+                    and r.body.get("max_tokens") != 1]
+        assert [m["score"] for m in priced["methods"]] == [m["score"] for m in results["methods"]]
         io = next(m for m in priced["methods"] if m["method"] == "baseline io")
         # every call the fake executor answers: 10 prompt + 5 completion tokens
         assert io["usd"] == pytest.approx(io["llm_calls"] * (10 * 1.0 + 5 * 2.0) / 1e6)
