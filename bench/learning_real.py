@@ -211,6 +211,16 @@ def runs_agree(train_dir: Path) -> float:
     return statistics.fmean(len(set(s)) == 1 for s in repeated) if repeated else None
 
 
+def intervals(evaluated: Path) -> None:
+    """The table of a finished `scoreflow.evaluate` OUT, every method it holds, with the 95%
+    intervals over questions and the paired differences to the untrained generator."""
+    names = [m["method"] for m in json.loads((evaluated / "results.json").read_text())["methods"]]
+    folder = {"generator (untrained)": "untrained", "scoreflow (trained)": "trained"}
+    per = {n: per_question(evaluated / folder.get(n, n.replace(" ", "-", 1))) for n in names}
+    untrained = per.get("generator (untrained)")
+    print(table([arm_row(n, rows, untrained) for n, rows in per.items()]))
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="bench/bench_learning.py --real", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -237,10 +247,15 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--table-only", action="store_true",
                     help="run nothing: the table of the arms that have finished (while the experiment runs, or after "
                          "it was stopped); the unfinished ones are named")
+    ap.add_argument("--intervals", metavar="EVAL_OUT", type=Path,
+                    help="run nothing: the table of a finished `scoreflow.evaluate` folder, every method with its "
+                         "95%% interval over questions and its paired difference to the untrained generator")
     ap.add_argument("--out", default="runs/bench-learning-real")
     own, passthrough = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = ap.parse_args(own)
     args.passthrough = passthrough
+    if args.intervals:
+        return intervals(args.intervals)
     out = Path(args.out) / ("pilot" if args.pilot else "experiment")
     out.mkdir(parents=True, exist_ok=True)
     print(f"# bench_learning --real{' --pilot' if args.pilot else ''}: {platform.machine()}, "

@@ -71,3 +71,10 @@ def test_real_mode_end_to_end_then_resume(tmp_path, gsm8k_rows, shallow_generato
         assert table.returncode == 0 and server.request_count == requests  # runs nothing
         assert "| trained (score_dpo) | 2 | 1.000 ± 0.000 | +1.000 ± 0.000 |" in table.stdout
         assert "unfinished" not in table.stdout
+
+        intervals = subprocess.run([sys.executable, "bench/bench_learning.py", "--real", "--intervals",
+                                    str(tmp_path / "experiment" / "eval-score_dpo")], cwd=ROOT,
+                                   env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+        assert intervals.returncode == 0, intervals.stderr[-3000:]  # any evaluate folder: every method in it
+        assert "| scoreflow (trained) | 2 | 1.000 ± 0.000 | +1.000 ± 0.000 |" in intervals.stdout
+        assert "| baseline programmer | 2 |" in intervals.stdout
