@@ -24,7 +24,7 @@ def train_cmd(server, generator: Path, out: Path, *extra):
             "--iterations", "1", "--pairs", "2", "--invalid", "zero", "--generator", str(generator),
             "--generator-url", server.base_url,
             "--generator-model", "scripted", "--executor-url", server.base_url, "--executor-model", "scripted",
-            "--lr", "1e-4", "--checkpoint-every", "1", "--out", str(out), *extra]
+            "--lr", "1e-4", "--checkpoint-every", "1", "--device", "cpu", "--out", str(out), *extra]
 
 
 def env():
