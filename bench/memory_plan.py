@@ -13,7 +13,10 @@ workflows at their longest so that the pass is the worst case:
     Score-DPO step       the same question, forward, backward, AdamW step over the LoRA weights
 
     python bench/memory_plan.py [--models smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct]
-    python bench/memory_plan.py --glibc-default   # the same, with glibc's own mmap threshold
+
+Each stage also runs, right after, with glibc's own mmap threshold (what the process did before
+heap.py): its peak and seconds side by side, interleaved, show what returning freed memory saves
+and costs.
 """
 
 from __future__ import annotations
@@ -100,13 +103,12 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct")
-    ap.add_argument("--glibc-default", action="store_true", help="Measure with glibc's own mmap threshold.")
     a = ap.parse_args()
-    heap = "off" if a.glibc_default else "on"
     k, N = 8, 384
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, CPU fp32, freed memory returned: {heap}")
-    print("| model | stage | predicted, GB | measured peak RSS, GB | measured / predicted | seconds |")
-    print("|---|---|---|---|---|---|")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, CPU fp32")
+    print("| model | stage | predicted, GB | measured peak RSS, GB | measured / predicted | seconds "
+          "| glibc's default: peak RSS, GB | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
     for model in a.models.split(","):
         P = preset_prompt_tokens(model)
         shape = Shape.of(LlamaConfig.from_json(resolve_model_dir(model)))
@@ -114,12 +116,13 @@ def main() -> None:
         stages["runtime"] = runtime_cpu(shape)
         stages["executor on loopback"] = runtime_cpu(shape) + executor_bytes(model, "cpu")
         for key, label in STAGES.items():
-            peak, seconds = measure(key, model, P, k, N, heap)
+            peak, seconds = measure(key, model, P, k, N, "on")
+            default, default_seconds = measure(key, model, P, k, N, "off")
             predicted = stages[label]
-            got = "failed" if peak is None else f"{peak / GiB:.2f}"
+            got, other = ("failed" if b is None else f"{b / GiB:.2f}" for b in (peak, default))
             ratio = "-" if peak is None else f"{peak / predicted:.2f}"
-            print(f"| {model} (prompt {P}) | {label} | {predicted / GiB:.2f} | {got} | {ratio} | {seconds:.0f} |",
-                  flush=True)
+            print(f"| {model} (prompt {P}) | {label} | {predicted / GiB:.2f} | {got} | {ratio} | {seconds:.0f} | "
+                  f"{other} | {default_seconds:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,7 @@ class EvalConfig:
     untrained: bool = True  # also evaluate the generator without the adapter (--no-untrained)
     generator_url: str | None = None
     generator_model: str | None = None
+    device: str = "auto"
     generator_concurrency: int = 64
     executor_url: str | None = None  # None: our server over executor_model (default: the embedded one), on loopback
     executor_model: str | None = None
@@ -219,8 +220,9 @@ def _evaluate(cfg: EvalConfig, task: Task, out: Path, api_key: str | None, fixed
     preset = EMBEDDED.in_force(cfg)
     digests = {name: hashlib.sha256(code.encode()).hexdigest() for name, code in fixed.items()}  # an edited file: a new run
     settings = {k: v for k, v in stored_settings(cfg).items() if k not in PRICES}  # the table prices again
+    defaults = {k: v for k, v in stored_settings(EvalConfig()).items() if k not in PRICES}  # fields added since
     save_or_check_settings(out, {**settings, "preset": preset, "workflow_sha256": digests},
-                           lambda stored: {"preset": preset, "workflows": [], "workflow_sha256": {},
+                           lambda stored: {**defaults, "preset": preset, "workflow_sha256": {},
                                            **{k: v for k, v in stored.items() if k not in PRICES}})
     split_size, note = len(task.questions), smaller_than_the_paper(task, cfg.split)
     task = replace(task, questions=task.questions[: cfg.limit])

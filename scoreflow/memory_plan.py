@@ -8,6 +8,8 @@ run's settings, in bytes of the target's dtype (w: fp32 on CPU, bf16 on CUDA; ll
                    linear weight while it generates (Transformer.prepack)
     LoRA           params + grads in fp32, AdamW's two moments: 16 bytes per LoRA parameter
     KV cache       2 L Hkv D w per position, rows x S positions (engine/kv_cache.py)
+    generation     besides, one layer of the prompt's prefill, and per decoded row the step's
+                   fp32 logits, probabilities, sorted values and int64 indices: 20 V bytes
     packed pass    one row = a prompt and its responses, T tokens (dpo/batch.py). For the
                    backward each layer keeps per token
                        a = 2 (C + 1) 4 (RMSNorm inputs and scales, fp32) + 2 (C w + C 4 + r 4)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..llama.config import LlamaConfig
 from ..llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL, resolve_model_dir
-from ..memory_plan import GiB, Run, Shape, Stage, kv_cache, plan
+from ..memory_plan import GiB, Run, Shape, Stage, kv_cache, plan, runtime_cpu
 from ..tasks import load_task
 from .config import GENERATE_ROWS, KV_ROUND, RunConfig
 from .endpoint import EMBEDDED_BATCH, EMBEDDED_CONTEXT
@@ -65,10 +65,11 @@ def stages(cfg: RunConfig, shape: Shape, prompt: int, device: str, training: boo
     run = Run(cfg.k, cfg.max_new_tokens, prompt, cfg.lora_r, cfg.dpo.dpo_grouping, cfg.dpo.gradient_checkpointing,
               generate_rows=GENERATE_ROWS if cfg.generator_url is None else None, kv_round=KV_ROUND,
               batch_size=cfg.dpo.batch_size)
-    out = plan(shape, run, device) if training else plan(shape, run, device)[:1]
+    out = [s for s in plan(shape, run, device) if training or s.name == "generation"]  # evaluate only generates
     if cfg.executor_url is None:
-        executor = executor_bytes(cfg.executor_model or DEFAULT_MODEL, device)
-        out = [replace(s, parts={**s.parts, "executor on loopback": executor}) for s in out]
+        executor = {"executor on loopback": executor_bytes(cfg.executor_model or DEFAULT_MODEL, device)}
+        runtime = {"runtime": runtime_cpu(shape)} if device == "cpu" else {}
+        out = [replace(s, parts={**s.parts, **executor}) for s in out] or [Stage("executor", {**runtime, **executor})]
     return out
 
 
@@ -114,9 +115,13 @@ def report(cfg: RunConfig, budget: int | None, training: bool = True) -> str:
     lines = [f"memory plan: {cfg.generator} on {device} ({'fp32' if device == 'cpu' else 'bf16'}), "
              f"longest prompt {prompt} tokens{note}, k={cfg.k}, max_new_tokens={cfg.max_new_tokens}"
              f"{training_settings}", "", "| stage | peak, GB | of which |", "|---|---|---|"]
-    for s in stages(cfg, shape, prompt, device, training):
+    planned = stages(cfg, shape, prompt, device, training)
+    for s in planned:
         parts = ", ".join(f"{name} {b / GiB:.2f}" for name, b in s.parts.items())
         lines.append(f"| {s.name} | {s.total / GiB:.2f} | {parts} |")
+    if not planned:
+        lines.append("| none in this process: generation runs at --generator-url, the executor at --executor-url "
+                     "| 0.00 | - |")
     if budget is not None and training:
         lines += ["", f"What fits {budget / GiB:g} GB (the largest value; the other settings as above):", "",
                   "| grouping | checkpointing | k (max_new_tokens as set) | max_new_tokens (k as set) |",

@@ -104,3 +104,15 @@ def test_plan_from_a_bare_config_writes_nothing(tmp_path):
     assert "| Score-DPO step |" in proc.stdout and "What fits 24 GB" in proc.stdout
     assert "tokenizer" in proc.stdout.splitlines()[0]  # counted with the default generator's tokenizer
     assert not out.exists()
+
+
+def test_evaluate_plans_its_generation_only():
+    from scoreflow.evaluate import parse_args
+    from scoreflow.optimize.plan import report
+
+    cfg = parse_args(["--generator", str(REPO / "bench/shapes/llama-3.1-8b"), "--executor-url", "http://x/v1",
+                      "--device", "cuda"])[0].run_config()
+    rows = [line.split("|")[1].strip() for line in report(cfg, None, training=False).splitlines()[4:]]
+    assert rows == ["generation"]
+    remote = report(cfg.__class__(**{**cfg.__dict__, "generator_url": "http://y/v1"}), None, training=False)
+    assert "none in this process" in remote
