@@ -21,6 +21,12 @@ questions, seeds and budget:
     score_dpo   P* ∝ (s_w − s_l)^3, Score-DPO loss      (the paper)
     dpo         P* = P (uniform), plain DPO loss          (the paper's ablation)
     none        no training                               (noise floor)
+    cost        score_dpo on cost-aware scores, --cost-weight λ (ours; optimize/cost.py)
+
+Every run of a workflow costs a known number of executor tokens: the sum over its awaited call
+sites of COST[operator] (a ScEnsemble or Programmer call costs more than a Custom one), so the
+cost arm can be compared with score_dpo (λ = 0) question by question: its mean cost per
+workflow should fall, its true p stay within its interval (`--arms score_dpo cost none`).
 
 After each iteration the updated generator samples fresh workflows (the next iteration's
 samples). Iteration i samples with the same seeds in every arm, and iteration 0 is the same
@@ -56,9 +62,11 @@ from scoreflow.tasks import load_task
 
 RUNS = 3
 ARMS = {"score_dpo": {"loss": "score_dpo", "pair_gap": "cubic"}, "dpo": {"loss": "dpo", "pair_gap": "uniform"},
-        "none": None}
+        "none": None, "cost": {"loss": "score_dpo", "pair_gap": "cubic", "cost": True}}
 BASE, PER_CALL, CAP = 0.3, 0.04, 0.95
 BONUS = {"ScEnsemble": 0.2, "Review": 0.15, "Programmer": 0.1}
+COST, OTHER_COST = {"Custom": 200, "AnswerGenerate": 250, "ScEnsemble": 600, "Review": 400, "Revise": 400,
+                    "Programmer": 500}, 300  # executor tokens per call of each operator; any other: OTHER_COST
 
 
 def operators_awaited(code: str | None) -> list[str] | None:
@@ -88,6 +96,12 @@ def true_score(workflow: dict) -> float:
         return 0.0
     p = BASE + sum(bonus for name, bonus in BONUS.items() if name in used) + PER_CALL * min(len(used), 6)
     return min(CAP, p)
+
+
+def known_cost(workflow: dict) -> float:
+    """Executor tokens of one run: COST of each awaited call site (0 for an invalid workflow)."""
+    used = operators_awaited(workflow["code"]) if workflow["valid"] else None
+    return float(sum(COST.get(name, OTHER_COST) for name in used or []))
 
 
 def observed_runs(workflow: dict, seed: int) -> list[float]:
@@ -131,9 +145,12 @@ def run_arm(arm: str, cfg: RunConfig, task, out: Path) -> dict[int, list[dict]]:
         t0 = time.monotonic()
         workflows = sampled[i] = stages.generate(it, generator)
         row = {"arm": arm, "iteration": i, "true": statistics.fmean(map(true_score, workflows)),
+               "cost": statistics.fmean(map(known_cost, workflows)),
                "valid": statistics.fmean(w["valid"] for w in workflows), "generate_s": round(time.monotonic() - t0, 1)}
         if i < cfg.iterations and ARMS[arm] is not None:
-            executions = [{"workflow_id": w["id"], "question_id": w["question_id"], "run": r, "score": s}
+            executions = [{"workflow_id": w["id"], "question_id": w["question_id"], "run": r, "score": s,
+                           "prompt_tokens": known_cost(w), "completion_tokens": 0,
+                           "llm_calls": len(operators_awaited(w["code"]) or [])}
                           for w in workflows if w["valid"] for r, s in enumerate(observed_runs(w, cfg.seed))]
             scores = stages.score(it, workflows, executions)
             t0 = time.monotonic()
@@ -152,26 +169,34 @@ def summarise(sampled: dict[str, dict[int, list[dict]]]) -> list[dict]:
     rows = []
     for arm, iterations in sampled.items():
         for i, workflows in iterations.items():
-            true = by_question(workflows, true_score)
+            true, cost = by_question(workflows, true_score), by_question(workflows, known_cost)
             mean, half = interval(list(true.values()))
             row = {"arm": arm, "iteration": i, "n": len(workflows), "questions": len(true), "true": mean,
                    "true_ci": half, "valid": statistics.fmean(w["valid"] for w in workflows),
                    "operator_use": statistics.fmean(bool(operators_awaited(w["code"])) for w in workflows)}
+            row["cost"], row["cost_ci"] = interval(list(cost.values()))
             base = sampled.get("none", {}).get(i)
             if base is not None and arm != "none":
                 none = by_question(base, true_score)
                 row["diff"], row["diff_ci"] = interval([true[q] - none[q] for q in true])
+            paper = sampled.get("score_dpo", {}).get(i)
+            if paper is not None and arm == "cost":  # λ > 0 against λ = 0, question by question
+                p0, c0 = by_question(paper, true_score), by_question(paper, known_cost)
+                row["vs_paper"], row["vs_paper_ci"] = interval([true[q] - p0[q] for q in true])
+                row["cost_vs_paper"], row["cost_vs_paper_ci"] = interval([cost[q] - c0[q] for q in cost])
             rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| arm | iteration | mean true p ± 95% | valid | operator use | paired diff to none ± 95% |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| arm | iteration | mean true p ± 95% | valid | operator use | paired diff to none ± 95% "
+             "| tokens / run ± 95% | cost arm vs score_dpo: p; tokens ± 95% |", "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["iteration"], list(ARMS).index(r["arm"]))):
         diff = f"{r['diff']:+.3f} ± {r['diff_ci']:.3f}" if "diff" in r else "-"
+        paper = (f"{r['vs_paper']:+.3f} ± {r['vs_paper_ci']:.3f}; {r['cost_vs_paper']:+.0f} ± "
+                 f"{r['cost_vs_paper_ci']:.0f}") if "vs_paper" in r else "-"
         lines.append(f"| {r['arm']} | {r['iteration']} | {r['true']:.3f} ± {r['true_ci']:.3f} | {r['valid']:.2f} | "
-                     f"{r['operator_use']:.2f} | {diff} |")
+                     f"{r['operator_use']:.2f} | {diff} | {r['cost']:.0f} ± {r['cost_ci']:.0f} | {paper} |")
     return "\n".join(lines)
 
 
@@ -190,7 +215,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=2)
     ap.add_argument("--grouping", default="question", choices=("pair", "question"))
     ap.add_argument("--epochs", type=int, default=2, help="passes over each iteration's pairs (the preset: 1)")
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--arms", nargs="+", default=["score_dpo", "dpo", "none"], choices=list(ARMS))
+    ap.add_argument("--cost-weight", type=float, default=0.5, help="λ of the cost arm")
     ap.add_argument("--out", default="runs/bench-learning")
     args = ap.parse_args()
     out = Path(args.out)
@@ -208,7 +234,8 @@ def main() -> None:
         settings = ARMS[arm] or {}
         dpo = replace(EMBEDDED.settings["dpo"], loss=settings.get("loss", "score_dpo"), dpo_grouping=args.grouping,
                       epochs=args.epochs)
-        cfg = replace(base, dpo=dpo, pair_gap=settings.get("pair_gap", "cubic"))
+        cfg = replace(base, dpo=dpo, pair_gap=settings.get("pair_gap", "cubic"),
+                      cost_weight=args.cost_weight if settings.get("cost") else 0.0)
         sampled[arm] = run_arm(arm, cfg, task, out)
     rows = summarise(sampled)
     print(f"\n{table(rows)}\n\nwall {time.monotonic() - start:.0f} s")

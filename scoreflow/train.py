@@ -131,9 +131,11 @@ def _summary(it, workflows, scores, history, usage, seconds) -> dict:
     def mean(key: str) -> float | None:
         return sum(m[key] for m in last) / len(last) if last else None
 
+    costs = [s["cost"] for s in scores if s.get("cost") is not None]
     return {"iteration": it.index, "workflows": len(workflows),
             "valid_rate": sum(w["valid"] for w in workflows) / max(1, len(workflows)),
             "mean_score": sum(valued) / len(valued) if valued else None,
+            "mean_cost": sum(costs) / len(costs) if costs else None, "cost_unit": it.cfg.cost_unit,
             "candidate_pairs": info.get("candidates", 0), "pairs": info.get("drawn", 0),
             "loss": mean("loss"), "reward_margin": mean("reward_margin"),
             "executor_tokens": usage.prompt_tokens + usage.completion_tokens,
@@ -145,13 +147,16 @@ def _table(rows: list[dict]) -> str:
     def fmt(v, spec: str) -> str:
         return "-" if v is None else format(v, spec)
 
+    unit = rows[0]["cost_unit"] if rows else "tokens"
     lines = ["| iter | mean workflow score | valid rate | pairs (candidates) | loss (last quarter) | reward margin "
-             "| executor tokens (this process) | time gen/exec/train s |", "|---|---|---|---|---|---|---|---|"]
+             f"| executor tokens (this process) | {unit} / workflow run | time gen/exec/train s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["seconds"]
         lines.append(f"| {r['iteration']} | {fmt(r['mean_score'], '.3f')} | {r['valid_rate']:.2f} | {r['pairs']} "
                      f"({r['candidate_pairs']}) | {fmt(r['loss'], '.4f')} | {fmt(r['reward_margin'], '+.4f')} | "
-                     f"{r['executor_tokens']} | {s['generate']:.0f}/{s['execute']:.0f}/{s['train']:.0f} |")
+                     f"{r['executor_tokens']} | {fmt(r.get('mean_cost'), '.4g')} | "
+                     f"{s['generate']:.0f}/{s['execute']:.0f}/{s['train']:.0f} |")
     return "\n".join(lines)
 
 

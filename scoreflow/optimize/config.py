@@ -17,10 +17,12 @@ from ..cli import CONCURRENCY, SEED, Bounds, Preset, check_settings, flag
 from ..dpo.pairs import GAPS
 from ..dpo.config import TrainConfig
 from ..engine.sampling_ranges import MAX_TOKENS, TEMPERATURE, TOP_P
+from ..executor.client import price_for
 from ..executor.reachable import CHAT, COMPLETIONS, PREFLIGHT_TIMEOUT, require_answering
 from ..llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL, is_embedded, resolve_model_dir
 from ..tasks.registry import TASK_NAMES
 from ..workflow.prompts import EXTRA_OPERATORS
+from .cost import COST_UNITS
 from ..rundir import save_or_check_settings
 
 
@@ -85,6 +87,11 @@ class RunConfig:
     # valid workflow scores floor + (1 - floor) * S, so valid-but-wrong beats invalid.
     valid_floor: float = flag(0.0, "Reward shaping in zero mode (ours, not the paper's): a valid workflow scores "
                                    "floor + (1 - floor) * S.", bounds=Bounds(0, 1, high_open=True))
+    cost_weight: float = flag(0.0, "Cost-aware scores (ours, not the paper's): a workflow that solves its question "
+                                   "scores s - weight * cost / (its question's median cost), clipped to [0, 1]; 0 = "
+                                   "the paper.", bounds=(0, 1))
+    cost_unit: str = flag("tokens", "What --cost-weight counts per run: executor tokens, dollars (the executor's "
+                                    "list price), or LLM calls.", choices=COST_UNITS)
     workflow_timeout_s: float | None = flag(None, "Wall-clock limit of one workflow run in seconds (default: 120 "
                                                   "math/QA, 240 code).", bounds=Bounds(0, 86400, low_open=True))
     operators: str = flag("", "Operators added to the paper's set, e.g. +MagicoreRefine (ours, math only); "
@@ -109,6 +116,14 @@ class RunConfig:
         if self.invalid not in ("drop", "zero"):
             raise ValueError(f"invalid must be 'drop' or 'zero', got {self.invalid!r}")
         check_settings(self)
+        if self.cost_weight and self.cost_unit == "dollars" and self.price is None:
+            raise ValueError(f"--cost-unit dollars: the executor {self.executor_model or DEFAULT_MODEL!r} has no list "
+                             "price (a local model costs no dollars); use --cost-unit tokens or calls")
+
+    @property
+    def price(self) -> tuple[float, float] | None:
+        """USD per 1M prompt and completion tokens of the executor, where the price list knows it."""
+        return price_for(self.executor_model or DEFAULT_MODEL)
 
     @property
     def extra_operators(self) -> tuple[str, ...]:

@@ -35,6 +35,7 @@ from ..workflow.validate import (NO_OPERATOR_CALL, SIMILARITY_THRESHOLDS, TIME_L
 from ..workflow.restricted import describe
 from ..workflow.runtime import WorkerStartError, extract_graph, run_workflow, validate_workflow
 from .config import RunConfig
+from .cost import cost_aware, mean_costs
 from .dry_run import dry_run
 from .generator import RESPONSE_PREFIX
 from .ranks import is_main
@@ -222,20 +223,25 @@ class Attempts:
 
 def score(it: Iteration, workflows: list[dict], executions: list[dict]) -> list[dict]:
     """Mean score over the scored runs (failed/timed-out runs score 0; executor errors are not
-    scores). Invalid workflows: score 0 in "zero" mode, no score (dropped) in "drop" mode;
-    in "zero" mode valid ones score valid_floor + (1 - valid_floor) * mean."""
+    scores), less its cost with --cost-weight > 0 (cost.py). Invalid workflows: score 0 in
+    "zero" mode, no score (dropped) in "drop" mode; in "zero" mode valid ones score
+    valid_floor + (1 - valid_floor) * that. Each record keeps the solve rate and the mean cost."""
     runs: dict[str, list[float]] = {}
     for e in executions:
         if e["score"] is not None:
             runs.setdefault(e["workflow_id"], []).append(e["score"])
+    solve = {w: sum(s) / len(s) for w, s in runs.items()}
+    costs = mean_costs(executions, it.cfg.cost_unit, it.cfg.price)
+    paid = cost_aware(solve, costs, {w["id"]: w["question_id"] for w in workflows}, it.cfg.cost_weight)
     records = []
     for w in workflows:
         s = runs.get(w["id"])
-        value = sum(s) / len(s) if s else (0.0 if not w["valid"] and it.cfg.invalid == "zero" else None)
+        value = paid[w["id"]] if s else (0.0 if not w["valid"] and it.cfg.invalid == "zero" else None)
         if s and it.cfg.invalid == "zero":
             value = it.cfg.valid_floor + (1 - it.cfg.valid_floor) * value
         records.append({"workflow_id": w["id"], "question_id": w["question_id"], "valid": w["valid"],
-                        "score": value, "runs": len(s or [])})
+                        "score": value, "runs": len(s or []), "solve": solve.get(w["id"]),
+                        "cost": costs.get(w["id"])})
     JsonlLog(it.dir / "scores.jsonl").write(records)
     return records
 

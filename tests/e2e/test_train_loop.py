@@ -124,3 +124,45 @@ def test_torchrun_two_ranks_rank0_runs_the_stages_both_train(tmp_path, gsm8k_row
     assert (diff <= 1e-9).float().mean() >= 0.999 and diff.max() <= 1e-5
     assert all(ranks_w[k].abs().max() > 0 for k in ranks_w if "lora_B" in k)  # B starts at 0: it trained
     assert not list((tmp_path / "ranks").glob("iter_0/train/checkpoint/*.tmp*"))
+
+
+@pytest.mark.slow
+def test_cost_weight_prefers_the_cheaper_of_two_right_workflows(tmp_path, gsm8k_rows, shallow_generator):
+    """Two workflows both solve the question, one in half the executor tokens: with --cost-weight
+    the pairs prefer it, and Score-DPO raises its log-probability relative to the other's."""
+    from scoreflow.dpo.batch import PairExample, pack, pair_logps
+    from scoreflow.llama import load_model, load_tokenizer
+    from scoreflow.lora import disable_adapter, load_adapter
+    from scoreflow.optimize.generator import prompt_ids
+    from scoreflow.tasks import load_task
+    from scripted_workflows import CHEAP, CostScript
+
+    out = tmp_path / "cost"
+    with CostScript(gsm8k_rows[:1]) as server:
+        cmd = [a for a in train_cmd(server, shallow_generator, out, "--cost-weight", "0.5", "--lora-dropout", "0")]
+        cmd[cmd.index("--limit") + 1], cmd[cmd.index("--k") + 1], cmd[cmd.index("--runs") + 1] = "1", "2", "1"
+        proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    a = artefacts(out)
+    cheap = next(w["id"] for w in a["workflows"] if w["response"].startswith(CHEAP))
+    scores = {s["workflow_id"]: s for s in a["scores"]}
+    assert all(s["solve"] == 1.0 for s in scores.values())  # both right
+    dear = next(w for w in scores if w != cheap)
+    assert scores[dear]["cost"] == 2 * scores[cheap]["cost"]  # from the runs' recorded tokens
+    assert scores[cheap]["score"] > scores[dear]["score"]
+    assert a["pairs"] and all(p["winner_id"] == cheap for p in a["pairs"])
+
+    tok = load_tokenizer(shallow_generator)
+    question = load_task("gsm8k", "validate").questions[0]
+    end = [tok.eos_token_ids[0]]
+    responses = {w["id"]: tuple(tok.encode(w["response"]) + end) for w in a["workflows"]}
+    prompt = tuple(prompt_ids(tok, "math", question.prompt))
+    model = load_adapter(load_model(shallow_generator), out / "iter_0" / "adapter").eval()
+    packed = pack([PairExample(prompt, responses[cheap], responses[dear], 1.0, 0.0)])
+    with torch.no_grad():
+        trained = pair_logps(model, packed)
+        with disable_adapter(model):
+            base = pair_logps(model, packed)
+    # log π(CHEAP) - log π(GOOD) rose: what DPO optimises (both absolute log-probs fell here, as
+    # DPO's often do: it raises the margin, not the chosen response's own probability)
+    assert (trained[0] - trained[1]).item() > (base[0] - base[1]).item()

@@ -42,3 +42,27 @@ class ScoreFlowScript(FakeOpenAIServer):
         text = json.dumps(body["messages"])
         gold = gold_in(self.rows, text.replace("\\n", "\n"))
         return Reply(body=completion(f"\\boxed{{{gold}}}" if "GOOD" in text else "\\boxed{123456}"))
+
+
+CHEAP = """class Workflow:
+    def __init__(self, config, problem):
+        self.problem = problem
+        self.custom = operator.Custom(config)
+
+    async def run_workflow(self):
+        answer = await self.custom(instruction="GOOD: give the final number only")
+        return answer["response"]
+"""  # right, as GOOD is, in one executor call instead of two
+
+
+class CostScript(ScoreFlowScript):
+    """Generator: n choices alternating CHEAP and GOOD, both right; GOOD costs twice CHEAP's
+    executor tokens (two calls, each answered with the same usage)."""
+
+    def _default_reply(self, path, body):
+        if path == "/v1/completions":
+            texts = [(CHEAP, GOOD)[i % 2] for i in range(body.get("n", 1))]
+            return Reply(body={"id": "cmpl", "object": "text_completion", "created": 0, "model": body["model"],
+                               "choices": [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)],
+                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+        return super()._default_reply(path, body)
