@@ -109,7 +109,8 @@ def _training_rank(cfg: RunConfig, task: Task, out: Path) -> list[dict]:
             generator = None
             generator = LocalGenerator(cfg, adapter)
         generator.trained_here = not stage_done(it.dir, "train")
-        stages.train(it, generator, JsonlLog(it.dir / "workflows.jsonl").read(), JsonlLog(it.dir / "pairs.jsonl").read())
+        workflows, pair_records = (JsonlLog(it.dir / name).read() for name in ("workflows.jsonl", "pairs.jsonl"))
+        stages.train(it, generator, workflows, pair_records)
     ranks.finish(world)
     return []
 

@@ -2,7 +2,8 @@
 
 POST {base_url}/chat/completions over one `httpx.AsyncClient`; works against OpenAI, vLLM and
 our own `scoreflow.serve`. `complete()` posts a raw prompt to the legacy {base_url}/completions
-route instead (a remote generator: optimize/generator.py), with the same retries and limits. What the reference code lacked (PAPERS.md §R), done here:
+route instead (a remote generator: optimize/generator.py), with the same retries and limits.
+What the reference code lacked (PAPERS.md §R), done here:
 
 - transient failures are retried: HTTP 408/409/429/5xx, timeouts, refused or dropped
   connections, with exponential backoff and jitter, waiting at least `Retry-After` seconds

@@ -79,7 +79,8 @@ class LocalGenerator:
         rows, longest = sum(ns), max(map(len, prompts)) + self.cfg.max_new_tokens
         if self._engine is None or rows > self._engine.cache.n_slots or longest > self._engine.max_seq_len:
             self._engine = None  # free the old cache before allocating the new one
-            self._engine = Engine(self.model, self.tokenizer, max_batch=rows, max_seq_len=-(-longest // KV_ROUND) * KV_ROUND)
+            positions = -(-longest // KV_ROUND) * KV_ROUND
+            self._engine = Engine(self.model, self.tokenizer, max_batch=rows, max_seq_len=positions)
         params = [SamplingParams(n=k, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
                                  max_tokens=self.cfg.max_new_tokens, stop=[STOP], seed=s) for k, s in zip(ns, seeds)]
         progress = Progress("    sampling (tokens, at most)", rows * self.cfg.max_new_tokens, every_s=30.0)
