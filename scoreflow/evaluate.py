@@ -90,6 +90,7 @@ class EvalConfig:
     limit: int | None = None  # only the first N questions
     generator: str = DEFAULT_GENERATOR
     adapter: str | None = flag(None, "The trained LoRA adapter (PEFT layout), e.g. RUN/iter_2/adapter.")
+    adapters: tuple[tuple[str, str], ...] = ()  # --adapters NAME=DIR,...: more trained arms, e.g. a cost-aware run
     untrained: bool = True  # also evaluate the generator without the adapter (--no-untrained)
     generator_url: str | None = None
     generator_model: str | None = None
@@ -162,6 +163,7 @@ class EvalConfig:
         """The rows, in order; "all" baselines are those the task's family can run."""
         untrained = [Method(UNTRAINED, "untrained")] if self.untrained or not self.adapter else []
         trained = [Method("scoreflow (trained)", "trained", adapter=self.adapter)] if self.adapter else []
+        trained += [Method(f"scoreflow ({name})", f"trained-{name}", adapter=folder) for name, folder in self.adapters]
         return (untrained + trained + [Method(f"workflow {n}", f"workflow-{n}", workflow=n) for n, _ in self.workflows]
                 + [Method(f"baseline {b}", f"baseline-{b}", baseline=b) for b in baselines_for(family, self.baselines)])
 
@@ -185,9 +187,11 @@ def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
     (results.json)."""
     from .lora import CONFIG_FILE  # torch (slow to import) only once the flags are parsed: a typo fails at once
 
-    if cfg.adapter and cfg.generator_url is None and not (Path(cfg.adapter) / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"--adapter {cfg.adapter}: no {CONFIG_FILE} there; pass the adapter/ folder of a "
-                                "training iteration, e.g. runs/scoreflow-gsm8k/iter_1/adapter")
+    given = ([f"--adapter {cfg.adapter}"] if cfg.adapter else []) + [f"--adapters {n}={d}" for n, d in cfg.adapters]
+    for flag_value, folder in zip(given, ([cfg.adapter] if cfg.adapter else []) + [d for _, d in cfg.adapters]):
+        if cfg.generator_url is None and not (Path(folder) / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{flag_value}: no {CONFIG_FILE} there; pass the adapter/ folder of a training "
+                                    "iteration, e.g. runs/scoreflow-gsm8k/iter_1/adapter")
     task = load_task(cfg.task, cfg.split, cfg.data_dir)
     cfg.check_baselines(task.family)
     fixed = {name: read_workflow(name, file, task.family) for name, file in cfg.workflows}
@@ -323,13 +327,15 @@ def _table(cfg: EvalConfig, questions: int, split_size: int, rows: list[dict]) -
              f"executor {cfg.executor_model or DEFAULT_MODEL}, generator {cfg.generator}"
              f"{f' + {cfg.adapter}' if cfg.adapter else ''}, judge {cfg.judge_label}", "",
              "| method | score | ± over runs | vs untrained | valid workflows | executor errors "
-             "| LLM calls / run | executor tokens / run | executor USD / run |", "|---|---|---|---|---|---|---|---|---|"]
+             "| LLM calls / run | executor tokens / run | executor USD / run | score per USD |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         score = "-" if r["score"] is None else f"{r['score']:.3f}"
         delta = "-" if reference is None or r["score"] is None else f"{r['score'] - reference:+.3f}"
         usd = "-" if r["usd"] is None else f"{r['usd']:.6f}"
+        per_usd = f"{r['score'] / r['usd']:.0f}" if r["usd"] and r["score"] is not None else "-"
         lines.append(f"| {r['method']} | {score} | {r['run_std']:.3f} | {delta} | {r['valid_workflows']}/{questions} "
-                     f"| {r['executor_errors']} | {r['llm_calls']:.1f} | {r['tokens']:.0f} | {usd} |")
+                     f"| {r['executor_errors']} | {r['llm_calls']:.1f} | {r['tokens']:.0f} | {usd} | {per_usd} |")
     return "\n".join(lines)
 
 
@@ -346,6 +352,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, Path, str | N
     p.add_argument("--workflows", type=_workflow_list, metavar="NAME=FILE,...", default=argparse.SUPPRESS,
                    help="Fixed workflows to evaluate beside the generator, one for every question (e.g. "
                         "aflow=runs/aflow/best_workflow.py); each file holds a workflow in the generator's format.")
+    p.add_argument("--adapters", type=_adapter_list, metavar="NAME=DIR,...", default=argparse.SUPPRESS,
+                   help="More trained adapters, each a row 'scoreflow (NAME)' beside --adapter's (e.g. "
+                        "cost=runs/cost/iter_1/adapter, a run trained with --cost-weight).")
     p.add_argument("--no-untrained", action="store_true", help="Skip the generator without the adapter.")
     add_plan_flags(p, budget=False)
     add_flags(p, EvalConfig, preset=EMBEDDED.settings, like=RunConfig)
@@ -358,17 +367,26 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, Path, str | N
     return cfg, out, a["api_key"], a["plan"]
 
 
-def _workflow_list(text: str) -> tuple[tuple[str, str], ...]:
+def _named_paths(text: str, kind: str, example: str) -> tuple[tuple[str, str], ...]:
+    """'a=x,b=y' -> (("a", "x"), ("b", "y")): NAME=<kind> pairs, each NAME once."""
     named = []
     for item in (i.strip() for i in text.split(",") if i.strip()):
-        name, _, file = (part.strip() for part in item.partition("="))
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or not file:
-            raise argparse.ArgumentTypeError(f"{item!r}: pass NAME=FILE pairs separated by commas, NAME of letters, "
-                                             "digits, - and _ (e.g. aflow=runs/aflow/best_workflow.py)")
-        named.append((name, file))
+        name, _, path = (part.strip() for part in item.partition("="))
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or not path:
+            raise argparse.ArgumentTypeError(f"{item!r}: pass NAME={kind} pairs separated by commas, NAME of letters, "
+                                             f"digits, - and _ (e.g. {example})")
+        named.append((name, path))
     if not named or len({name for name, _ in named}) < len(named):
-        raise argparse.ArgumentTypeError(f"{text!r}: pass at least one NAME=FILE, each NAME once")
+        raise argparse.ArgumentTypeError(f"{text!r}: pass at least one NAME={kind}, each NAME once")
     return tuple(named)
+
+
+def _workflow_list(text: str) -> tuple[tuple[str, str], ...]:
+    return _named_paths(text, "FILE", "aflow=runs/aflow/best_workflow.py")
+
+
+def _adapter_list(text: str) -> tuple[tuple[str, str], ...]:
+    return _named_paths(text, "DIR", "cost=runs/cost/iter_1/adapter")
 
 
 def _baseline_list(text: str) -> tuple[str, ...]:

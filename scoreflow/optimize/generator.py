@@ -16,6 +16,7 @@ generate stage hands `sample` at once (and writes to disk together):
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 from pathlib import Path
 
@@ -101,7 +102,8 @@ class RemoteGenerator:
         self.http = httpx.Client(base_url=cfg.generator_url.rstrip("/"), timeout=600,
                                  headers={"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {})
         if adapter_dir is not None:  # vLLM's runtime LoRA loading; other servers: serve it yourself
-            name = f"scoreflow-{adapter_dir.parent.name}"
+            digest = hashlib.sha1(str(Path(adapter_dir).resolve()).encode()).hexdigest()[:8]
+            name = f"scoreflow-{adapter_dir.parent.name}-{digest}"  # two runs' iter_1 adapters: two names
             r = self.http.post("/load_lora_adapter", json={"lora_name": name, "lora_path": str(adapter_dir)})
             if r.status_code >= 400:
                 raise RuntimeError(f"{cfg.generator_url} did not load the adapter {adapter_dir} ({r.status_code}: "

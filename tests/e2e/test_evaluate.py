@@ -16,7 +16,7 @@ from scoreflow.tasks.answer_judge import AnswerJudge, JudgedTask, parse_verdict
 from scoreflow.testing.scripted_server import FakeOpenAIServer, Reply, completion
 from scripted_workflows import BAD, GOOD, gold_in
 
-ADAPTER_NAME = "scoreflow-iter_0"  # RemoteGenerator serves RUN/iter_0/adapter under this name
+ADAPTER_PREFIX = "scoreflow-iter_0-"  # RemoteGenerator serves RUN/iter_0/adapter as this + its path's digest
 
 
 class EvalScript(FakeOpenAIServer):
@@ -31,7 +31,7 @@ class EvalScript(FakeOpenAIServer):
         if path == "/v1/load_lora_adapter":
             return Reply(body={})
         if path == "/v1/completions":
-            text = GOOD if body["model"] == ADAPTER_NAME else BAD
+            text = GOOD if body["model"].startswith(ADAPTER_PREFIX) else BAD
             return Reply(body={"id": "cmpl", "object": "text_completion", "created": 0, "model": body["model"],
                                "choices": [{"index": i, "text": text, "finish_reason": "stop"}
                                            for i in range(body.get("n", 1))],
@@ -87,6 +87,23 @@ def test_evaluate_scores_every_method_and_resumes(tmp_path, gsm8k_rows):
         assert f"| {io['usd']:.6f} |" in priced["markdown"]
     with pytest.raises(ValueError, match="--price-in and --price-out go together"):
         EvalConfig(price_in=1.0)
+
+
+def test_more_adapters_are_more_rows_and_a_priced_table_gives_score_per_dollar(tmp_path, gsm8k_rows):
+    cost = str(tmp_path / "cost" / "iter_0" / "adapter")  # e.g. a run trained with --cost-weight
+    with EvalScript(gsm8k_rows[:2]) as server:
+        results = run(config(server, tmp_path, baselines=(), adapters=(("cost", cost),), price_in=1.0,
+                             price_out=2.0), tmp_path / "eval")
+    rows = {m["method"]: m for m in results["methods"]}
+    assert list(rows) == ["generator (untrained)", "scoreflow (trained)", "scoreflow (cost)"]
+    assert rows["scoreflow (cost)"]["score"] == 1.0 and rows["generator (untrained)"]["score"] == 0.0
+    trained = rows["scoreflow (trained)"]
+    assert f"| {trained['usd']:.6f} | {trained['score'] / trained['usd']:.0f} |" in results["markdown"]
+    assert "| generator (untrained) | 0.000 |" in results["markdown"]
+    assert parse_args(["--adapters", f"cost={cost}"])[0].adapters == (("cost", cost),)
+    with pytest.raises(FileNotFoundError, match=r"--adapters cost=.*: no adapter_config.json there"):
+        run(config(None, tmp_path, generator_url=None, adapter=None, adapters=(("cost", str(tmp_path / "nowhere")),)),
+            tmp_path / "refused")
 
 
 def test_fixed_workflows_share_the_table_and_an_edited_file_is_a_new_run(tmp_path, gsm8k_rows):
@@ -178,6 +195,8 @@ def test_remote_generator_serves_each_new_adapter(tmp_path):
         base = RemoteGenerator(RunConfig(generator_url=server.base_url, generator_model="scripted"), None)
         assert base.served == "scripted" and base.sample([[1, 2]], 2, [0]) == [[BAD + "</graph>"] * 2]
         nxt = base.for_iteration(tmp_path / "run" / "iter_0" / "adapter")
-        assert nxt.served == ADAPTER_NAME and nxt.sample([[1, 2]], 1, [0]) == [[GOOD + "</graph>"]]
+        assert nxt.served.startswith(ADAPTER_PREFIX) and nxt.sample([[1, 2]], 1, [0]) == [[GOOD + "</graph>"]]
         (load,) = [r for r in server.requests if r.path == "/v1/load_lora_adapter"]
-        assert load.body == {"lora_name": ADAPTER_NAME, "lora_path": str(tmp_path / "run" / "iter_0" / "adapter")}
+        assert load.body == {"lora_name": nxt.served, "lora_path": str(tmp_path / "run" / "iter_0" / "adapter")}
+        other = base.for_iteration(tmp_path / "other" / "iter_0" / "adapter")
+        assert other.served.startswith(ADAPTER_PREFIX) and other.served != nxt.served  # two runs, two names
