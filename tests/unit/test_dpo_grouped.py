@@ -287,7 +287,7 @@ def test_two_process_gloo_shards_questions_like_gradient_accumulation(tmp_path):
 def test_cli_flag_is_dpo_grouping():
     from scoreflow.train import parse_args
 
-    _, dpo, _ = parse_args(["--dpo-grouping", "question"])
+    _, dpo, _, _ = parse_args(["--dpo-grouping", "question"])
     assert dpo == {"dpo_grouping": "question"}
     with pytest.raises(ValueError, match="dpo_grouping"):
         TrainConfig(dpo_grouping="batch")
