@@ -91,38 +91,28 @@ def test_one_iteration_end_to_end_then_kill_and_resume(tmp_path, gsm8k_rows, sha
 @pytest.mark.slow
 def test_torchrun_two_ranks_rank0_runs_the_stages_both_train(tmp_path, gsm8k_rows, shallow_generator):
     """`torchrun --nproc-per-node 2 -m scoreflow.train` (gloo on CPU): only rank 0 samples and
-    executes; both ranks train, one step holding both pairs, the same as one process
-    accumulating two micro-batches (--grad-accum 2; no LoRA dropout, whose masks each rank draws
-    from its own seed)."""
+    executes (the stages' artefacts are the one-process run's: 6 workflows, 8 runs, 2 pairs),
+    and both ranks train: one step holds both pairs. (That such a step equals one process
+    accumulating two micro-batches is test_dpo_trainer's gloo test.)"""
     with ScoreFlowScript(gsm8k_rows[:2], delay_s=0.05) as server:
-        single = subprocess.run(train_cmd(server, shallow_generator, tmp_path / "single", "--grad-accum", "2",
-                                          "--lora-dropout", "0"),
-                                env=env(), capture_output=True, text=True, timeout=600)
-        assert single.returncode == 0, single.stderr[-3000:]
-        sampled = sum(r.path == "/v1/completions" for r in server.requests)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = str(s.getsockname()[1])
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
-                    "127.0.0.1", "--master-port", port,
-                    *train_cmd(server, shallow_generator, tmp_path / "ranks", "--lora-dropout", "0")[1:]]
+                    "127.0.0.1", "--master-port", port, *train_cmd(server, shallow_generator, tmp_path / "ranks")[1:]]
         ranks = subprocess.run(torchrun, env=env(), capture_output=True, text=True, timeout=600)
         assert ranks.returncode == 0, ranks.stderr[-3000:]
-    assert sum(r.path == "/v1/completions" for r in server.requests) == 2 * sampled  # rank 0 alone sampled
-    a, b = artefacts(tmp_path / "single"), artefacts(tmp_path / "ranks")
-    assert {k: a[k] for k in ("workflows", "executions", "scores", "pairs")} == \
-        {k: b[k] for k in ("workflows", "executions", "scores", "pairs")}
+    sampled = [r for r in server.requests if r.path == "/v1/completions" and r.body.get("max_tokens") != 1]
+    assert len(sampled) == 2  # rank 0 alone sampled: one request per question (the preflight aside)
+    b = artefacts(tmp_path / "ranks")
+    assert len(b["workflows"]) == 6 and len(b["executions"]) == 4 * 2 and len(b["pairs"]) == 2
+    score = {s["workflow_id"]: s["score"] for s in b["scores"]}
+    assert all(score[p["winner_id"]] == p["s_w"] > p["s_l"] == score[p["loser_id"]] for p in b["pairs"])
     assert [(m["step"], m["pairs"]) for m in b["metrics"]] == [(1, 2)]  # both ranks' pairs in one step
-    assert b["metrics"][0]["loss"] == pytest.approx(a["metrics"][0]["loss"], rel=1e-5)
     from safetensors.torch import load
 
-    single_w, ranks_w = load(a["adapter"]), load(b["adapter"])
-    # AdamW's first step moves a weight by lr g / (|g| + eps): where g is ~eps (1e-8) the two
-    # summation orders (all_reduce, accumulation) can move it differently, by a fraction of lr
-    # (1e-4); everywhere else the step is the same
-    diff = torch.cat([(single_w[k] - ranks_w[k]).abs().flatten() for k in single_w])
-    assert (diff <= 1e-9).float().mean() >= 0.999 and diff.max() <= 1e-5
-    assert all(ranks_w[k].abs().max() > 0 for k in ranks_w if "lora_B" in k)  # B starts at 0: it trained
+    weights = load(b["adapter"])
+    assert all(weights[k].abs().max() > 0 for k in weights if "lora_B" in k)  # B starts at 0: it trained
     assert not list((tmp_path / "ranks").glob("iter_0/train/checkpoint/*.tmp*"))
 
 
