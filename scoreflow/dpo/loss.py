@@ -175,7 +175,10 @@ def influence(
     rewards (n,): β-scaled implicit rewards r. scores (n,): s ∈ [0,1].
     pairs (m, 2) long: (winner, loser) indices into the n responses. weights (m,): λ.
     Returns I (n,), detached; a response in no pair has I = 0. Positive I: training raises
-    z's likelihood, since ∂L/∂θ = −Σ_z I(z) β ∇θ log πθ(y_z|x).
+    z's likelihood, since ∂L/∂θ = −Σ_z I(z) β ∇θ log πθ(y_z|x). Cost-aware scores
+    (--cost-weight, optimize/cost.py) change the s given here, never this formula: a solved
+    workflow keeps s' ≥ an unsolved one's, so Theorem 2's ordering of I by score still puts
+    no wrong workflow above a right one (the argument is in that module's docstring).
 
     Theorem 2 is stated for the unnormalised weights d(s_w, s_l) P(w, l); the division by
     Σλ is one positive factor shared by every z, so multiply by Σλ to compare across scores.
