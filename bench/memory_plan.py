@@ -104,7 +104,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct")
     a = ap.parse_args()
-    k, N = 8, 384
+    from scoreflow.optimize.config import EMBEDDED
+
+    k, N = EMBEDDED.settings["k"], EMBEDDED.settings["max_new_tokens"]  # the train preset's (8, 384)
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, CPU fp32")
     print("| model | stage | predicted, GB | measured peak RSS, GB | measured / predicted | seconds "
           "| glibc's default: peak RSS, GB | seconds |")

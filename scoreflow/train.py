@@ -66,13 +66,13 @@ def _iterations(cfg: RunConfig, task: Task, out: Path) -> list[dict]:
           f"k={cfg.k}, runs={cfg.runs}, pairs={cfg.pairs}, invalid={cfg.invalid} -> {out}", file=sys.stderr)
     _, world = ranks.start(cfg.device)
     with executor_endpoint(cfg.executor_url, cfg.executor_model) as url:
-        generator = None
+        generator, trained_here = None, False  # trained_here: this process trained the generator in place
         rows = []
         for i in range(cfg.iterations):
             it = stages.Iteration(i, out / f"iter_{i}", cfg, task)
             adapter = out / f"iter_{i - 1}" / "adapter" if i else None
             t0 = time.monotonic()
-            if generator is not None and generator.trained_here:
+            if generator is not None and trained_here:
                 generator = generator.for_iteration(adapter)
             else:  # the first iteration, or a resumed run whose last training an earlier process did
                 generator = None  # free its weights before the new ones load
@@ -83,7 +83,7 @@ def _iterations(cfg: RunConfig, task: Task, out: Path) -> list[dict]:
             scores = stages.score(it, workflows, executions)
             pair_records = stages.pairs(it, workflows, scores)
             t_exec = time.monotonic()
-            generator.trained_here = not stage_done(it.dir, "train")
+            trained_here = not stage_done(it.dir, "train")
             history = stages.train(it, generator, workflows, pair_records)
             rows.append(_summary(it, workflows, scores, history, usage,
                                  {"generate": t_gen - t0, "execute": t_exec - t_gen, "train": time.monotonic() - t_exec}))
@@ -100,15 +100,15 @@ def _training_rank(cfg: RunConfig, task: Task, out: Path) -> list[dict]:
     from .optimize.generator import LocalGenerator
 
     _, world = ranks.start(cfg.device)
-    generator = None
+    generator, trained_here = None, False
     for i in range(cfg.iterations):
         it = stages.Iteration(i, out / f"iter_{i}", cfg, task)
         adapter = out / f"iter_{i - 1}" / "adapter" if i else None
         ranks.wait_for_pairs(it.dir)
-        if generator is None or not generator.trained_here:  # as rank 0 makes it
+        if generator is None or not trained_here:  # as rank 0 makes it
             generator = None
             generator = LocalGenerator(cfg, adapter)
-        generator.trained_here = not stage_done(it.dir, "train")
+        trained_here = not stage_done(it.dir, "train")
         workflows, pair_records = (JsonlLog(it.dir / name).read() for name in ("workflows.jsonl", "pairs.jsonl"))
         stages.train(it, generator, workflows, pair_records)
     ranks.finish(world)

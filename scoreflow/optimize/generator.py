@@ -44,8 +44,6 @@ def prompt_ids(tokenizer, family: str, question: str, extra: tuple[str, ...] = (
 
 
 class LocalGenerator:
-    trained_here = False  # set by the train loop: Score-DPO trained this model in place in this process
-
     def __init__(self, cfg: RunConfig, adapter_dir: Path | None):
         self.cfg = cfg
         self.tokenizer = load_tokenizer(cfg.generator)
@@ -91,8 +89,6 @@ class LocalGenerator:
 
 class RemoteGenerator:
     """POST /v1/completions with the chat-templated prompt text (tokenizer of cfg.generator)."""
-
-    trained_here = False  # as LocalGenerator's (here each iteration loads its adapter anyway)
 
     def __init__(self, cfg: RunConfig, adapter_dir: Path | None):
         self.cfg, self.adapter_dir = cfg, adapter_dir
