@@ -12,10 +12,10 @@ and no Solver call is repeated.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Callable
 
+from scoreflow.rundir import JsonlLog
 from scoreflow.tasks import Question, Task
 
 from .agents import Agents
@@ -42,9 +42,8 @@ def _seed_chains(source: Path, run_dir: Path, k: int) -> None:
     target = run_dir / "initial.jsonl"
     if target.exists() or not (source / "initial.jsonl").exists():
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rows = [json.loads(line) for line in (source / "initial.jsonl").read_text().splitlines() if line.strip()]
-    target.write_text("".join(json.dumps({**row, "chains": row["chains"][:k]}) + "\n" for row in rows))
+    rows = JsonlLog(source / "initial.jsonl").read()
+    JsonlLog(target).write([{**row, "chains": row["chains"][:k]} for row in rows])  # whole or absent after a kill
 
 
 async def k_sweep(task: Task, questions: list[Question], agents: Agents, rms: RewardModels,
