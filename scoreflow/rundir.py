@@ -77,19 +77,28 @@ def _flat(settings: dict, prefix: str = "") -> dict:
     return flat
 
 
+def check_stored_settings(run_dir: Path, settings: dict, normalize: Callable[[dict], dict] = lambda d: d) -> bool:
+    """True when run_dir/config.json holds `settings` (JSON-able), False when it holds none;
+    refuses other ones, naming each setting that differs with its stored and given value.
+    `normalize` maps the stored dict to today's form (defaults of fields added since) first.
+    Reads only: a command calls it before loading a model for a run it would then refuse."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return False
+    stored, given = _flat(normalize(json.loads(path.read_text()))), _flat(json.loads(json.dumps(settings)))
+    changed = sorted(k for k in stored.keys() | given.keys() if stored.get(k) != given.get(k))
+    if changed:
+        values = "; ".join(f"{k}: stored {stored.get(k)!r}, given {given.get(k)!r}" for k in changed)
+        raise ValueError(f"{run_dir} holds a run with other settings ({values}); rerun with the same flags "
+                         "to resume it, or choose another --out")
+    return True
+
+
 def save_or_check_settings(run_dir: Path, settings: dict, normalize: Callable[[dict], dict] = lambda d: d) -> None:
-    """Write `settings` (JSON-able) to run_dir/config.json, or, when it exists, refuse to go on
-    with other ones, naming each setting that differs with its stored and given value.
-    `normalize` maps the stored dict to today's form (defaults of fields added since) first."""
-    path, wanted = run_dir / "config.json", json.loads(json.dumps(settings))
-    if path.is_file():
-        stored, given = _flat(normalize(json.loads(path.read_text()))), _flat(wanted)
-        changed = sorted(k for k in stored.keys() | given.keys() if stored.get(k) != given.get(k))
-        if changed:
-            values = "; ".join(f"{k}: stored {stored.get(k)!r}, given {given.get(k)!r}" for k in changed)
-            raise ValueError(f"{run_dir} holds a run with other settings ({values}); rerun with the same flags "
-                             "to resume it, or choose another --out")
+    """Write `settings` to run_dir/config.json, or, when it exists, check them (check_stored_settings)."""
+    if check_stored_settings(run_dir, settings, normalize):
         return
+    path, wanted = run_dir / "config.json", json.loads(json.dumps(settings))
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(wanted, indent=2, sort_keys=True) + "\n")

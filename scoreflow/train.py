@@ -48,6 +48,7 @@ def run(cfg: RunConfig, out: Path) -> list[dict]:
     task = replace(task, questions=task.questions[: cfg.limit])
     if int(os.environ.get("RANK", "0")) != 0:
         return _training_rank(cfg, task, out)
+    save_or_check(cfg, out, save=False)  # a resume with other flags fails before any model is converted
     check_endpoints(cfg)
     with run_lock(out):
         save_or_check(cfg, out)

@@ -23,7 +23,7 @@ from ..llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL, is_embedded, reso
 from ..tasks.registry import TASK_NAMES
 from ..workflow.prompts import EXTRA_OPERATORS
 from .cost import COST_UNITS
-from ..rundir import save_or_check_settings
+from ..rundir import check_stored_settings, save_or_check_settings
 
 
 GENERATE_ROWS = 32  # sequences the in-process generator decodes together (optimize/generator.py)
@@ -201,6 +201,8 @@ def check_model(url: str | None, flag: str, model: str, *, api_key: str | None, 
         resolve_model_dir(model)
 
 
-def save_or_check(cfg: RunConfig, run_dir: Path) -> None:
-    """Store the resolved config; a resumed run must use the same one."""
-    save_or_check_settings(run_dir, json.loads(cfg.to_json()), lambda d: json.loads(RunConfig.from_dict(d).to_json()))
+def save_or_check(cfg: RunConfig, run_dir: Path, save: bool = True) -> None:
+    """Store the resolved config; a resumed run must use the same one. save=False only checks
+    a stored one (before any model is resolved)."""
+    settings, normalize = json.loads(cfg.to_json()), lambda d: json.loads(RunConfig.from_dict(d).to_json())
+    (save_or_check_settings if save else check_stored_settings)(run_dir, settings, normalize)

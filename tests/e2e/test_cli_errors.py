@@ -116,3 +116,14 @@ def test_user_error_is_one_clear_line(cases, name):
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1, proc.stderr  # one message (argparse adds its usage lines above it)
     assert expected in errors[0], errors[0]
+
+
+def test_a_resume_with_other_settings_fails_before_any_model_is_converted(tmp_path):
+    """The stored settings are compared first: an empty model cache stays empty."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text('{"k": 3}')
+    cache = tmp_path / "cache"
+    proc = subprocess.run([sys.executable, "-m", "scoreflow.train", "--out", str(tmp_path / "run")], cwd=tmp_path,
+                          env={**os.environ, "SCOREFLOW_CACHE": str(cache)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "k: stored 3, given 8" in proc.stderr, proc.stderr[-2000:]
+    assert not cache.exists() or not any(cache.iterdir())
