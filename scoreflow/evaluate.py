@@ -35,7 +35,7 @@ import statistics
 import sys
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .cli import Parser, Preset, UserError, add_flags, check_settings, flag, given, run_cli
 from .executor import ExecutorClient
@@ -47,7 +47,7 @@ from .optimize.config import EMBEDDED as TRAIN_EMBEDDED
 from .optimize.config import RunConfig, check_endpoints, stored_settings
 from .optimize.plan import add_plan_flags, report
 from .optimize.endpoint import executor_endpoint
-from .rundir import run_lock, save_or_check_settings
+from .rundir import check_stored_settings, run_lock, save_or_check_settings
 from .tasks import Task, load_task
 from .tasks.registry import smaller_than_the_paper
 from .tasks.answer_judge import JUDGE_MODES, JUDGED_TASKS, AnswerJudge, JudgedTask
@@ -195,6 +195,7 @@ def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
     task = load_task(cfg.task, cfg.split, cfg.data_dir)
     cfg.check_baselines(task.family)
     fixed = {name: read_workflow(name, file, task.family) for name, file in cfg.workflows}
+    check_stored_settings(out, *_settings(cfg, fixed))  # a resume with other flags fails before any model loads
     check_endpoints(replace(cfg.run_config(), api_key=api_key))
     if cfg.judge_url:
         require_answering(cfg.judge_url, "--judge-url", cfg.judge_model or cfg.executor_model or DEFAULT_MODEL,
@@ -216,18 +217,25 @@ def read_workflow(name: str, file: str, family: str) -> str:
     return code
 
 
+def _settings(cfg: EvalConfig, fixed: dict[str, str]) -> tuple[dict, Callable[[dict], dict]]:
+    """What OUT/config.json stores, and how a stored one is brought to today's form. Prices are
+    not stored (a finished table can be priced again); an edited --workflows file is a new run."""
+    preset = EMBEDDED.in_force(cfg)
+    digests = {name: hashlib.sha256(code.encode()).hexdigest() for name, code in fixed.items()}
+    settings = {k: v for k, v in stored_settings(cfg).items() if k not in PRICES}
+    defaults = {k: v for k, v in stored_settings(EvalConfig()).items() if k not in PRICES}  # fields added since
+    return ({**settings, "preset": preset, "workflow_sha256": digests},
+            lambda stored: {**defaults, "preset": preset, "workflow_sha256": {},
+                            **{k: v for k, v in stored.items() if k not in PRICES}})
+
+
 def _evaluate(cfg: EvalConfig, task: Task, out: Path, api_key: str | None, fixed: dict[str, str]) -> dict:
     """`run`'s work, once the settings are checked: store them, generate, execute, tabulate."""
     from .optimize import stages
     from .optimize.generator import make_generator
 
     preset = EMBEDDED.in_force(cfg)
-    digests = {name: hashlib.sha256(code.encode()).hexdigest() for name, code in fixed.items()}  # an edited file: a new run
-    settings = {k: v for k, v in stored_settings(cfg).items() if k not in PRICES}  # the table prices again
-    defaults = {k: v for k, v in stored_settings(EvalConfig()).items() if k not in PRICES}  # fields added since
-    save_or_check_settings(out, {**settings, "preset": preset, "workflow_sha256": digests},
-                           lambda stored: {**defaults, "preset": preset, "workflow_sha256": {},
-                                           **{k: v for k, v in stored.items() if k not in PRICES}})
+    save_or_check_settings(out, *_settings(cfg, fixed))
     split_size, note = len(task.questions), smaller_than_the_paper(task, cfg.split)
     task = replace(task, questions=task.questions[: cfg.limit])
     run_cfg = replace(cfg.run_config(), api_key=api_key)

@@ -118,12 +118,15 @@ def test_user_error_is_one_clear_line(cases, name):
     assert expected in errors[0], errors[0]
 
 
-def test_a_resume_with_other_settings_fails_before_any_model_is_converted(tmp_path):
+@pytest.mark.parametrize("command, stored, message", [("train", '{"k": 3}', "k: stored 3, given 8"),
+                                                     ("evaluate", '{"runs": 1}', "runs: stored 1, given 3")])
+def test_a_resume_with_other_settings_fails_before_any_model_is_converted(tmp_path, command, stored, message):
     """The stored settings are compared first: an empty model cache stays empty."""
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.json").write_text('{"k": 3}')
+    (tmp_path / "run" / "config.json").write_text(stored)
     cache = tmp_path / "cache"
-    proc = subprocess.run([sys.executable, "-m", "scoreflow.train", "--out", str(tmp_path / "run")], cwd=tmp_path,
-                          env={**os.environ, "SCOREFLOW_CACHE": str(cache)}, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "k: stored 3, given 8" in proc.stderr, proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-m", f"scoreflow.{command}", "--out", str(tmp_path / "run")],
+                          cwd=tmp_path, env={**os.environ, "SCOREFLOW_CACHE": str(cache)}, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not cache.exists() or not any(cache.iterdir())
