@@ -58,7 +58,10 @@ def _key(prompt: tuple[int, ...], response: tuple[int, ...]) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    """Write through a fixed temporary name, then rename: a kill mid-write leaves the old file
+    whole, and at most one stale temporary that the next write replaces (the run's .lock keeps
+    a second process out)."""
+    tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     os.replace(tmp, path)
 
