@@ -9,12 +9,15 @@ it is converted once into the user cache dir.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 DEFAULT_MODEL = "smollm2-135m-instruct"  # the embedded executor, server and MAgICoRE solver
 QWEN_CODER = "qwen2.5-coder-0.5b-instruct"
@@ -108,16 +111,28 @@ def is_embedded(name: str | os.PathLike) -> bool:
     return str(name).lower() in _EMBEDDED
 
 
+@contextlib.contextmanager
+def _conversion_lock(out: Path) -> Iterator[None]:
+    """An exclusive flock on cache_dir/.NAME.lock while NAME converts: two commands started at
+    once convert it once, and neither replaces a folder the other is reading."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(f".{out.name}.lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 def resolve_model_dir(path_or_name: str | os.PathLike) -> Path:
     """A known name (converted on first use) or an HF-format directory."""
     key = str(path_or_name)
     if is_embedded(key):
         out = cache_dir() / key.lower()
         if not (out / "model.safetensors").exists():
-            from .gguf import convert_gguf  # torch (slow to import): only when there is something to convert
+            with _conversion_lock(out):  # a second process waits, then finds the converted copy
+                if not (out / "model.safetensors").exists():
+                    from .gguf import convert_gguf  # torch (slow to import): only when there is something to convert
 
-            print(f"scoreflow: converting the embedded {key} GGUF to {out} (once)", flush=True)
-            convert_gguf(embedded_gguf(key.lower()), out)
+                    print(f"scoreflow: converting the embedded {key} GGUF to {out} (once)", flush=True)
+                    convert_gguf(embedded_gguf(key.lower()), out)
         return out
     path = Path(path_or_name).expanduser()
     if not path.is_dir():
