@@ -53,10 +53,11 @@ class UserError(Exception):
     """A mistake in the user's flags, files or installation; the message says what to do."""
 
 
-def run_cli(prog: str, main: Callable[[], object]) -> None:
+def run_cli(module: str, main: Callable[[], object]) -> None:
     """Call `main()`, with freed memory going back to the system (heap.py); turn a user error
-    into `PROG: message` and exit status 2."""
+    into `python -m MODULE: error: message` (argparse's own spelling) and exit status 2."""
     return_freed_memory()
+    prog = f"python -m {module}"
     try:
         main()
     except (UserError, *USER_ERRORS) as e:

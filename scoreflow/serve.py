@@ -137,4 +137,4 @@ def parse_args(argv: list[str] | None = None) -> ServeSettings:
 
 
 if __name__ == "__main__":
-    run_cli(PROG, lambda: main(parse_args()))
+    run_cli("scoreflow.serve", lambda: main(parse_args()))

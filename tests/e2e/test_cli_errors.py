@@ -116,6 +116,7 @@ def test_user_error_is_one_clear_line(cases, name):
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1, proc.stderr  # one message (argparse adds its usage lines above it)
     assert expected in errors[0], errors[0]
+    assert errors[0].startswith("python -m scoreflow."), errors[0]  # argparse's and ours: one spelling
 
 
 @pytest.mark.parametrize("command, stored, message", [("train", '{"k": 3}', "k: stored 3, given 8"),

@@ -26,7 +26,7 @@ def test_executor_url_without_reward_models_is_refused_in_one_line(tmp_path, cap
         run_cli("scoreflow.magicore", lambda: magicore.main(*magicore.parse_args(argv)))
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("scoreflow.magicore: error: --executor-url without " + missing + ":")
+    assert len(err) == 1 and err[0].startswith("python -m scoreflow.magicore: error: --executor-url without " + missing + ":")
     for fix in ("--orm /path/to/orm --prm /path/to/prm", "--orm judge --prm judge", "--orm embedded --prm embedded"):
         assert fix in err[0]
     assert not out.exists()
