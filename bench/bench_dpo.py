@@ -334,7 +334,7 @@ def exact_pair_records(questions: list[dict]) -> list[dict]:
     from scoreflow.dpo.pairs import ScoredWorkflow, build_pairs as candidate_pairs, exact_pairs
 
     by_id = {f"q{i}/{j}": (q, r) for i, q in enumerate(questions) for j, r in enumerate(q["responses"])}
-    scored = [ScoredWorkflow(wid, wid.split("/")[0], r["text"], r["score"]) for wid, (_, r) in by_id.items()]
+    scored = [ScoredWorkflow(wid, wid.split("/")[0], r["score"]) for wid, (_, r) in by_id.items()]
     records = []
     for p in exact_pairs(candidate_pairs(scored)):
         (q, w), (_, l) = by_id[p.winner_id], by_id[p.loser_id]

@@ -31,7 +31,6 @@ class ScoredWorkflow:
 
     id: str
     question_id: str
-    text: str
     score: float
 
 

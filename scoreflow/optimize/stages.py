@@ -253,7 +253,7 @@ def pairs(it: Iteration, workflows: list[dict], scores: list[dict]) -> list[dict
         return log.read()
     text = {w["id"]: w["code"] or RESPONSE_PREFIX + w["response"] for w in workflows}
     near = {i for i, t in text.items() if it.threshold is not None and template_similarity(t, it.family) >= it.threshold}
-    scored = [ScoredWorkflow(s["workflow_id"], s["question_id"], text[s["workflow_id"]], s["score"])
+    scored = [ScoredWorkflow(s["workflow_id"], s["question_id"], s["score"])
               for s in scores if s["score"] is not None and s["workflow_id"] not in near]  # near-template: dropped
     candidates = build_pairs(scored)
     drawn = sample_pairs(candidates, it.cfg.pairs, GAPS[it.cfg.pair_gap], seed=it.seed(0, 255)) if candidates else []

@@ -22,8 +22,8 @@ from scoreflow.dpo import (
 )
 
 
-def wf(id, score, question_id="q1", text=None):
-    return ScoredWorkflow(id=id, question_id=question_id, text=text or f"workflow {id}", score=score)
+def wf(id, score, question_id="q1"):
+    return ScoredWorkflow(id=id, question_id=question_id, score=score)
 
 
 WORKFLOWS = [
