@@ -69,9 +69,11 @@ COST, OTHER_COST = {"Custom": 200, "AnswerGenerate": 250, "ScEnsemble": 600, "Re
                     "Programmer": 500}, 300  # executor tokens per call of each operator; any other: OTHER_COST
 
 
-def operators_awaited(code: str | None) -> list[str] | None:
+def operators_awaited(code: str | None, anywhere: bool = False) -> list[str] | None:
     """Operator class names that run_workflow awaits, one per call site (self.<attr>(...) with
-    self.<attr> = operator.<Name>(...) in the class); None when the code has no run_workflow."""
+    self.<attr> = operator.<Name>(...) in the class); None when the code has no run_workflow.
+    anywhere=True counts the awaits of every method (a baseline's run_workflow awaits its own
+    helper methods, which call the operators)."""
     try:
         tree = ast.parse(code or "")
     except SyntaxError:
@@ -84,7 +86,7 @@ def operators_awaited(code: str | None) -> list[str] | None:
     run = next((n for n in ast.walk(tree) if isinstance(n, ast.AsyncFunctionDef) and n.name == "run_workflow"), None)
     if run is None:
         return None
-    used = [bound.get(n.value.func.attr) for n in ast.walk(run) if isinstance(n, ast.Await)
+    used = [bound.get(n.value.func.attr) for n in ast.walk(tree if anywhere else run) if isinstance(n, ast.Await)
             and isinstance(n.value, ast.Call) and isinstance(n.value.func, ast.Attribute)]
     return [u for u in used if u is not None]
 

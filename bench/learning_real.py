@@ -81,7 +81,7 @@ def per_question(method_dir: Path) -> dict[str, dict]:
     for q, w in workflows.items():
         scored = [e["score"] for e in runs[q] if e["score"] is not None]
         rows[q] = {"score": statistics.fmean(scored) if w["valid"] and scored else 0.0, "valid": bool(w["valid"]),
-                   "operators": bool(operators_awaited(w["code"])) if w["valid"] else False,
+                   "operators": bool(operators_awaited(w["code"], anywhere=True)) if w["valid"] else False,
                    "tokens": sum(e["prompt_tokens"] + e["completion_tokens"] for e in runs[q]),
                    "runs": len(runs[q]), "timeouts": sum(e["status"] == "timeout" for e in runs[q])}
     return rows
@@ -214,6 +214,8 @@ def runs_agree(train_dir: Path) -> float:
 def intervals(evaluated: Path) -> None:
     """The table of a finished `scoreflow.evaluate` OUT, every method it holds, with the 95%
     intervals over questions and the paired differences to the untrained generator."""
+    if not (evaluated / "results.json").is_file():
+        sys.exit(f"{evaluated}: no results.json; pass the --out folder of a finished scoreflow.evaluate")
     names = [m["method"] for m in json.loads((evaluated / "results.json").read_text())["methods"]]
     folder = {"generator (untrained)": "untrained", "scoreflow (trained)": "trained"}
     per = {n: per_question(evaluated / folder.get(n, n.replace(" ", "-", 1))) for n in names}
