@@ -6,6 +6,7 @@ and resume."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scripted_workflows import BAD, GOOD, ScoreFlowScript
+from scripted_workflows import BAD, GOOD, INVALID, ScoreFlowScript
 
 
 def train_cmd(server, generator: Path, out: Path, *extra):
@@ -182,3 +183,39 @@ def test_cost_weight_prefers_the_cheaper_of_two_right_workflows(tmp_path, gsm8k_
     # log π(CHEAP) - log π(GOOD) rose: what DPO optimises (both absolute log-probs fell here, as
     # DPO's often do: it raises the margin, not the chosen response's own probability)
     assert (trained[0] - trained[1]).item() > (base[0] - base[1]).item()
+
+
+@pytest.mark.slow
+def test_a_rerun_trains_the_next_iteration_from_the_adapter_an_earlier_process_wrote(
+        tmp_path, gsm8k_rows, shallow_generator, monkeypatch):
+    """In-process generator (its sampling scripted: GOOD, BAD, INVALID). A run that died after
+    iteration 0's training is rerun: the new `run` never trained its own generator, so it must
+    load iteration 0's adapter before training iteration 1, and writes the same adapter as the
+    run that was never interrupted."""
+    from safetensors.torch import load_file
+
+    from scoreflow import train
+    from scoreflow.optimize.config import resolve
+    from scoreflow.optimize.generator import LocalGenerator
+
+    def scripted(self, prompts, n, seeds):
+        return [[(GOOD, BAD, INVALID)[i % 3] for i in range(k)] for k in (n if isinstance(n, list) else [n] * len(prompts))]
+
+    monkeypatch.setattr(LocalGenerator, "sample", scripted)
+    with ScoreFlowScript(gsm8k_rows[:2]) as server:
+        argv = ["--task", "gsm8k", "--limit", "2", "--k", "3", "--runs", "1", "--iterations", "2", "--pairs", "1",
+                "--invalid", "zero", "--generator", str(shallow_generator), "--executor-url", server.base_url,
+                "--executor-model", "scripted", "--lr", "1e-4", "--device", "cpu"]
+        overrides, dpo, _, _ = train.parse_args(argv)
+        cfg = resolve(overrides, dpo)
+        train.run(cfg, tmp_path / "full")
+        shutil.copytree(tmp_path / "full", tmp_path / "rerun")
+        it1 = tmp_path / "rerun" / "iter_1"
+        for path in (it1 / "train", it1 / "adapter"):  # as if killed before iteration 1 trained
+            shutil.rmtree(path)
+        (it1 / ".train.done").unlink()
+        train.run(cfg, tmp_path / "rerun")
+    want, got = (load_file(d / "iter_1" / "adapter" / "adapter_model.safetensors") for d in (tmp_path / "full", it1.parent))
+    assert want.keys() == got.keys()
+    for name in want:  # float noise aside (assert_same_run)
+        torch.testing.assert_close(got[name], want[name], rtol=1e-3, atol=1e-7, msg=name)
