@@ -39,7 +39,7 @@ from scoreflow.executor import ExecutorClient
 from scoreflow.executor.reachable import PREFLIGHT_TIMEOUT, require_answering
 from scoreflow.llama import DEFAULT_MODEL
 from scoreflow.llama.registry import resolve_model_dir
-from scoreflow.rundir import run_lock
+from scoreflow.rundir import check_stored_settings, run_lock
 from scoreflow.tasks import Question, Task, load_task
 
 from .agents import Agents, Sampling
@@ -50,7 +50,7 @@ from .judge_rm import JudgeRewardModel
 from .loop import ABLATIONS, MagicoreConfig
 from .report import write_figures
 from .reward import RewardModels
-from .runner import MagicoreRunConfig, Runner
+from .runner import MagicoreRunConfig, Runner, stored_form
 from .sweep import k_sweep, parse_ks
 
 LOCAL_TIMEOUT_S = 3600.0   # a CPU server may take minutes per long completion; never retry those early
@@ -201,16 +201,17 @@ def main(settings: MagicoreSettings, out: Path) -> dict | None:
         raise ValueError("--executor-url needs --executor-model (the model name that endpoint serves)")
     if settings.orm is None or settings.prm is None:  # only with --executor-url: MagicoreSettings.__post_init__
         raise ValueError(missing_reward_models(settings))
-    if url is not None:
-        require_answering(url, "--executor-url", model, api_key=settings.api_key, timeout_s=settings.preflight_timeout)
-    for name in {model if url is None else None, settings.orm, settings.prm} - {None, "judge"}:
-        resolve_model_dir(name)  # an unknown model fails now, in one line, not after the server started
     config = MagicoreRunConfig(settings.task, len(questions),
                                MagicoreConfig(settings.k, settings.iterations, settings.normalization,
                                               settings.ablation, settings.difficulty_rule),
                                Sampling(settings.temperature, settings.top_p, settings.max_new_tokens, settings.seed),
                                parse_baselines(settings.baselines, settings.baseline_k), settings.self_refine_rounds,
                                str(model), settings.orm, settings.prm, EMBEDDED.in_force(settings), settings.baseline_k)
+    check_stored_settings(out, *stored_form(config))  # a resume with other flags fails before any model loads
+    if url is not None:
+        require_answering(url, "--executor-url", model, api_key=settings.api_key, timeout_s=settings.preflight_timeout)
+    for name in {model if url is None else None, settings.orm, settings.prm} - {None, "judge"}:
+        resolve_model_dir(name)  # an unknown model fails now, in one line, not after the server started
     ks = parse_ks(settings.k_sweep) if settings.k_sweep else ()
     with contextlib.ExitStack() as stack:
         stack.enter_context(run_lock(out))

@@ -75,6 +75,11 @@ class MagicoreRunConfig:
         return self.magicore.iterations if self.self_refine_rounds is None else self.self_refine_rounds
 
 
+def stored_form(config: MagicoreRunConfig) -> tuple[dict, Callable[[dict], dict]]:
+    """What OUT/config.json holds for `config`, and how a stored one is read in today's form."""
+    return dataclasses.asdict(config), lambda stored: _with_new_defaults(stored, config)
+
+
 def _with_new_defaults(stored: dict, current: MagicoreRunConfig) -> dict:
     """A config.json written before a MagicoreConfig field existed reads as that field's default;
     one written before a top-level field existed (preset) reads as the current value. A run
@@ -129,8 +134,7 @@ class Runner:
     async def run(self) -> dict[str, Any] | None:
         """Both phases; the summary (report.summarize), or None when phase 1 is incomplete."""
         self.out.mkdir(parents=True, exist_ok=True)
-        save_or_check_settings(self.out, dataclasses.asdict(self.config),
-                               lambda stored: _with_new_defaults(stored, self.config))
+        save_or_check_settings(self.out, *stored_form(self.config))
         initial = await self._phase("solve", self.out / "initial.jsonl", self._solve)
         crashed = self._crashed("solve")
         missing = [q.id for q in self.questions if q.id not in initial and q.id not in crashed]

@@ -23,7 +23,7 @@ from ..executor import ExecutorClient
 from ..llama.registry import DEFAULT_MODEL
 from ..optimize.config import RunConfig, check_model, stored_settings
 from ..optimize.endpoint import executor_endpoint
-from ..rundir import run_lock, save_or_check_settings
+from ..rundir import check_stored_settings, run_lock, save_or_check_settings
 from ..tasks import Task, load_task
 from ..tasks.registry import smaller_than_the_paper
 from .config import SearchConfig
@@ -58,10 +58,12 @@ def parse(prog: str, doc: str, cls: type[SearchConfig], preset: Preset,
 def run(prog: str, cfg: SearchConfig, out: Path, preset: Preset, search: Search) -> dict:
     """Check, then run (or resume) `search` in OUT, holding its lock; returns what `search` returns."""
     task = load_task(cfg.task, cfg.split, cfg.data_dir)
+    in_force = preset.in_force(cfg)
+    settings = {**stored_settings(cfg), "method": prog, "preset": in_force}
+    check_stored_settings(out, settings)  # a resume with other flags fails before any model loads
     check_endpoints(cfg)
     with run_lock(out):
-        in_force = preset.in_force(cfg)
-        save_or_check_settings(out, {**stored_settings(cfg), "method": prog, "preset": in_force})
+        save_or_check_settings(out, settings)
         print(f"{prog}: settings: {in_force}", file=sys.stderr)
         if note := smaller_than_the_paper(task, cfg.split):
             print(f"{prog}: note: {note}", file=sys.stderr)

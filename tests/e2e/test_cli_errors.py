@@ -120,7 +120,9 @@ def test_user_error_is_one_clear_line(cases, name):
 
 
 @pytest.mark.parametrize("command, stored, message", [("train", '{"k": 3}', "k: stored 3, given 8"),
-                                                     ("evaluate", '{"runs": 1}', "runs: stored 1, given 3")])
+                                                     ("evaluate", '{"runs": 1}', "runs: stored 1, given 3"),
+                                                     ("aflow", '{"rounds": 1}', "rounds: stored 1, given"),
+                                                     ("magicore", '{"dataset": "x"}', "dataset: stored 'x', given")])
 def test_a_resume_with_other_settings_fails_before_any_model_is_converted(tmp_path, command, stored, message):
     """The stored settings are compared first: an empty model cache stays empty."""
     (tmp_path / "run").mkdir()
