@@ -187,15 +187,16 @@ def run(cfg: EvalConfig, out: Path, api_key: str | None = None) -> dict:
     (results.json)."""
     from .lora import CONFIG_FILE  # torch (slow to import) only once the flags are parsed: a typo fails at once
 
-    given = ([f"--adapter {cfg.adapter}"] if cfg.adapter else []) + [f"--adapters {n}={d}" for n, d in cfg.adapters]
-    for flag_value, folder in zip(given, ([cfg.adapter] if cfg.adapter else []) + [d for _, d in cfg.adapters]):
+    adapters = ([(f"--adapter {cfg.adapter}", cfg.adapter)] if cfg.adapter else []) + [
+        (f"--adapters {name}={folder}", folder) for name, folder in cfg.adapters]
+    for flag_value, folder in adapters:
         if cfg.generator_url is None and not (Path(folder) / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{flag_value}: no {CONFIG_FILE} there; pass the adapter/ folder of a training "
                                     "iteration, e.g. runs/scoreflow-gsm8k/iter_1/adapter")
     task = load_task(cfg.task, cfg.split, cfg.data_dir)
     cfg.check_baselines(task.family)
     fixed = {name: read_workflow(name, file, task.family) for name, file in cfg.workflows}
-    check_stored_settings(out, *_settings(cfg, fixed))  # a resume with other flags fails before any model loads
+    check_stored_settings(out, *_stored_form(cfg, fixed))  # a resume with other flags fails before any model loads
     check_endpoints(replace(cfg.run_config(), api_key=api_key))
     if cfg.judge_url:
         require_answering(cfg.judge_url, "--judge-url", cfg.judge_model or cfg.executor_model or DEFAULT_MODEL,
@@ -217,7 +218,7 @@ def read_workflow(name: str, file: str, family: str) -> str:
     return code
 
 
-def _settings(cfg: EvalConfig, fixed: dict[str, str]) -> tuple[dict, Callable[[dict], dict]]:
+def _stored_form(cfg: EvalConfig, fixed: dict[str, str]) -> tuple[dict, Callable[[dict], dict]]:
     """What OUT/config.json stores, and how a stored one is brought to today's form. Prices are
     not stored (a finished table can be priced again); an edited --workflows file is a new run."""
     preset = EMBEDDED.in_force(cfg)
@@ -235,7 +236,7 @@ def _evaluate(cfg: EvalConfig, task: Task, out: Path, api_key: str | None, fixed
     from .optimize.generator import make_generator
 
     preset = EMBEDDED.in_force(cfg)
-    save_or_check_settings(out, *_settings(cfg, fixed))
+    save_or_check_settings(out, *_stored_form(cfg, fixed))
     split_size, note = len(task.questions), smaller_than_the_paper(task, cfg.split)
     task = replace(task, questions=task.questions[: cfg.limit])
     run_cfg = replace(cfg.run_config(), api_key=api_key)

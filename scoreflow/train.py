@@ -32,11 +32,11 @@ from .cli import Parser, add_flags, given, preset_of, run_cli
 from .dpo.config import TrainConfig
 from .executor import ExecutorClient
 from .llama.registry import DEFAULT_MODEL
-from .optimize.config import EMBEDDED, RunConfig, check_endpoints, resolve, save_or_check
+from .optimize.config import EMBEDDED, RunConfig, check_endpoints, resolve, stored_form
 from .optimize import ranks
 from .optimize.endpoint import executor_endpoint
 from .optimize.plan import add_plan_flags, report
-from .rundir import JsonlLog, run_lock, stage_done, stage_info
+from .rundir import JsonlLog, check_stored_settings, run_lock, save_or_check_settings, stage_done, stage_info
 from .tasks import Task, load_task
 from .tasks.registry import smaller_than_the_paper
 
@@ -48,10 +48,10 @@ def run(cfg: RunConfig, out: Path) -> list[dict]:
     task = replace(task, questions=task.questions[: cfg.limit])
     if int(os.environ.get("RANK", "0")) != 0:
         return _training_rank(cfg, task, out)
-    save_or_check(cfg, out, save=False)  # a resume with other flags fails before any model is converted
+    check_stored_settings(out, *stored_form(cfg))  # a resume with other flags fails before any model is converted
     check_endpoints(cfg)
     with run_lock(out):
-        save_or_check(cfg, out)
+        save_or_check_settings(out, *stored_form(cfg))
         return _iterations(cfg, task, out)
 
 

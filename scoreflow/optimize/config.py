@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
+from typing import Callable
 
 from ..cli import CONCURRENCY, SEED, Bounds, Preset, check_settings, flag
 from ..dpo.pairs import GAPS
@@ -23,7 +23,6 @@ from ..llama.registry import DEFAULT_GENERATOR, DEFAULT_MODEL, is_embedded, reso
 from ..tasks.registry import TASK_NAMES
 from ..workflow.prompts import EXTRA_OPERATORS
 from .cost import COST_UNITS
-from ..rundir import check_stored_settings, save_or_check_settings
 
 
 GENERATE_ROWS = 32  # sequences the in-process generator decodes together (optimize/generator.py)
@@ -201,8 +200,7 @@ def check_model(url: str | None, flag: str, model: str, *, api_key: str | None, 
         resolve_model_dir(model)
 
 
-def save_or_check(cfg: RunConfig, run_dir: Path, save: bool = True) -> None:
-    """Store the resolved config; a resumed run must use the same one. save=False only checks
-    a stored one (before any model is resolved)."""
-    settings, normalize = json.loads(cfg.to_json()), lambda d: json.loads(RunConfig.from_dict(d).to_json())
-    (save_or_check_settings if save else check_stored_settings)(run_dir, settings, normalize)
+def stored_form(cfg: RunConfig) -> tuple[dict, Callable[[dict], dict]]:
+    """What RUN/config.json holds for `cfg`, and how a stored one is read in today's form (the
+    defaults of fields added since); a resumed run must hold the same (rundir.save_or_check_settings)."""
+    return json.loads(cfg.to_json()), lambda d: json.loads(RunConfig.from_dict(d).to_json())

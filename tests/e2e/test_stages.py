@@ -50,14 +50,15 @@ def test_run_settings_resume_across_versions_and_refuse_changes(tmp_path):
 
     import pytest
 
-    from scoreflow.optimize.config import save_or_check
+    from scoreflow.optimize.config import stored_form
+    from scoreflow.rundir import save_or_check_settings
 
     cfg = RunConfig(k=4, api_key="sk-secret")
-    save_or_check(cfg, tmp_path)
+    save_or_check_settings(tmp_path, *stored_form(cfg))
     stored = json.loads((tmp_path / "config.json").read_text())
     assert "api_key" not in stored and "sk-secret" not in (tmp_path / "config.json").read_text()
     del stored["pair_gap"]  # a run directory written before pair_gap existed, with a key in it
     (tmp_path / "config.json").write_text(json.dumps({**stored, "api_key": None}))
-    save_or_check(cfg, tmp_path)  # resumes: the missing field takes its default
+    save_or_check_settings(tmp_path, *stored_form(cfg))  # resumes: the missing field takes its default
     with pytest.raises(ValueError, match=r"other settings \(k: stored 4, given 8\)"):
-        save_or_check(RunConfig(k=8), tmp_path)
+        save_or_check_settings(tmp_path, *stored_form(RunConfig(k=8)))

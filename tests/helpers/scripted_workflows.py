@@ -25,6 +25,14 @@ def gold_in(rows: list[dict], text: str) -> str:
     return next((r["answer"] for r in rows if r["question"][:60] in text), "7")
 
 
+def samples(body: dict, cycle: tuple[str, ...]) -> Reply:
+    """A /v1/completions reply of body["n"] choices, cycling through `cycle`."""
+    texts = [cycle[i % len(cycle)] for i in range(body.get("n", 1))]
+    return Reply(body={"id": "cmpl", "object": "text_completion", "created": 0, "model": body["model"],
+                       "choices": [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)],
+                       "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+
 class ScoreFlowScript(FakeOpenAIServer):
     """Generator: n choices cycling GOOD, BAD, INVALID. Executor: the gold answer of the
     question in the prompt when the instruction says GOOD, a wrong one otherwise."""
@@ -35,10 +43,7 @@ class ScoreFlowScript(FakeOpenAIServer):
 
     def _default_reply(self, path, body):
         if path == "/v1/completions":
-            texts = [(GOOD, BAD, INVALID)[i % 3] for i in range(body.get("n", 1))]
-            return Reply(body={"id": "cmpl", "object": "text_completion", "created": 0, "model": body["model"],
-                               "choices": [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)],
-                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+            return samples(body, (GOOD, BAD, INVALID))
         text = json.dumps(body["messages"])
         gold = gold_in(self.rows, text.replace("\\n", "\n"))
         return Reply(body=completion(f"\\boxed{{{gold}}}" if "GOOD" in text else "\\boxed{123456}"))
@@ -61,8 +66,5 @@ class CostScript(ScoreFlowScript):
 
     def _default_reply(self, path, body):
         if path == "/v1/completions":
-            texts = [(CHEAP, GOOD)[i % 2] for i in range(body.get("n", 1))]
-            return Reply(body={"id": "cmpl", "object": "text_completion", "created": 0, "model": body["model"],
-                               "choices": [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)],
-                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+            return samples(body, (CHEAP, GOOD))
         return super()._default_reply(path, body)
